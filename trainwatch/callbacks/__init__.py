@@ -1,0 +1,13 @@
+"""Callbacks: each watches one concern and reports through the writer and the alerts."""
+
+from __future__ import annotations
+
+from trainwatch.callbacks.metrics import MetricLogger
+from trainwatch.core.callback import Callback
+
+__all__ = ["MetricLogger", "default_callbacks"]
+
+
+def default_callbacks() -> list[Callback]:
+    """Every monitor at its default settings (what ``trainwatch demo`` runs)."""
+    return [MetricLogger()]

@@ -1,0 +1,59 @@
+"""MetricLogger: the loss and accuracy curves every run gets."""
+
+from __future__ import annotations
+
+from trainwatch.core.callback import Callback
+from trainwatch.core.state import RunState
+from trainwatch.outputs.console import ConsoleOutput
+
+#: epoch-level metric name -> TensorBoard tag
+METRIC_TAGS = {
+    "train_loss": "loss/train_epoch",
+    "val_loss": "loss/val",
+    "train_accuracy": "accuracy/train",
+    "val_accuracy": "accuracy/val",
+}
+
+
+class MetricLogger(Callback):
+    """Writes the training loss every ``every`` steps (``loss/train``, and ``loss/data`` and
+    ``loss/regularization`` when the loop reports them) and the epoch metrics
+    (``accuracy/train``, ``accuracy/val``, ``loss/val``, ...). Always on: a
+    :class:`~trainwatch.Monitor` adds one if the callbacks don't include it.
+
+    Args:
+        every: steps between loss points (default 10; the loss is read from the framework
+            only on those steps).
+    """
+
+    order = -100
+
+    def __init__(self, every: int = 10):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every: must be an integer >= 1, got {every!r}")
+        self.every = every
+
+    def on_train_begin(self, state: RunState) -> None:
+        bar = state.writer.find(ConsoleOutput)
+        if bar is not None and state.epochs and state.steps_per_epoch:
+            bar.start(state.epochs * state.steps_per_epoch)
+        state.writer.layout({
+            "loss": {"training loss": ("Multiline", [r"^loss/train$", r"^loss/train_epoch$",
+                                                     r"^loss/val$"])},
+            "accuracy": {"train vs validation": ("Multiline", [r"^accuracy/train$",
+                                                               r"^accuracy/val$"])},
+        })
+
+    def on_step_end(self, state: RunState) -> None:
+        if state.step % self.every or state.loss is None:
+            return
+        values = {"loss/train": float(state.loss)}
+        if state.reg_loss:
+            values["loss/data"] = float(state.data_loss)
+            values["loss/regularization"] = float(state.reg_loss)
+        state.writer.scalars(values, state.step)
+
+    def on_epoch_end(self, state: RunState) -> None:
+        values = {METRIC_TAGS.get(k, f"metrics/{k}"): v for k, v in state.metrics.items()}
+        values["epoch"] = state.epoch
+        state.writer.scalars(values, state.step)

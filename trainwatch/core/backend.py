@@ -1,0 +1,166 @@
+"""The seam between callbacks and a framework: everything a callback may know of a model.
+
+A callback sees the model only through ``state.backend``. The numpy implementation is
+:class:`trainwatch.backends.numpy_backend.NumpyBackend`; the torch one lives in
+:mod:`trainwatch.torch`. Every array a backend returns is a host ``numpy.ndarray`` (a copy,
+safe to keep); reductions over many tensors are batched so a GPU backend needs at most
+one device-to-host transfer per call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trainwatch.outputs.base import HistogramData
+
+
+@dataclass(frozen=True)
+class TensorNorms:
+    """L2 norms of one parameter tensor around an optimizer step (float, >= 0).
+
+    ``update`` is ``‖θ_after − θ_before‖``, the change the optimizer actually applied; it is
+    NaN when no update was measured.
+    """
+
+    weight: float
+    grad: float
+    update: float = float("nan")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer whose output can be captured: its name and kind.
+
+    ``kind`` is a lower-case word such as ``"dense"``, ``"conv2d"``, ``"relu"``,
+    ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``, ``"maxpool"``, ``"dropout"``, ``"flatten"``,
+    ``"batchnorm"`` or ``"other"``; the saturation and dead-unit statistics key on it.
+    """
+
+    name: str
+    kind: str
+
+
+class Backend(ABC):
+    """What callbacks may ask of a model, its loss and its optimizer."""
+
+    #: the framework's name, e.g. "numpy" or "torch"
+    framework: str = "abstract"
+
+    # -- parameters and gradients ------------------------------------------------------------
+
+    @abstractmethod
+    def parameter_names(self) -> list[str]:
+        """Names of the trainable parameter tensors, in layer order (``"conv1.weight"``)."""
+
+    @abstractmethod
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Host copies of the parameter tensors, keyed by name, in layer order."""
+
+    @abstractmethod
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Host copies of the current gradients (zeros where a tensor has none)."""
+
+    @abstractmethod
+    def norms(self) -> dict[str, TensorNorms]:
+        """Weight and gradient L2 norms of every tensor, batched (update is NaN)."""
+
+    @abstractmethod
+    def begin_update(self) -> None:
+        """Snapshot the parameters just before an optimizer step (see :meth:`end_update`)."""
+
+    @abstractmethod
+    def end_update(self) -> dict[str, TensorNorms]:
+        """After the step: weight, gradient and applied-update norms per tensor, batched."""
+
+    @abstractmethod
+    def first_nonfinite(self) -> str | None:
+        """Name of the first parameter or gradient tensor holding NaN/Inf
+        (``"fc1.weight"`` or ``"fc1.weight (gradient)"``), or None if all are finite."""
+
+    # -- activations ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def layers(self) -> list[LayerInfo]:
+        """The layers whose outputs :meth:`activations` can capture, in forward order."""
+
+    @abstractmethod
+    def capture_activations(self, enabled: bool) -> None:
+        """Record layer outputs (and their gradients) on the following forward/backward
+        passes while ``enabled``; between scheduled steps, keep it off so it costs nothing."""
+
+    @abstractmethod
+    def activations(self) -> dict[str, np.ndarray]:
+        """Layer outputs of the last captured forward pass, by layer name."""
+
+    @abstractmethod
+    def activation_gradients(self) -> dict[str, np.ndarray]:
+        """Gradients of the loss w.r.t. those outputs, from the last captured backward."""
+
+    def histograms(self, which: str, bins: int = 64) -> dict[str, HistogramData]:
+        """Histograms of ``which`` in {"weights", "gradients", "activations",
+        "activation_gradients"}; a GPU backend overrides this to bucket on the device."""
+        source = {
+            "weights": self.parameters,
+            "gradients": self.gradients,
+            "activations": self.activations,
+            "activation_gradients": self.activation_gradients,
+        }
+        if which not in source:
+            raise ValueError(f"which: {which!r} is not one of {sorted(source)}")
+        return {k: HistogramData.from_values(v, bins) for k, v in source[which]().items()}
+
+    # -- loss evaluation and gradient checks ---------------------------------------------------
+
+    @abstractmethod
+    def evaluate(self, inputs: Any, targets: Any) -> tuple[float, float]:
+        """Mean data loss and accuracy (fraction in [0, 1]) on a dataset, in inference mode,
+        without touching training state (gradients, random state, captured activations)."""
+
+    @abstractmethod
+    def check_gradients(self, inputs: Any, targets: Any, *, seed: int = 0, **options: Any):
+        """Gradient-check the model on ``inputs``/``targets`` (a few examples) with dropout
+        fixed by ``seed``; returns a :class:`trainwatch.gradcheck.GradCheckReport`. Leaves
+        the model, optimizer and every random state exactly as they were."""
+
+    # -- state (for bit-exact restoration and tests) --------------------------------------------
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of everything training depends on: parameters, optimizer state and
+        the model's random state."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore exactly what :meth:`state_dict` returned."""
+
+    # -- the training primitives trainwatch's own Trainer drives ---------------------------------
+
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        """Model outputs (scores) for a batch."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
+
+    def loss(self, predictions: Any, targets: Any) -> tuple[float, float]:
+        """(data loss, regularisation loss) of the batch just forwarded; keeps what
+        :meth:`backward` needs."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
+
+    def backward(self) -> None:
+        """Zero the gradients, then backpropagate data loss + regularisation."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
+
+    def step(self) -> None:
+        """One optimizer step (gradients are zeroed by the next :meth:`backward`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
+
+    @staticmethod
+    def accuracy(predictions: Any, targets: Any) -> float:
+        """Fraction of rows whose arg-max class equals the target (numpy arrays)."""
+        predictions = np.asarray(predictions)
+        targets = np.asarray(targets)
+        if predictions.ndim == 1 or predictions.shape[-1] == 1:
+            return float(np.mean((predictions.reshape(-1) > 0) == (targets.reshape(-1) > 0.5)))
+        return float(np.mean(np.argmax(predictions, axis=-1) == targets))

@@ -1,0 +1,166 @@
+"""The callback base class and the dispatcher that calls callbacks at each hook point.
+
+Hook points, in the order they happen during one run::
+
+    on_train_begin
+      on_epoch_begin
+        on_batch_begin -> on_loss_computed -> on_backward_end -> on_step_begin -> on_step_end
+        ... (one line per batch)
+        on_validation_end
+      on_epoch_end
+    on_train_end            (always called, also when training raised)
+
+Every hook receives the run's :class:`~trainwatch.core.state.RunState`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainwatch.core.state import RunState
+
+HOOKS: tuple[str, ...] = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_batch_begin",
+    "on_loss_computed",
+    "on_backward_end",
+    "on_step_begin",
+    "on_step_end",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_train_end",
+)
+
+
+class StopTraining(Exception):
+    """Raise from a callback (or call ``state.request_stop``) to end training cleanly.
+
+    The current hook returns, the loop finishes the batch it is in, ``on_train_end`` runs
+    and the writers are flushed. ``reason`` is shown in the summary.
+    """
+
+    def __init__(self, reason: str = "stopped by a callback"):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Callback:
+    """Base class of every trainwatch callback: override the hooks you need.
+
+    Each method is a no-op here. The dispatcher only calls the methods a subclass
+    overrides, so an unused hook costs nothing.
+
+    Attributes:
+        order: callbacks run in increasing ``order``, ties in the order given (default 0).
+        raise_errors: if True an exception in this callback propagates and stops training;
+            if False (default) it is reported once as a ``callback.error`` alert and the
+            callback is disabled for the rest of the run.
+    """
+
+    order: int = 0
+    raise_errors: bool = False
+
+    @property
+    def name(self) -> str:
+        """The callback's display name (its class name)."""
+        return type(self).__name__
+
+    def on_train_begin(self, state: RunState) -> None:
+        """Before the first epoch: allocate buffers, write layouts, check the setup."""
+
+    def on_epoch_begin(self, state: RunState) -> None:
+        """At the start of epoch ``state.epoch`` (0-based)."""
+
+    def on_batch_begin(self, state: RunState) -> None:
+        """A batch (``state.inputs``, ``state.targets``) is about to go forward.
+
+        Request activation capture here (``state.backend.capture_activations(True)``) if
+        this step needs them.
+        """
+
+    def on_loss_computed(self, state: RunState) -> None:
+        """The forward pass is done: ``state.loss`` (and ``state.predictions``) are set."""
+
+    def on_backward_end(self, state: RunState) -> None:
+        """Gradients are ready (``state.backend.gradients()``); parameters are not yet updated."""
+
+    def on_step_begin(self, state: RunState) -> None:
+        """Just before the optimizer step: snapshot what you need to measure the update."""
+
+    def on_step_end(self, state: RunState) -> None:
+        """The optimizer has updated the parameters; ``state.step`` is the step just taken."""
+
+    def on_validation_end(self, state: RunState) -> None:
+        """Validation ran: ``state.metrics`` holds e.g. ``val_loss`` and ``val_accuracy``."""
+
+    def on_epoch_end(self, state: RunState) -> None:
+        """End of the epoch: ``state.metrics`` holds the epoch's train and validation metrics."""
+
+    def on_train_end(self, state: RunState) -> None:
+        """Training finished, stopped, or raised (``state.exception`` tells which)."""
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+class CallbackList:
+    """Calls callbacks in a defined order and keeps a failing one from killing training.
+
+    Args:
+        callbacks: the callbacks; sorted by ``order``, stable.
+        raise_errors: re-raise every callback's exceptions (default False: report once as a
+            ``callback.error`` alert through ``state.alerts`` and disable the callback).
+    """
+
+    def __init__(self, callbacks: Iterable[Callback] = (), *, raise_errors: bool = False):
+        self.callbacks: list[Callback] = []
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks: {cb!r} is not a trainwatch.Callback")
+            self.callbacks.append(cb)
+        self.callbacks.sort(key=lambda cb: cb.order)
+        self.raise_errors = raise_errors
+        self.disabled: set[int] = set()
+        # Per hook, only the callbacks that override it: an idle hook costs one loop over [].
+        self._by_hook = {h: [cb for cb in self.callbacks if _overrides(cb, h)] for h in HOOKS}
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def find(self, kind: type) -> Callback | None:
+        """The first callback that is an instance of ``kind``, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+
+    def call(self, hook: str, state: RunState) -> None:
+        """Call ``hook`` on every enabled callback that overrides it."""
+        for cb in self._by_hook[hook]:
+            if self.disabled and id(cb) in self.disabled:
+                continue
+            try:
+                getattr(cb, hook)(state)
+            except StopTraining as stop:
+                state.request_stop(stop.reason)
+            except Exception as exc:  # noqa: BLE001 - watching never kills training
+                if self.raise_errors or cb.raise_errors:
+                    raise
+                self._disable(cb, hook, exc, state)
+
+    def _disable(self, cb: Callback, hook: str, exc: Exception, state: RunState) -> None:
+        self.disabled.add(id(cb))
+        tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        state.alerts.fire(
+            code="callback.error",
+            severity="warning",
+            message=f"{cb.name}.{hook} raised {tb}; {cb.name} is disabled for the rest of the run",
+            step=state.step,
+            value=None,
+            suggestion="pass raise_errors=True to see the full traceback",
+        )

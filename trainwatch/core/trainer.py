@@ -1,0 +1,109 @@
+"""Trainer: trainwatch's own training loop, driving a :class:`~trainwatch.Monitor`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from trainwatch.alerts.sinks import AlertSink
+from trainwatch.core.callback import Callback
+from trainwatch.core.monitor import Monitor
+from trainwatch.data import minibatches
+from trainwatch.outputs.base import Output
+
+
+class Trainer:
+    """Minibatch training with every hook point announced to the callbacks.
+
+    Args:
+        model, loss, optimizer: a :class:`trainwatch.nn.Sequential` with a
+            :mod:`trainwatch.nn` loss and optimizer (or a torch module, loss and optimizer).
+        callbacks: None (default) for :func:`~trainwatch.callbacks.default_callbacks`,
+            ``[]`` for none.
+        logdir, outputs, alert_sinks, progress, raise_errors, log_every: as for
+            :class:`~trainwatch.Monitor`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        loss: Any,
+        optimizer: Any,
+        *,
+        callbacks: Iterable[Callback] | None = None,
+        logdir: str | os.PathLike | None = None,
+        outputs: Iterable[Output] = (),
+        alert_sinks: Iterable[AlertSink] = (),
+        progress: bool = True,
+        raise_errors: bool = False,
+        log_every: int = 10,
+    ):
+        self.monitor = Monitor(
+            model, loss=loss, optimizer=optimizer, callbacks=callbacks, logdir=logdir,
+            outputs=outputs, alert_sinks=alert_sinks, progress=progress,
+            raise_errors=raise_errors, log_every=log_every,
+        )
+        self.backend = self.monitor.backend
+        self.data_rng: np.random.Generator | None = None
+        self.history: dict[str, list[float]] = {}
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int = 10,
+        batch_size: int = 64,
+        validation_data: tuple[Any, Any] | None = None,
+        seed: int = 0,
+    ) -> dict[str, list[float]]:
+        """Train for ``epochs`` epochs of shuffled minibatches (order drawn from ``seed``).
+
+        Returns the history: per-epoch ``train_loss``, ``train_accuracy`` and, with
+        ``validation_data``, ``val_loss`` and ``val_accuracy``.
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs: must be an integer >= 1, got {epochs!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+        if len(x) != len(y):
+            raise ValueError(f"x, y: different lengths {len(x)} and {len(y)}")
+        mon, backend = self.monitor, self.backend
+        self.data_rng = np.random.default_rng(seed)
+        steps_per_epoch = -(-len(x) // batch_size)
+        with mon.run(epochs=epochs, steps_per_epoch=steps_per_epoch):
+            for epoch in range(epochs):
+                mon.epoch_begin(epoch)
+                loss_sum = correct = seen = 0.0
+                for xb, yb in minibatches(x, y, batch_size, self.data_rng):
+                    mon.batch_begin(xb, yb)
+                    scores = backend.forward(xb, training=True)
+                    data_loss, reg_loss = backend.loss(scores, yb)
+                    mon.loss_computed(data_loss + reg_loss, scores, data_loss=data_loss,
+                                      reg_loss=reg_loss)
+                    backend.backward()
+                    mon.backward_end()
+                    mon.step_begin()
+                    backend.step()
+                    mon.step_end()
+                    n = len(xb)
+                    loss_sum += float(data_loss) * n
+                    correct += backend.accuracy(scores, yb) * n
+                    seen += n
+                    if mon.should_stop:
+                        break
+                metrics = {"train_loss": loss_sum / max(seen, 1),
+                           "train_accuracy": correct / max(seen, 1)}
+                if validation_data is not None:
+                    val_loss, val_acc = backend.evaluate(*validation_data)
+                    metrics.update(val_loss=val_loss, val_accuracy=val_acc)
+                    mon.validation_end(metrics)
+                mon.epoch_end(metrics)
+                for k, v in metrics.items():
+                    self.history.setdefault(k, []).append(v)
+                if mon.should_stop:
+                    break
+        return self.history
