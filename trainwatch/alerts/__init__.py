@@ -2,6 +2,30 @@
 
 from trainwatch.alerts.alert import Alert, Severity
 from trainwatch.alerts.manager import AlertManager
-from trainwatch.alerts.sinks import AlertSink
+from trainwatch.alerts.rules import EMA, Hysteresis
+from trainwatch.alerts.sinks import (
+    AlertSink,
+    CallableSink,
+    ConsoleSink,
+    JsonlSink,
+    LoggingSink,
+    OutputTextSink,
+    WebhookSink,
+    alert_markdown,
+)
 
-__all__ = ["Alert", "AlertManager", "AlertSink", "Severity"]
+__all__ = [
+    "EMA",
+    "Alert",
+    "AlertManager",
+    "AlertSink",
+    "CallableSink",
+    "ConsoleSink",
+    "Hysteresis",
+    "JsonlSink",
+    "LoggingSink",
+    "OutputTextSink",
+    "Severity",
+    "WebhookSink",
+    "alert_markdown",
+]

@@ -178,7 +178,8 @@ class AlertManager:
         lines = [f"trainwatch: {len(fired)} alert(s) in {len(by_code)} kind(s):"]
         for code, alerts in rows:
             tensors = sorted({a.tensor for a in alerts if a.tensor})
-            where = f" on {', '.join(tensors[:5])}{' ...' if len(tensors) > 5 else ''}" if tensors else ""
+            more = " ..." if len(tensors) > 5 else ""
+            where = f" on {', '.join(tensors[:5])}{more}" if tensors else ""
             first = alerts[0]
             lines.append(
                 f"  {first.severity.value:8s} {code} x{len(alerts)}{where}"

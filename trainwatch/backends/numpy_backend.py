@@ -33,6 +33,10 @@ class NumpyBackend(Backend):
         self.optimizer = optimizer
         self._before: dict[str, np.ndarray] | None = None
 
+    @property
+    def loss_kind(self) -> str | None:
+        return getattr(self.loss_fn, "kind", None)
+
     # -- parameters and gradients ------------------------------------------------------------
 
     def parameter_names(self) -> list[str]:

@@ -50,6 +50,12 @@ class Backend(ABC):
     #: the framework's name, e.g. "numpy" or "torch"
     framework: str = "abstract"
 
+    @property
+    def loss_kind(self) -> str | None:
+        """The loss's kind, e.g. ``"softmax_cross_entropy"``, ``"multiclass_svm"``,
+        ``"sigmoid_bce"`` or ``"mse"``; None when unknown."""
+        return None
+
     # -- parameters and gradients ------------------------------------------------------------
 
     @abstractmethod

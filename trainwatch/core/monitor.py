@@ -219,7 +219,8 @@ class Monitor:
             self.alerts.close()
 
     @contextlib.contextmanager
-    def run(self, epochs: int | None = None, steps_per_epoch: int | None = None) -> Iterator[Monitor]:
+    def run(self, epochs: int | None = None,
+            steps_per_epoch: int | None = None) -> Iterator[Monitor]:
         """Context manager: ``train_begin`` on entry, ``train_end`` on exit (also on error)."""
         self.train_begin(epochs, steps_per_epoch)
         try:

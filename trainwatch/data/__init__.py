@@ -16,8 +16,9 @@ def load_digits(*, images: bool = False) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(x, y)``: ``x`` float64 pixel intensities scaled to [0, 1], shaped (1797, 64),
     or (1797, 1, 8, 8) with ``images=True``; ``y`` int64 class labels 0..9.
     """
-    with resources.files(__package__).joinpath("digits.csv.gz").open("rb") as raw:
-        table = np.loadtxt(gzip.open(raw), delimiter=",")
+    path = resources.files(__package__).joinpath("digits.csv.gz")
+    with path.open("rb") as raw, gzip.open(raw) as text:
+        table = np.loadtxt(text, delimiter=",")
     x = table[:, :-1] / 16.0
     y = table[:, -1].astype(np.int64)
     if images:

@@ -167,18 +167,18 @@ class Conv2D(Layer):
         weight = self.params["weight"]
         out_channels, in_channels, kh, kw = weight.shape
         n, _, ho, wo = dy.shape
-        dy_rows = dy.astype(weight.dtype, copy=False).transpose(0, 2, 3, 1).reshape(-1, out_channels)
+        dy = dy.astype(weight.dtype, copy=False)
+        dy_rows = dy.transpose(0, 2, 3, 1).reshape(-1, out_channels)  # (N*Ho*Wo, out)
         self.grads["weight"] += (dy_rows.T @ self._cols).reshape(weight.shape)
         self.grads["bias"] += dy_rows.sum(axis=0)
-        dcols = (dy_rows @ weight.reshape(out_channels, -1)).reshape(n, ho, wo, in_channels, kh, kw)
-        # col2im: scatter each kernel offset's contribution back onto the padded input.
+        dcols = dy_rows @ weight.reshape(out_channels, -1)  # (N*Ho*Wo, C*kh*kw)
+        dcols = dcols.reshape(n, ho, wo, in_channels, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+        # col2im: add each kernel offset's (N, C, Ho, Wo) slab back onto the padded input.
         dxp = np.zeros(self._padded_shape, dtype=weight.dtype)
         s = self.stride
         for i in range(kh):
             for j in range(kw):
-                dxp[:, :, i : i + s * ho : s, j : j + s * wo : s] += dcols[..., i, j].transpose(
-                    0, 3, 1, 2
-                )
+                dxp[:, :, i : i + s * ho : s, j : j + s * wo : s] += dcols[:, :, i, j]
         p = self.padding
         return dxp[:, :, p : dxp.shape[2] - p, p : dxp.shape[3] - p]
 
@@ -288,7 +288,7 @@ class Tanh(Layer):
 
 
 class Sigmoid(Layer):
-    """``1 / (1 + exp(-x))``, computed stably; backward is ``dy * a * (1 - a)`` on the activation."""
+    """``1 / (1 + exp(-x))``, overflow-free; backward uses the activation: ``dy * a * (1 - a)``."""
 
     kind = "sigmoid"
 
@@ -323,7 +323,7 @@ class Dropout(Layer):
             self._mask = None
             return x
         if self.rng is None:
-            raise RuntimeError("Dropout.rng is not set: put the layer in a Sequential or assign one")
+            raise RuntimeError("Dropout.rng is not set: add the layer to a Sequential")
         keep = self.rng.random(x.shape) >= self.p
         self._mask = keep.astype(x.dtype) * (1 / (1 - self.p))
         return x * self._mask

@@ -37,8 +37,10 @@ def _class_targets(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     if scores.ndim != 2:
         raise ValueError(f"scores: expected shape (N, C), got {scores.shape}")
     if targets.shape != scores.shape[:1] or not np.issubdtype(targets.dtype, np.integer):
-        raise ValueError(f"targets: expected integer shape ({scores.shape[0]},), got "
-                         f"{targets.dtype} {targets.shape}")
+        raise ValueError(
+            f"targets: expected integer shape ({scores.shape[0]},), got "
+            f"{targets.dtype} {targets.shape}"
+        )
     if targets.size and (targets.min() < 0 or targets.max() >= scores.shape[1]):
         raise ValueError(f"targets: class indices must be in [0, {scores.shape[1]})")
     return targets
@@ -48,8 +50,10 @@ def _matching_targets(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Targets with as many elements as the scores, reshaped to them, in the scores' dtype."""
     targets = np.asarray(targets)
     if targets.size != scores.size:
-        raise ValueError(f"targets: expected {scores.size} values for scores {scores.shape}, "
-                         f"got shape {targets.shape}")
+        raise ValueError(
+            f"targets: expected {scores.size} values for scores {scores.shape}, "
+            f"got shape {targets.shape}"
+        )
     return targets.reshape(scores.shape).astype(scores.dtype, copy=False)
 
 
@@ -81,7 +85,7 @@ class SoftmaxCrossEntropy(Loss):
 
 
 class MulticlassSVM(Loss):
-    """Weston–Watkins hinge loss ``sum_{j != y} max(0, s_j - s_y + margin)``, batch mean.
+    """Weston-Watkins hinge loss ``sum_{j != y} max(0, s_j - s_y + margin)``, batch mean.
 
     Scores (N, C), targets int (N,). Kinks where a margin crosses 0; the signature is the
     boolean (N, C) mask of positive margins (always False at the correct class).

@@ -102,21 +102,30 @@ class Sequential:
 
     def kink_signature(self) -> np.ndarray:
         """Every layer's kink signature from the last forward, raveled and joined (int64)."""
-        parts = [sig.ravel().astype(np.int64) for layer in self.layers.values()
-                 if (sig := layer.kink_signature()) is not None]
+        parts = [
+            sig.ravel().astype(np.int64)
+            for layer in self.layers.values()
+            if (sig := layer.kink_signature()) is not None
+        ]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     # -- parameters ------------------------------------------------------------------------------
 
     def named_parameters(self) -> dict[str, np.ndarray]:
         """The live parameter arrays (not copies), in layer order."""
-        return {f"{name}.{key}": value for name, layer in self.layers.items()
-                for key, value in layer.params.items()}
+        return {
+            f"{name}.{key}": value
+            for name, layer in self.layers.items()
+            for key, value in layer.params.items()
+        }
 
     def named_gradients(self) -> dict[str, np.ndarray]:
         """The live gradient arrays, keyed like ``named_parameters``."""
-        return {f"{name}.{key}": value for name, layer in self.layers.items()
-                for key, value in layer.grads.items()}
+        return {
+            f"{name}.{key}": value
+            for name, layer in self.layers.items()
+            for key, value in layer.grads.items()
+        }
 
     def zero_grad(self) -> None:
         """Set every parameter gradient to zero, in place."""
@@ -128,7 +137,7 @@ class Sequential:
         return sum(p.size for p in self.named_parameters().values())
 
     def _weights(self) -> list[np.ndarray]:
-        return [layer.params["weight"] for layer in self.layers.values() if "weight" in layer.params]
+        return [lay.params["weight"] for lay in self.layers.values() if "weight" in lay.params]
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -159,7 +168,7 @@ class Sequential:
         self.set_rng_state(state["rng_state"])
 
     def astype(self, dtype: np.dtype | type) -> Sequential:
-        """A deep copy whose parameters and gradients are cast to ``dtype`` (e.g. for gradchecks)."""
+        """A deep copy with parameters and gradients cast to ``dtype`` (float64 for gradchecks)."""
         clone = copy.deepcopy(self)
         for layer in clone.layers.values():
             for key in layer.params:

@@ -98,14 +98,14 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain gradient descent: ``θ ← θ − lr·g``."""
+    """Plain gradient descent: ``θ ← θ - lr·g``."""
 
     def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
         param -= self.lr * grad
 
 
 class Momentum(Optimizer):
-    """Momentum: ``v ← μv − lr·g; θ ← θ + v`` (μ = ``momentum``, default 0.9, in [0, 1))."""
+    """Momentum: ``v ← μv - lr·g; θ ← θ + v`` (μ = ``momentum``, default 0.9, in [0, 1))."""
 
     hyperparameters = (*Optimizer.hyperparameters, "momentum")
 
@@ -123,7 +123,7 @@ class Momentum(Optimizer):
 
 class Nesterov(Momentum):
     """Nesterov momentum, look-ahead form:
-    ``v_prev = v; v ← μv − lr·g; θ ← θ − μ·v_prev + (1 + μ)·v``."""
+    ``v_prev = v; v ← μv - lr·g; θ ← θ - μ·v_prev + (1 + μ)·v``."""
 
     def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
         v = self._buffer("velocity", name, param)
@@ -133,7 +133,7 @@ class Nesterov(Momentum):
 
 
 class Adagrad(Optimizer):
-    """Adagrad: ``c ← c + g²; θ ← θ − lr·g / (√c + eps)`` (eps default 1e-8)."""
+    """Adagrad: ``c ← c + g²; θ ← θ - lr·g / (√c + eps)`` (eps default 1e-8)."""
 
     hyperparameters = (*Optimizer.hyperparameters, "eps")
 
@@ -150,7 +150,7 @@ class Adagrad(Optimizer):
 
 
 class RMSProp(Optimizer):
-    """RMSProp: ``c ← ρc + (1 − ρ)g²; θ ← θ − lr·g / (√c + eps)`` (ρ = ``decay``, 0.99)."""
+    """RMSProp: ``c ← rhoc + (1 - rho)g²; θ ← θ - lr·g / (√c + eps)`` (rho = ``decay``, 0.99)."""
 
     hyperparameters = (*Optimizer.hyperparameters, "decay", "eps")
 
@@ -174,8 +174,8 @@ class RMSProp(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam with bias correction: ``m ← β1·m + (1 − β1)g; v ← β2·v + (1 − β2)g²;
-    θ ← θ − lr·m̂ / (√v̂ + eps)`` with ``m̂ = m / (1 − β1^t)``, ``v̂ = v / (1 − β2^t)``.
+    """Adam with bias correction: ``m ← β1·m + (1 - β1)g; v ← β2·v + (1 - β2)g²;
+    θ ← θ - lr·m̂ / (√v̂ + eps)`` with ``m̂ = m / (1 - β1^t)``, ``v̂ = v / (1 - β2^t)``.
     Defaults: lr 1e-3, β1 0.9, β2 0.999, eps 1e-8."""
 
     hyperparameters = (*Optimizer.hyperparameters, "beta1", "beta2", "eps")

@@ -1,0 +1,85 @@
+import pytest
+
+from trainwatch.alerts import AlertManager
+from trainwatch.core.callback import HOOKS, Callback, CallbackList, StopTraining
+from trainwatch.core.state import RunState
+from trainwatch.outputs.base import OutputList
+
+
+def make_state(alerts=None):
+    return RunState(backend=None, writer=OutputList(), alerts=alerts or AlertManager())
+
+
+class Recorder(Callback):
+    def __init__(self, log, tag, order=0):
+        self.log, self.tag, self.order = log, tag, order
+
+    def on_batch_begin(self, state):
+        self.log.append((self.tag, "on_batch_begin"))
+
+    def on_step_end(self, state):
+        self.log.append((self.tag, "on_step_end"))
+
+
+def test_callbacks_run_in_order_then_insertion_order():
+    log = []
+    cbs = CallbackList([Recorder(log, "b", order=5), Recorder(log, "a"), Recorder(log, "c")])
+    cbs.call("on_batch_begin", make_state())
+    assert [t for t, _ in log] == ["a", "c", "b"]
+
+
+def test_only_overriding_callbacks_are_dispatched():
+    cbs = CallbackList([Recorder([], "a"), Callback()])
+    assert len(cbs._by_hook["on_batch_begin"]) == 1
+    assert cbs._by_hook["on_train_begin"] == []
+    assert set(cbs._by_hook) == set(HOOKS)
+
+
+class Raiser(Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_step_end(self, state):
+        self.calls += 1
+        raise ZeroDivisionError("boom")
+
+
+def test_raising_callback_is_reported_once_and_disabled():
+    alerts = AlertManager()
+    log = []
+    raiser = Raiser()
+    cbs = CallbackList([raiser, Recorder(log, "after")])
+    state = make_state(alerts)
+    for step in range(5):
+        state.step = step
+        cbs.call("on_step_end", state)
+    assert raiser.calls == 1
+    assert len(log) == 5  # the callback after it still runs every time
+    errors = [a for a in alerts.history if a.code == "callback.error"]
+    assert len(errors) == 1
+    assert "Raiser.on_step_end" in errors[0].message and "boom" in errors[0].message
+
+
+def test_raise_errors_reraises():
+    with pytest.raises(ZeroDivisionError):
+        CallbackList([Raiser()], raise_errors=True).call("on_step_end", make_state())
+    r = Raiser()
+    r.raise_errors = True
+    with pytest.raises(ZeroDivisionError):
+        CallbackList([r]).call("on_step_end", make_state())
+
+
+def test_stop_training_requests_a_clean_stop():
+    class Stopper(Callback):
+        def on_step_end(self, state):
+            raise StopTraining("enough")
+
+    state = make_state()
+    CallbackList([Stopper()]).call("on_step_end", state)
+    assert state.stop_requested and state.stop_reason == "enough"
+    assert state.alerts.history == []
+
+
+def test_non_callback_is_rejected_with_the_argument_named():
+    with pytest.raises(TypeError, match="callbacks"):
+        CallbackList([object()])

@@ -1,0 +1,134 @@
+"""The guard of non-negotiable 1: watching never changes training."""
+
+import numpy as np
+import pytest
+
+from trainwatch import Callback, Trainer, default_callbacks, nn
+from trainwatch.backends.numpy_backend import NumpyBackend
+from trainwatch.data import load_digits, minibatches, train_val_split
+
+
+def digits(n_train=400, n_val=200):
+    x, y = load_digits()
+    (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.25, seed=0)
+    return (xt[:n_train], yt[:n_train]), (xv[:n_val], yv[:n_val])
+
+
+def make_net(seed=0):
+    net = nn.Sequential([nn.Dense(64, 32, rng=seed), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Dense(32, 10, rng=seed + 1)], l2=1e-3, seed=seed)
+    return net, nn.SoftmaxCrossEntropy(), nn.Adam(net, lr=3e-3)
+
+
+def all_callbacks():
+    """Every callback trainwatch has, switched on and scheduled often."""
+    import trainwatch.callbacks as cbmod
+
+    callbacks = default_callbacks()
+    every_step = {"GradientCheck": {"every": 7, "warmup_steps": 3},
+                  "HistogramMonitor": {"every": 5},
+                  "UpdateRatioMonitor": {"every": 1},
+                  "FilterImages": {"every": 5}}
+    for name, kwargs in every_step.items():
+        cls = getattr(cbmod, name, None)
+        if cls is not None:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, cls)]
+            callbacks.append(cls(**kwargs))
+    return callbacks
+
+
+def bare_fit(net, loss, opt, data, epochs, seed):
+    """The same training as Trainer.fit, written without trainwatch's loop."""
+    (x, y), (xv, yv) = data
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        for xb, yb in minibatches(x, y, 32, rng):
+            scores = net.forward(xb, training=True)
+            loss.forward(scores, yb)
+            net.zero_grad()
+            net.backward(loss.backward())
+            opt.step()
+        net.forward(xv, training=False)
+    return rng
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        va, vb = a[key], b[key]
+        if isinstance(va, dict):
+            assert_same_state(va, vb)
+        elif isinstance(va, np.ndarray):
+            assert va.dtype == vb.dtype and np.array_equal(va, vb), key
+        else:
+            assert va == vb, key
+
+
+def test_every_callback_on_gives_bit_identical_training(tmp_path):
+    data = digits()
+    net_a, loss_a, opt_a = make_net()
+    rng_a = bare_fit(net_a, loss_a, opt_a, data, epochs=3, seed=5)
+
+    net_b, loss_b, opt_b = make_net()
+    trainer = Trainer(net_b, loss_b, opt_b, callbacks=all_callbacks(), logdir=tmp_path,
+                      progress=True)
+    trainer.fit(*data[0], epochs=3, batch_size=32, validation_data=data[1], seed=5)
+
+    # nothing was disabled for raising: every callback really ran
+    assert not [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]
+    assert_same_state(NumpyBackend(net_a, loss_a, opt_a).state_dict(),
+                      trainer.backend.state_dict())
+    assert rng_a.bit_generator.state == trainer.data_rng.bit_generator.state
+    assert any(tmp_path.iterdir())
+
+
+def test_a_raising_callback_does_not_stop_training_and_is_reported_once(tmp_path):
+    class Broken(Callback):
+        calls = 0
+
+        def on_backward_end(self, state):
+            Broken.calls += 1
+            raise RuntimeError("a bug in a user's callback")
+
+    data = digits(n_train=200)
+    net, loss, opt = make_net()
+    trainer = Trainer(net, loss, opt, callbacks=[Broken()], logdir=tmp_path, progress=False)
+    history = trainer.fit(*data[0], epochs=2, batch_size=32, validation_data=data[1])
+    assert len(history["val_accuracy"]) == 2  # both epochs ran
+    assert Broken.calls == 1
+    errors = [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]
+    assert len(errors) == 1 and "a bug in a user's callback" in errors[0].message
+    lines = (tmp_path / "alerts.jsonl").read_text().splitlines()
+    assert sum('"callback.error"' in line for line in lines) == 1
+
+
+def test_stop_request_ends_training_cleanly():
+    class StopAtFive(Callback):
+        def on_step_end(self, state):
+            if state.step == 4:
+                state.request_stop("five steps are enough")
+
+    data = digits(n_train=320)
+    net, loss, opt = make_net()
+    trainer = Trainer(net, loss, opt, callbacks=[StopAtFive()], progress=False)
+    trainer.fit(*data[0], epochs=3, batch_size=32)
+    assert trainer.monitor.step == 5
+    assert "five steps are enough" in trainer.monitor.summary()
+
+
+def test_fit_validates_arguments():
+    net, loss, opt = make_net()
+    trainer = Trainer(net, loss, opt, callbacks=[], progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        trainer.fit(np.zeros((4, 64)), np.zeros(4, int), epochs=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        trainer.fit(np.zeros((4, 64)), np.zeros(4, int), batch_size=-1)
+
+
+def test_trainer_learns_the_digits():
+    data = digits(n_train=1000, n_val=300)
+    net, loss, opt = make_net()
+    history = Trainer(net, loss, opt, callbacks=[], progress=False).fit(
+        *data[0], epochs=8, batch_size=32, validation_data=data[1])
+    assert history["val_accuracy"][-1] > 0.9
+    assert history["train_loss"][-1] < history["train_loss"][0]

@@ -1,0 +1,279 @@
+"""AccuracyGapMonitor: training against validation accuracy, their gap, and a verdict.
+
+KNOWLEDGE §3: a large gap between training and validation accuracy means overfitting (more
+regularisation, dropout, more data); no gap but a low accuracy means too little capacity.
+This callback writes the gap as a curve beside the accuracy curves MetricLogger already
+writes, and turns the two patterns into alerts:
+
+* ``accuracy_gap.overfit``: ``train − val`` accuracy above ``overfit_gap`` at each of the last
+  ``patience`` evaluations, and growing over them (the accuracy gap did not shrink, or the
+  loss gap ``val_loss − train_loss`` rose). Once firing it stays active while the gap is above
+  ``overfit_gap / 2``, so a gap hovering at the threshold is one alert, not a storm.
+* ``accuracy_gap.underfit``: training accuracy below ``underfit_accuracy`` with a gap below
+  ``underfit_gap``, and stalled: it rose by less than ``min_improvement`` over the last
+  ``patience`` evaluations (early epochs of a healthy run climb fast, so they don't count).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from trainwatch.core.callback import Callback
+from trainwatch.core.state import RunState
+
+OVERFIT_SUGGESTION = (
+    "the model memorises the training set: add regularisation (L2 weight decay, dropout), "
+    "get more training data or augment it, use a smaller model, or stop earlier"
+)
+UNDERFIT_SUGGESTION = (
+    "the model cannot fit even the training data: give it more capacity (more units or "
+    "layers), train longer, lower the regularisation, or revisit the learning rate"
+)
+
+
+def _fraction(name: str, value: float, *, allow_zero: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (0 <= value <= 1) or (not allow_zero and value == 0):
+        bound = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name}: must be a number in {bound}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _pair(name: str, data: Any) -> tuple[Any, Any] | None:
+    if data is None:
+        return None
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{name}: must be an (inputs, targets) pair, got {type(data).__name__}")
+    x, y = data
+    if len(x) != len(y):
+        raise ValueError(f"{name}: inputs and targets differ in length ({len(x)} != {len(y)})")
+    if len(x) == 0:
+        raise ValueError(f"{name}: is empty")
+    return x, y
+
+
+def fixed_subset(x: Any, y: Any, size: int) -> tuple[Any, Any]:
+    """At most ``size`` examples spread evenly over the dataset (no random numbers drawn,
+    so the same examples every call and for every class ordering)."""
+    n = len(x)
+    if n <= size:
+        return x, y
+    idx = np.linspace(0, n - 1, size).round().astype(np.int64)
+    return x[idx], y[idx]
+
+
+class AccuracyGapMonitor(Callback):
+    """Writes the train − validation accuracy and loss gaps, and alerts on over/underfitting.
+
+    By default it evaluates at every epoch end, reading ``state.metrics`` (``train_accuracy``,
+    ``val_accuracy``, ``train_loss``, ``val_loss``; the Trainer fills them when given
+    ``validation_data``). With ``every=N`` it evaluates every N optimizer steps instead, on a
+    fixed subset of ``validation_data`` and of the training data, in inference mode through
+    ``state.backend.evaluate`` (so dropout is off for both sides of the gap).
+
+    Tags (written at the step count of the model evaluated):
+
+    * ``accuracy/gap``: train − val accuracy, in fraction points (0.1 = 10 points);
+    * ``loss/gap``: val − train data loss (positive when the model fits training better);
+    * with ``every``: also ``accuracy/train_subset``, ``accuracy/val_subset``,
+      ``loss/train_subset``, ``loss/val_subset`` (MetricLogger owns ``accuracy/train`` etc.).
+
+    Alerts: ``accuracy_gap.overfit`` and ``accuracy_gap.underfit`` (warnings; see the module
+    docstring for the exact conditions), each firing once per episode.
+
+    Args:
+        every: evaluate every this many optimizer steps (needs ``validation_data``); None
+            (default) evaluates at each epoch end from the loop's metrics.
+        validation_data: ``(x, y)`` for step-wise evaluation, or for epoch-wise evaluation
+            when the loop reports no ``val_accuracy``.
+        train_data: ``(x, y)`` for step-wise evaluation of the training side; None (default)
+            keeps copies of the first ``subset`` training examples the loop feeds
+            (numpy-convertible batches; fewer if the first evaluation comes sooner).
+        subset: examples evaluated per side in step mode (default 512), spread evenly over
+            the given data; the same ones every time.
+        overfit_gap: accuracy gap (fraction) above which overfitting is suspected (default
+            0.10, i.e. 10 points; the 8x8-digits demo runs at about 2 points).
+        underfit_accuracy: training accuracy (fraction) below which a stalled run is
+            underfitting (default 0.6).
+        underfit_gap: the gap must be below this for underfitting (default 0.05).
+        min_improvement: training accuracy must rise by at least this over ``patience``
+            evaluations to count as still learning (default 0.01).
+        min_growth: the accuracy gap must rise by at least this over the ``patience``
+            window to count as growing (default 0: not shrinking), unless the loss gap rose.
+        patience: evaluations over which both conditions must hold (default 3); trends are
+            measured from the first to the last of them (with 1 there is no trend check).
+    """
+
+    order = 10
+
+    def __init__(
+        self,
+        every: int | None = None,
+        *,
+        validation_data: tuple[Any, Any] | None = None,
+        train_data: tuple[Any, Any] | None = None,
+        subset: int = 512,
+        overfit_gap: float = 0.10,
+        underfit_accuracy: float = 0.6,
+        underfit_gap: float = 0.05,
+        min_improvement: float = 0.01,
+        min_growth: float = 0.0,
+        patience: int = 3,
+    ):
+        self.every = None if every is None else _count("every", every)
+        self.validation_data = _pair("validation_data", validation_data)
+        self.train_data = _pair("train_data", train_data)
+        if self.every is not None and self.validation_data is None:
+            raise ValueError("validation_data: required when every= is given (step-wise mode)")
+        self.subset = _count("subset", subset)
+        self.overfit_gap = _fraction("overfit_gap", overfit_gap, allow_zero=False)
+        self.underfit_accuracy = _fraction("underfit_accuracy", underfit_accuracy)
+        self.underfit_gap = _fraction("underfit_gap", underfit_gap)
+        self.min_improvement = _fraction("min_improvement", min_improvement)
+        if (isinstance(min_growth, bool) or not isinstance(min_growth, (int, float))
+                or not math.isfinite(min_growth) or abs(min_growth) > 1):
+            raise ValueError(f"min_growth: must be a number in [-1, 1], got {min_growth!r}")
+        self.min_growth = float(min_growth)
+        self.patience = _count("patience", patience)
+        self.history: list[dict[str, float]] = []
+        self._window: deque[dict[str, float]] = deque(maxlen=self.patience)
+        self._overfit = False
+        self._underfit = False
+        self._val_subset: tuple[Any, Any] | None = None
+        self._train_subset: tuple[Any, Any] | None = None
+        self._train_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._train_seen = 0
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def on_train_begin(self, state: RunState) -> None:
+        charts = {"accuracy": {"train − validation gap": ("Multiline", [r"^accuracy/gap$"])},
+                  "loss": {"validation − train gap": ("Multiline", [r"^loss/gap$"])}}
+        if self.every is not None:
+            charts["accuracy"]["train vs validation (subset)"] = (
+                "Multiline", [r"^accuracy/train_subset$", r"^accuracy/val_subset$"])
+            self._val_subset = fixed_subset(*self.validation_data, self.subset)
+            if self.train_data is not None:
+                self._train_subset = fixed_subset(*self.train_data, self.subset)
+        state.writer.layout(charts)
+
+    def on_step_end(self, state: RunState) -> None:
+        every = self.every
+        if every is None:
+            return
+        if self._train_subset is None:
+            self._collect(state)
+        if (state.step + 1) % every:
+            return
+        if self._train_subset is None:
+            self._finish_collecting()
+        backend = state.backend
+        train_loss, train_acc = backend.evaluate(*self._train_subset)
+        val_loss, val_acc = backend.evaluate(*self._val_subset)
+        step = state.step + 1
+        state.writer.scalars({
+            "accuracy/train_subset": train_acc, "accuracy/val_subset": val_acc,
+            "loss/train_subset": train_loss, "loss/val_subset": val_loss,
+        }, step)
+        self._evaluate(state, step, train_acc, val_acc, train_loss, val_loss)
+
+    def on_epoch_end(self, state: RunState) -> None:
+        if self.every is not None:
+            return
+        m = state.metrics
+        train_acc, val_acc = m.get("train_accuracy"), m.get("val_accuracy")
+        train_loss, val_loss = m.get("train_loss"), m.get("val_loss")
+        if val_acc is None and self.validation_data is not None:
+            if self._val_subset is None:
+                self._val_subset = fixed_subset(*self.validation_data, self.subset)
+            val_loss, val_acc = state.backend.evaluate(*self._val_subset)
+        if train_acc is None or val_acc is None:
+            return
+        self._evaluate(state, state.step, train_acc, val_acc, train_loss, val_loss)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _collect(self, state: RunState) -> None:
+        """Keep copies of the first ``subset`` training examples fed (step mode only)."""
+        if state.inputs is None or state.targets is None:
+            return
+        need = self.subset - self._train_seen
+        xb = np.array(state.inputs[:need], copy=True)
+        yb = np.array(state.targets[:need], copy=True)
+        self._train_parts.append((xb, yb))
+        self._train_seen += len(xb)
+        if self._train_seen >= self.subset:
+            self._finish_collecting()
+
+    def _finish_collecting(self) -> None:
+        """Freeze the training subset (also when fewer than ``subset`` examples were seen)."""
+        parts, self._train_parts = self._train_parts, []
+        self._train_subset = (np.concatenate([p[0] for p in parts]),
+                              np.concatenate([p[1] for p in parts]))
+
+    def _evaluate(self, state: RunState, step: int, train_acc: float, val_acc: float,
+                  train_loss: float | None, val_loss: float | None) -> None:
+        gap = float(train_acc) - float(val_acc)
+        loss_gap = math.nan
+        if train_loss is not None and val_loss is not None:
+            loss_gap = float(val_loss) - float(train_loss)
+        values = {"accuracy/gap": gap}
+        if math.isfinite(loss_gap):
+            values["loss/gap"] = loss_gap
+        state.writer.scalars(values, step)
+        point = {"step": step, "train_accuracy": float(train_acc), "val_accuracy": float(val_acc),
+                 "gap": gap, "loss_gap": loss_gap}
+        self.history.append(point)
+        self._window.append(point)
+        self._check_overfit(state, step, point)
+        self._check_underfit(state, step, point)
+
+    def _check_overfit(self, state: RunState, step: int, point: dict[str, float]) -> None:
+        window, gap = self._window, point["gap"]
+        if self._overfit:
+            active = gap > self.overfit_gap / 2
+        else:
+            first = window[0]
+            large = len(window) == self.patience and all(
+                p["gap"] > self.overfit_gap for p in window)
+            acc_growing = gap - first["gap"] >= self.min_growth
+            loss_growing = point["loss_gap"] > first["loss_gap"]  # False when NaN
+            active = large and (acc_growing or loss_growing)
+        self._overfit = active
+        message = (
+            f"train accuracy {point['train_accuracy']:.1%} vs validation "
+            f"{point['val_accuracy']:.1%}: a gap of {gap * 100:.1f} points "
+            + (f"(above {self.overfit_gap * 100:.0f} and not closing over the last "
+               f"{self.patience} evaluations)" if active else "(back under control)")
+        )
+        state.alerts.update("accuracy_gap.overfit", active, step=step, severity="warning",
+                            message=message, value=gap, suggestion=OVERFIT_SUGGESTION)
+
+    def _check_underfit(self, state: RunState, step: int, point: dict[str, float]) -> None:
+        window, acc, gap = self._window, point["train_accuracy"], point["gap"]
+        low = acc < self.underfit_accuracy and gap < self.underfit_gap
+        if self._underfit:
+            active = low
+            rise = acc - window[0]["train_accuracy"]
+        else:
+            rise = acc - window[0]["train_accuracy"]
+            active = low and len(window) == self.patience and rise < self.min_improvement
+        self._underfit = active
+        message = (
+            f"training accuracy {acc:.1%} "
+            + (f"has stalled (+{rise * 100:.1f} points over {self.patience} evaluations) "
+               f"with a train − validation gap of only {gap * 100:.1f} points"
+               if active else "is improving again")
+        )
+        state.alerts.update("accuracy_gap.underfit", active, step=step, severity="warning",
+                            message=message, value=acc, suggestion=UNDERFIT_SUGGESTION)

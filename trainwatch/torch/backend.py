@@ -1,0 +1,559 @@
+"""The backend for ``torch.nn.Module`` models: every callback works on a torch model through it.
+
+Everything is batched so a GPU model costs at most one device-to-host transfer per call:
+norms come from ``torch._foreach_norm`` stacked into one tensor, the update snapshot is a
+``torch._foreach_copy_`` into buffers allocated once, histograms are bucketed on the device
+and only their counts travel. Nothing here runs (or synchronises) unless a callback asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
+from trainwatch.outputs.base import HistogramData
+
+# -- suspension: trainwatch's own forward passes (gradient checks, evaluation) must not be seen
+# by trainwatch's hooks (activation capture, the watcher's batch detection).
+
+_suspend_depth = 0
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Within this block trainwatch's module hooks ignore every forward pass."""
+    global _suspend_depth
+    _suspend_depth += 1
+    try:
+        yield
+    finally:
+        _suspend_depth -= 1
+
+
+def is_suspended() -> bool:
+    """True inside :func:`suspended` (a trainwatch-internal forward pass)."""
+    return _suspend_depth > 0
+
+
+# -- layer kinds -------------------------------------------------------------------------------
+
+_KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
+    ((nn.Linear, nn.LazyLinear), "dense"),
+    ((nn.Conv2d, nn.LazyConv2d), "conv2d"),
+    ((nn.ReLU, nn.ReLU6), "relu"),
+    ((nn.LeakyReLU, nn.PReLU, nn.RReLU), "leaky_relu"),
+    ((nn.Tanh, nn.Hardtanh), "tanh"),
+    ((nn.Sigmoid, nn.Hardsigmoid), "sigmoid"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+      nn.AdaptiveMaxPool3d), "maxpool"),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), "dropout"),
+    ((nn.modules.batchnorm._BatchNorm,), "batchnorm"),
+    ((nn.Flatten,), "flatten"),
+)
+
+#: loss class -> trainwatch loss kind
+_LOSS_KINDS: tuple[tuple[type, str], ...] = (
+    (nn.CrossEntropyLoss, "softmax_cross_entropy"),
+    (nn.MultiMarginLoss, "multiclass_svm"),
+    (nn.BCEWithLogitsLoss, "sigmoid_bce"),
+    (nn.MSELoss, "mse"),
+)
+
+
+def layer_kind(module: nn.Module) -> str:
+    """The :class:`~trainwatch.LayerInfo` kind of a torch module (``"other"`` if unknown)."""
+    for types, kind in _KINDS:
+        if isinstance(module, types):
+            return kind
+    return "other"
+
+
+def loss_kind(loss_fn: Any) -> str | None:
+    """The trainwatch loss kind of a torch loss module, or None."""
+    for cls, kind in _LOSS_KINDS:
+        if isinstance(loss_fn, cls):
+            return kind
+    return None
+
+
+def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every module without children, in registration order (the root
+    itself when it has none, named after its class)."""
+    out = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:
+            out.append((name or type(module).__name__.lower(), module))
+    return out
+
+
+# -- tensor helpers ------------------------------------------------------------------------------
+
+_HOST_TYPES = (torch.float32, torch.float64)
+
+
+def _host_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Host numpy copies of ``tensors`` (float32, or float64 if any is), one transfer."""
+    if not tensors:
+        return []
+    dtype = _host_dtype(tensors)
+    device = tensors[0].device
+    flat = torch.cat([t.detach().reshape(-1).to(device=device, dtype=dtype) for t in tensors])
+    host = flat.cpu().numpy()
+    if device.type == "cpu" and len(tensors) == 1 and tensors[0].dtype == dtype:
+        host = host.copy()  # a lone CPU tensor: cat may have returned a view of it
+    out, start = [], 0
+    for t in tensors:
+        n = t.numel()
+        out.append(host[start:start + n].reshape(tuple(t.shape)))
+        start += n
+    return out
+
+
+def _stack(scalars: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Stack 0-d tensors that may differ in dtype or device into one float32 vector."""
+    return torch.stack([s.to(device=device, dtype=torch.float32) for s in scalars])
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    return t.coalesce().values() if t.is_sparse else t
+
+
+def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if not tensors:
+        return []
+    tensors = [_dense(t.detach()) for t in tensors]
+    return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for an empty model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if none)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def as_tensor(value: Any, device: torch.device, float_dtype: torch.dtype) -> Any:
+    """A batch on ``device``: numpy floats become ``float_dtype``, numpy integers int64;
+    tensors only move device; tuples/lists/dicts are converted item by item."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, non_blocking=True)
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.floating):
+            return torch.as_tensor(np.ascontiguousarray(value), dtype=float_dtype, device=device)
+        if np.issubdtype(value.dtype, np.integer):
+            return torch.as_tensor(np.ascontiguousarray(value), dtype=torch.int64, device=device)
+        if value.dtype == np.bool_:
+            return torch.as_tensor(value, device=device)
+        raise TypeError(f"cannot convert a numpy array of {value.dtype} to a tensor")
+    if isinstance(value, (tuple, list)):
+        return type(value)(as_tensor(v, device, float_dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: as_tensor(v, device, float_dtype) for k, v in value.items()}
+    return value
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+
+
+class TorchBackend(Backend):
+    """Lets callbacks see a ``torch.nn.Module``, its loss and its optimizer.
+
+    Args:
+        model: the network.
+        loss: the loss module or function, ``loss(outputs, targets)`` -> scalar (needed by
+            :meth:`evaluate`, :meth:`check_gradients` and the Trainer primitives).
+        optimizer: a ``torch.optim.Optimizer`` (needed by the Trainer and :meth:`state_dict`).
+
+    Parameters are the model's ``named_parameters()`` that require a gradient. Activations
+    are the outputs of the leaf modules (``layers()``); forward hooks are registered on the
+    first :meth:`capture_activations` ``(True)`` and then cost one flag test per module call.
+    """
+
+    framework = "torch"
+
+    def __init__(self, model: nn.Module, loss: Any = None, optimizer: Any = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.loss_fn = loss
+        self.optimizer = optimizer
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        devices = {p.device for p in self._params}
+        self._device = self._params[0].device if self._params else model_device(model)
+        self._one_device = len(devices) <= 1
+        self._before: list[torch.Tensor] | None = None
+        self._leaves = leaf_modules(model)
+        self._layers = [LayerInfo(name, layer_kind(m)) for name, m in self._leaves]
+        self._handles: list[Any] = []
+        self._capture = False
+        self._acts: dict[str, torch.Tensor] = {}
+        self._act_grads: dict[str, torch.Tensor] = {}
+        self._last_loss: torch.Tensor | None = None
+        self._update_open = False
+
+    @property
+    def loss_kind(self) -> str | None:
+        return loss_kind(self.loss_fn)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return self._device
+
+    # -- parameters and gradients ------------------------------------------------------------
+
+    def parameter_names(self) -> list[str]:
+        return list(self._names)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return dict(zip(self._names, to_host(self._params)))
+
+    def _grads_or_zeros(self) -> list[torch.Tensor]:
+        return [torch.zeros_like(p) if p.grad is None else _dense(p.grad) for p in self._params]
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return dict(zip(self._names, to_host(self._grads_or_zeros())))
+
+    def _stack_norms(self, groups: Sequence[Sequence[torch.Tensor]]) -> list[list[float]]:
+        """Stack every group's 0-d norms into one vector, transfer it once, split it again."""
+        flat = [n for g in groups for n in g]
+        if not flat:
+            return [[] for _ in groups]
+        if self._one_device:
+            values = torch.stack(flat).tolist()
+        else:
+            values = _stack(flat, self._device).tolist()
+        out, start = [], 0
+        for g in groups:
+            out.append(values[start:start + len(g)])
+            start += len(g)
+        return out
+
+    def _grad_norm_tensors(self) -> tuple[list[torch.Tensor], list[int]]:
+        have = [i for i, p in enumerate(self._params) if p.grad is not None]
+        return _norms([self._params[i].grad for i in have]), have
+
+    def _expand(self, values: list[float], have: list[int]) -> list[float]:
+        full = [0.0] * len(self._params)
+        for i, v in zip(have, values):
+            full[i] = v
+        return full
+
+    def norms(self) -> dict[str, TensorNorms]:
+        with torch.no_grad():
+            w = _norms(self._params)
+            g, have = self._grad_norm_tensors()
+            wv, gv = self._stack_norms([w, g])
+        gv = self._expand(gv, have)
+        return {n: TensorNorms(a, b) for n, a, b in zip(self._names, wv, gv)}
+
+    def begin_update(self) -> None:
+        with torch.no_grad():
+            if self._before is None or any(
+                b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
+                for b, p in zip(self._before, self._params)
+            ):
+                self._before = [torch.empty_like(p, memory_format=torch.preserve_format)
+                                for p in self._params]
+            if self._params:
+                torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+        self._update_open = True
+
+    def end_update(self) -> dict[str, TensorNorms]:
+        if self._before is None or not self._update_open:
+            raise RuntimeError("end_update() called without begin_update()")
+        self._update_open = False
+        with torch.no_grad():
+            params = [p.detach() for p in self._params]
+            if params:
+                torch._foreach_sub_(self._before, params)  # before := before - after
+            u = _norms(self._before)
+            w = _norms(params)
+            g, have = self._grad_norm_tensors()
+            wv, gv, uv = self._stack_norms([w, g, u])
+        gv = self._expand(gv, have)
+        return {n: TensorNorms(a, b, c) for n, a, b, c in zip(self._names, wv, gv, uv)}
+
+    def first_nonfinite(self) -> str | None:
+        # One batched pass: a tensor holding NaN/Inf has a non-finite norm. A finite tensor
+        # whose norm overflows is confirmed elementwise (only then: extra transfers).
+        with torch.no_grad():
+            w = _norms(self._params)
+            g, have = self._grad_norm_tensors()
+            wv, gv = self._stack_norms([w, g])
+        gmap = dict(zip(have, gv))
+        for i, name in enumerate(self._names):
+            p = self._params[i]
+            if not math.isfinite(wv[i]) and not bool(torch.isfinite(p.detach()).all()):
+                return name
+            if i in gmap and not math.isfinite(gmap[i]) and not bool(
+                torch.isfinite(_dense(p.grad)).all()
+            ):
+                return f"{name} (gradient)"
+        return None
+
+    # -- activations ---------------------------------------------------------------------------
+
+    def layers(self) -> list[LayerInfo]:
+        return list(self._layers)
+
+    def _ensure_hooks(self) -> None:
+        if self._handles:
+            return
+        for name, module in self._leaves:
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self._capture or _suspend_depth or not isinstance(output, torch.Tensor):
+                return
+            if not output.is_floating_point():
+                return
+            self._acts[name] = output.detach().clone()
+            if output.requires_grad:
+                def grad_hook(grad: torch.Tensor) -> None:
+                    self._act_grads[name] = grad.detach().clone()
+
+                output.register_hook(grad_hook)
+
+        return hook
+
+    def capture_activations(self, enabled: bool) -> None:
+        enabled = bool(enabled)
+        if enabled:
+            self._ensure_hooks()
+            if not self._capture:
+                self._acts = {}
+                self._act_grads = {}
+        # the gradients of a captured forward still arrive if the capture is switched off
+        # before the backward: their tensor hooks were registered during that forward
+        self._capture = enabled
+
+    def activations(self) -> dict[str, np.ndarray]:
+        names = list(self._acts)
+        return dict(zip(names, to_host([self._acts[n] for n in names])))
+
+    def activation_gradients(self) -> dict[str, np.ndarray]:
+        names = list(self._act_grads)
+        return dict(zip(names, to_host([self._act_grads[n] for n in names])))
+
+    def remove_hooks(self) -> None:
+        """Remove every module hook this backend registered and drop captured tensors."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._capture = False
+        self._acts = {}
+        self._act_grads = {}
+
+    def _histogram_sources(self, which: str) -> tuple[list[str], list[torch.Tensor]]:
+        if which == "weights":
+            return list(self._names), list(self._params)
+        if which == "gradients":
+            return list(self._names), self._grads_or_zeros()
+        if which == "activations":
+            return list(self._acts), list(self._acts.values())
+        if which == "activation_gradients":
+            return list(self._act_grads), list(self._act_grads.values())
+        raise ValueError(
+            f"which: {which!r} is not one of "
+            "['activation_gradients', 'activations', 'gradients', 'weights']"
+        )
+
+    def histograms(self, which: str, bins: int = 64) -> dict[str, HistogramData]:
+        """Histograms bucketed on the device: per tensor min/max/count/sum/sum of squares of
+        the finite entries and ``bins`` equal-width counts; one transfer for all tensors."""
+        if not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins: must be an integer >= 1, got {bins!r}")
+        names, tensors = self._histogram_sources(which)
+        if not tensors:
+            return {}
+        with torch.no_grad():
+            rows = [_histogram_row(t.detach(), bins).to(self._device) for t in tensors]
+            table = torch.stack(rows).cpu().numpy()
+        return {name: _histogram_data(row, bins) for name, row in zip(names, table)}
+
+    # -- loss evaluation and gradient checks ---------------------------------------------------
+
+    def _targets(self, targets: Any) -> Any:
+        return as_tensor(targets, self._device, model_dtype(self.model))
+
+    def evaluate(self, inputs: Any, targets: Any, batch_size: int = 512) -> tuple[float, float]:
+        """Mean loss (NaN without a loss function) and accuracy over ``inputs``, in eval
+        mode under ``torch.no_grad()``; training flags and random states are restored."""
+        model = self.model
+        flags = [(m, m.training) for m in model.modules()]
+        n = len(inputs)
+        devices = [self._device.index or 0] if self._device.type == "cuda" else []
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
+        correct = torch.zeros((), dtype=torch.float64, device=self._device)
+        try:
+            with suspended(), torch.no_grad(), torch.random.fork_rng(devices=devices):
+                model.eval()
+                for start in range(0, n, batch_size):
+                    xb = as_tensor(inputs[start:start + batch_size], self._device,
+                                   model_dtype(model))
+                    yb = self._targets(targets[start:start + batch_size])
+                    out = _call(model, xb)
+                    m = len(yb)
+                    if self.loss_fn is not None:
+                        loss_sum += self.loss_fn(out, yb).detach().double() * m
+                    correct += _correct(out, yb).double()
+        finally:
+            for m, flag in flags:
+                m.training = flag
+        total_loss, total_correct = torch.stack([loss_sum, correct]).tolist()
+        n = max(n, 1)
+        loss = total_loss / n if self.loss_fn is not None else float("nan")
+        return loss, total_correct / n
+
+    def check_gradients(self, inputs: Any, targets: Any, *, seed: int = 0, **options: Any):
+        """:func:`trainwatch.torch.check_module` on the model and its loss (float64 copies;
+        the model, optimizer and random states are untouched)."""
+        from trainwatch.torch.gradcheck import check_module
+
+        if self.loss_fn is None:
+            raise ValueError("loss: a loss function is needed for gradient checks")
+        return check_module(self.model, self.loss_fn, inputs, targets, seed=seed, **options)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "rng": torch.get_rng_state(),
+        }
+        if self.optimizer is not None:
+            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    # -- training primitives ------------------------------------------------------------------
+
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        """Outputs for a batch (numpy batches become tensors on the model's device: floats in
+        the model's dtype, integers int64); switches train/eval mode only when it differs."""
+        if self.model.training != training:
+            self.model.train(training)
+        x = as_tensor(inputs, self._device, model_dtype(self.model))
+        if training:
+            return _call(self.model, x)
+        with torch.no_grad():
+            return _call(self.model, x)
+
+    def loss(self, predictions: Any, targets: Any) -> tuple[Any, float]:
+        """(data loss as a 0-d tensor, 0.0): weight decay lives in the optimizer."""
+        if self.loss_fn is None:
+            raise ValueError("loss: the backend has no loss function")
+        value = self.loss_fn(predictions, self._targets(targets))
+        self._last_loss = value
+        return value, 0.0
+
+    def backward(self) -> None:
+        if self._last_loss is None:
+            raise RuntimeError("backward() called before loss()")
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.model.zero_grad(set_to_none=True)
+        loss, self._last_loss = self._last_loss, None
+        loss.backward()
+
+    def step(self) -> None:
+        if self.optimizer is None:
+            raise ValueError("optimizer: the backend has no optimizer")
+        self.optimizer.step()
+
+    @staticmethod
+    def accuracy(predictions: Any, targets: Any) -> float:
+        """Fraction of rows whose arg-max equals the target (tensors or numpy arrays)."""
+        if not isinstance(predictions, torch.Tensor):
+            return Backend.accuracy(predictions, targets)
+        with torch.no_grad():
+            p = predictions.detach()
+            t = as_tensor(targets, p.device, p.dtype)
+            return float(_correct(p, t)) / max(len(t), 1)
+
+
+def _correct(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Number of correct rows, as a 0-d tensor on the outputs' device (no sync)."""
+    if out.ndim == 1 or out.shape[-1] == 1:
+        return ((out.reshape(-1) > 0) == (targets.reshape(-1) > 0.5)).sum()
+    if targets.shape == out.shape:  # one-hot or score targets
+        return (out.argmax(dim=-1) == targets.argmax(dim=-1)).sum()
+    return (out.argmax(dim=-1) == targets.reshape(out.shape[:-1])).sum()
+
+
+def _histogram_row(t: torch.Tensor, bins: int) -> torch.Tensor:
+    """[min, max, num, sum, sum_squares, counts...] of the finite entries of ``t``, on its
+    device, without any host synchronisation."""
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    v = t.reshape(-1).to(dtype)
+    finite = torch.isfinite(v)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=v.device)
+    lo = torch.where(finite, v, inf).amin() if v.numel() else inf
+    hi = torch.where(finite, v, -inf).amax() if v.numel() else -inf
+    num = finite.sum()
+    vz = torch.where(finite, v, torch.zeros((), dtype=dtype, device=v.device))
+    total = vz.sum()
+    squares = torch.dot(vz, vz) if v.numel() else total
+    lo_safe = torch.where(num > 0, lo, torch.zeros_like(lo))
+    hi_safe = torch.where(num > 0, hi, torch.zeros_like(hi))
+    width = hi_safe - lo_safe
+    tiny = 1e-12 * torch.clamp(lo_safe.abs(), min=1.0)
+    width = torch.where(width > 0, width, tiny)
+    idx = torch.floor((vz - lo_safe) / width * bins).clamp_(0, bins - 1).to(torch.int64)
+    idx = torch.where(finite, idx, torch.full_like(idx, bins))  # non-finite -> dropped bucket
+    counts = torch.zeros(bins + 1, dtype=torch.float64, device=v.device)
+    counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+    head = torch.stack([lo_safe.double(), hi_safe.double(), num.double(), total.double(),
+                        squares.double()])
+    return torch.cat([head, counts[:bins]])
+
+
+def _histogram_data(row: np.ndarray, bins: int) -> HistogramData:
+    lo, hi, num, total, squares = (float(x) for x in row[:5])
+    counts = np.array(row[5:], dtype=np.float64)
+    if num == 0:  # nothing finite: like HistogramData.from_values, one zero
+        counts = np.zeros(bins)
+        counts[0] = 1.0
+        lo = hi = total = squares = 0.0
+        num = 1
+    if hi <= lo:
+        hi = lo + 1e-12 * max(1.0, abs(lo))
+    edges = np.linspace(lo, hi, bins + 1)
+    return HistogramData(counts, edges, lo, hi, int(num), total, squares)
