@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a numpy network on the bundled digits, every "
                                        "monitor on, and write TensorBoard logs")
     demo.add_argument("--logdir", default="runs/demo", help="log folder (default runs/demo)")
-    demo.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
-                      help="network (default mlp)")
+    demo.add_argument("--model", choices=("mlp", "cnn"), default="cnn",
+                      help="network (default cnn)")
     demo.add_argument("--epochs", type=_positive_int, default=20, help="epochs (default 20)")
     demo.add_argument("--lr", type=_positive_float, default=0.05,
                       help="learning rate of SGD with momentum 0.9 (default 0.05)")

@@ -28,20 +28,20 @@ class DemoResult:
 
 def build_model(kind: str, seed: int) -> nn.Sequential:
     """The demo network: ``"mlp"`` (64-128-10 with dropout) or ``"cnn"`` (one 3x3 conv layer
-    with 8 filters, max-pool, 64-unit dense layer)."""
+    with 16 filters, max-pool, 64-unit dense layer)."""
     if kind == "mlp":
         layers = [nn.Dense(64, 128, rng=seed), nn.ReLU(), nn.Dropout(0.1),
                   nn.Dense(128, 10, rng=seed + 1)]
     elif kind == "cnn":
-        layers = [nn.Conv2D(1, 8, 3, padding=1, rng=seed), nn.ReLU(), nn.MaxPool2D(2),
-                  nn.Flatten(), nn.Dense(8 * 4 * 4, 64, rng=seed + 1), nn.ReLU(),
+        layers = [nn.Conv2D(1, 16, 3, padding=1, rng=seed), nn.ReLU(), nn.MaxPool2D(2),
+                  nn.Flatten(), nn.Dense(16 * 4 * 4, 64, rng=seed + 1), nn.ReLU(),
                   nn.Dense(64, 10, rng=seed + 2)]
     else:
         raise ValueError(f"model: must be one of {MODELS}, got {kind!r}")
     return nn.Sequential(layers, l2=1e-4, seed=seed)
 
 
-def run_demo(logdir: str = "runs/demo", model: str = "mlp", epochs: int = 20,
+def run_demo(logdir: str = "runs/demo", model: str = "cnn", epochs: int = 20,
              lr: float = 0.05, seed: int = 0, progress: bool = True) -> DemoResult:
     """Train the demo network with every callback on; returns where the logs went and the
     final validation accuracy (fraction)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import signal
@@ -68,10 +67,11 @@ def test_scalars_one_event_per_step_with_nonfinite_values(out, tmp_path):
         assert len(walls) == 1
 
 
-def test_scalar_that_is_not_a_number_is_skipped(out, tmp_path):
+def test_scalar_that_is_not_a_number_is_skipped(out, tmp_path, caplog):
     out.scalars({"good": 1.0, "bad": "not a number", "none": None}, 5)
     out.scalars({"bad": "x"}, 6)  # nothing left to write: no crash
     out.close()
+    assert sum("'bad'" in r.getMessage() for r in caplog.records) == 1  # warned once
     ea = read(tmp_path)
     assert ea.Tags()["scalars"] == ["good"]
     assert ea.Scalars("good")[0].step == 5

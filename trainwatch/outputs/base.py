@@ -39,7 +39,7 @@ class HistogramData:
         v = np.asarray(values, dtype=np.float64).ravel()
         v = v[np.isfinite(v)]
         if v.size == 0:
-            v = np.zeros(1)
+            return cls(np.zeros(1), np.array([0.0, 1e-12]), 0.0, 0.0, 0, 0.0, 0.0)
         lo, hi = float(v.min()), float(v.max())
         if hi <= lo:
             hi = lo + 1e-12 * max(1.0, abs(lo))
@@ -73,7 +73,7 @@ class Output(ABC):
 
     @abstractmethod
     def figure(self, tag: str, figure: Any, step: int) -> None:
-        """Write a matplotlib figure (rendered to an image, then closed)."""
+        """Write a matplotlib figure as an image (the :class:`OutputList` closes it after)."""
 
     def layout(self, layout: Mapping[str, Mapping[str, tuple[str, list[str]]]]) -> None:
         """Declare a custom-scalars layout: ``{category: {chart: ("Multiline", [regex])}}``.

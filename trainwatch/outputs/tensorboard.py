@@ -259,11 +259,11 @@ def _install_process_hooks() -> None:
             if prev is signal.SIG_IGN:  # the process chose to survive SIGTERM: respect that
                 _sigterm_installed = True
                 return
+            _previous_sigterm = prev  # before installing: a signal may come at once
             signal.signal(signal.SIGTERM, _on_sigterm)
         except (ValueError, OSError) as exc:  # e.g. an embedded interpreter
             logger.debug("trainwatch: no SIGTERM handler installed: %r", exc)
             return
-        _previous_sigterm = prev
         _sigterm_installed = True
 
 
@@ -314,6 +314,7 @@ class TensorBoardOutput(Output):
         self._layout: dict[str, dict[str, list]] = {}
         self._closed = False
         self._warned_closed = False
+        self._warned_tags: set[str] = set()
         self._barriers: dict[int, threading.Event] = {}
         self._barrier_ok = self._hook_writer_thread()
         _install_process_hooks()
@@ -352,7 +353,8 @@ class TensorBoardOutput(Output):
         return False
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        """All of a step's scalars in one event. NaN/inf are written as they are."""
+        """All of a step's scalars in one event. NaN/inf are written as they are; a value
+        ``float()`` rejects is skipped (one warning per tag)."""
         if not values or not self._usable():
             return
         value = self._Value
@@ -364,7 +366,10 @@ class TensorBoardOutput(Output):
                 try:
                     vals.append(value(tag=k, simple_value=float(v)))
                 except (TypeError, ValueError):
-                    logger.warning("trainwatch: scalar %r=%r is not a number; skipped", k, v)
+                    if k not in self._warned_tags:
+                        self._warned_tags.add(k)
+                        logger.warning("trainwatch: scalar %r=%r is not a number; skipped "
+                                       "(warned once per tag)", k, v)
             if not vals:
                 return
         self._file_writer.add_summary(self._Summary(value=vals), int(step))

@@ -359,7 +359,8 @@ class TorchBackend(Backend):
         return dict(zip(names, to_host([self._acts[n] for n in names])))
 
     def activation_gradients(self) -> dict[str, np.ndarray]:
-        names = list(self._act_grads)
+        order = {name: i for i, (name, _) in enumerate(self._leaves)}
+        names = sorted(self._act_grads, key=lambda n: order.get(n, len(order)))
         return dict(zip(names, to_host([self._act_grads[n] for n in names])))
 
     def remove_hooks(self) -> None:

@@ -1,0 +1,81 @@
+"""Per-step cost of the outputs' hot path, in microseconds per call.
+
+Compares TensorBoardOutput.scalars (10 values in one Summary) with 10 tensorboardX
+``add_scalar`` calls, for the writer queue sizes 10 (tensorboardX's default) and 100 (ours),
+plus ConsoleOutput.scalars and MemoryOutput.scalars. Run:
+
+    .venv/bin/python benchmarks/writer_bench.py [--steps 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+from trainwatch.outputs import ConsoleOutput, MemoryOutput, TensorBoardOutput
+
+TAGS = [f"group{i % 3}/metric{i}" for i in range(10)]
+
+
+def time_per_call(fn: Callable[[int], None], steps: int, repeats: int = 3) -> float:
+    """Median over ``repeats`` of the mean seconds per ``fn(step)`` call."""
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for step in range(steps):
+            fn(step)
+        runs.append((time.perf_counter() - t0) / steps)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=5000)
+    args = ap.parse_args()
+    n = args.steps
+    values = {t: 0.5 for t in TAGS}
+    rows: list[tuple[str, float]] = []
+
+    with tempfile.TemporaryDirectory() as d:
+        for max_queue in (10, 100):
+            out = TensorBoardOutput(f"{d}/batched{max_queue}", max_queue=max_queue)
+            rows.append((f"TensorBoardOutput.scalars, 10 values (max_queue={max_queue})",
+                         time_per_call(lambda s, o=out: o.scalars(values, s), n)))
+            t0 = time.perf_counter()
+            out.flush()
+            rows.append((f"  then flush() barrier (max_queue={max_queue})",
+                         time.perf_counter() - t0))
+            out.close()
+
+            each = TensorBoardOutput(f"{d}/each{max_queue}", max_queue=max_queue).writer
+
+            def add_each(step: int, w=each) -> None:
+                for k, v in values.items():
+                    w.add_scalar(k, v, step)
+
+            rows.append((f"10 x SummaryWriter.add_scalar (max_queue={max_queue})",
+                         time_per_call(add_each, max(n // 5, 200))))
+            each.close()
+
+    bar = ConsoleOutput(file=io.StringIO(), total=10**9)
+    bar.start()
+    rows.append(("ConsoleOutput.scalars, 10 values + loss/train postfix",
+                 time_per_call(lambda s: bar.scalars({**values, "loss/train": 0.5}, s), n)))
+    rows.append(("ConsoleOutput.scalars, 10 values, no postfix tag",
+                 time_per_call(lambda s: bar.scalars(values, s), n)))
+    bar.close()
+    mem = MemoryOutput()
+    rows.append(("MemoryOutput.scalars, 10 values",
+                 time_per_call(lambda s: mem.scalars(values, s), n)))
+
+    width = max(len(name) for name, _ in rows)
+    for name, sec in rows:
+        print(f"{name:<{width}}  {sec * 1e6:10.1f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""TorchBackend: the seam every callback uses, on real torch models."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from trainwatch import HistogramData, LayerInfo, Monitor, Trainer  # noqa: E402
+from trainwatch.core.monitor import as_backend  # noqa: E402
+from trainwatch.data import load_digits, train_val_split  # noqa: E402
+from trainwatch.torch import TorchBackend  # noqa: E402
+
+
+def cnn(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10),
+    ).to(dtype)
+
+
+def batch(n=16, seed=0):
+    x, y = load_digits(images=True)
+    return x[seed:seed + n], y[seed:seed + n]
+
+
+def make(seed=0, dtype=torch.float32):
+    model = cnn(seed, dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return model, TorchBackend(model, nn.CrossEntropyLoss(), opt), opt
+
+
+def train_step(backend, x, y):
+    out = backend.forward(x)
+    backend.loss(out, y)
+    backend.backward()
+    return out
+
+
+def test_layers_kinds_and_names():
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.LeakyReLU(), nn.Sigmoid(), nn.Tanh(), nn.MaxPool2d(2),
+        nn.Dropout(), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2), nn.ReLU(), nn.GELU(),
+    )
+    kinds = [info.kind for info in TorchBackend(model).layers()]
+    assert kinds == ["conv2d", "leaky_relu", "sigmoid", "tanh", "maxpool", "dropout",
+                     "batchnorm", "flatten", "dense", "relu", "other"]
+    assert TorchBackend(model).layers()[0] == LayerInfo("0", "conv2d")
+    # a leaf root is listed under its class name
+    assert TorchBackend(nn.Linear(2, 3)).layers() == [LayerInfo("linear", "dense")]
+
+
+@pytest.mark.parametrize("loss, kind", [
+    (nn.CrossEntropyLoss(), "softmax_cross_entropy"), (nn.MultiMarginLoss(), "multiclass_svm"),
+    (nn.BCEWithLogitsLoss(), "sigmoid_bce"), (nn.MSELoss(), "mse"), (nn.L1Loss(), None),
+    (None, None),
+])
+def test_loss_kind(loss, kind):
+    assert TorchBackend(nn.Linear(2, 2), loss).loss_kind == kind
+
+
+def test_parameters_gradients_and_norms_match_torch():
+    model, backend, _ = make()
+    frozen = model[1].bias
+    frozen.requires_grad_(False)
+    backend = TorchBackend(model, nn.CrossEntropyLoss(), None)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert backend.parameter_names() == names
+    # before any backward every gradient is None: zeros, norm 0
+    assert all(np.all(g == 0) for g in backend.gradients().values())
+    assert all(n.grad == 0.0 for n in backend.norms().values())
+    x, y = batch()
+    train_step(backend, x, y)
+    params, grads, norms = backend.parameters(), backend.gradients(), backend.norms()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert name not in params
+            continue
+        np.testing.assert_array_equal(params[name], p.detach().numpy())
+        np.testing.assert_array_equal(grads[name], p.grad.numpy())
+        assert norms[name].weight == pytest.approx(float(p.detach().norm()), rel=1e-6)
+        assert norms[name].grad == pytest.approx(float(p.grad.norm()), rel=1e-6)
+        assert math.isnan(norms[name].update)
+    # host copies, not views of the live tensors
+    params[names[0]][...] = 123.0
+    assert not torch.any(model[0].weight == 123.0)
+
+
+def test_update_norms_are_the_applied_change():
+    model, backend, opt = make()
+    x, y = batch()
+    with pytest.raises(RuntimeError):
+        backend.end_update()
+    for _ in range(3):
+        train_step(backend, x, y)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        backend.begin_update()
+        opt.step()
+        result = backend.end_update()
+        for name, p in model.named_parameters():
+            change = float((p.detach() - before[name]).norm())
+            assert result[name].update == pytest.approx(change, rel=1e-5, abs=1e-12)
+            assert result[name].weight == pytest.approx(float(p.detach().norm()), rel=1e-6)
+            assert result[name].grad == pytest.approx(float(p.grad.norm()), rel=1e-6)
+    with pytest.raises(RuntimeError):
+        backend.end_update()  # one begin, one end
+
+
+def test_first_nonfinite_names_the_tensor():
+    model, backend, _ = make()
+    x, y = batch()
+    train_step(backend, x, y)
+    assert backend.first_nonfinite() is None
+    with torch.no_grad():
+        model[6].bias[0] = 1e30  # finite, but its float32 norm overflows: not flagged
+    assert backend.first_nonfinite() is None
+    model[8].weight.grad[1, 2] = float("inf")
+    assert backend.first_nonfinite() == "8.weight (gradient)"
+    with torch.no_grad():
+        model[6].weight[0, 0] = float("nan")
+    assert backend.first_nonfinite() == "6.weight"
+
+
+def test_histograms_match_host_histograms_and_skip_nonfinite():
+    model, backend, _ = make(dtype=torch.float64)
+    x, y = batch()
+    train_step(backend, x, y)
+    for which, source in (("weights", backend.parameters()), ("gradients", backend.gradients())):
+        hists = backend.histograms(which, bins=16)
+        assert list(hists) == backend.parameter_names()
+        for name, h in hists.items():
+            ref = HistogramData.from_values(source[name], 16)
+            assert isinstance(h, HistogramData) and h.counts.shape == (16,)
+            np.testing.assert_array_equal(h.counts, ref.counts)
+            np.testing.assert_allclose(h.edges, ref.edges, rtol=1e-12)
+            assert (h.num, h.min, h.max) == (ref.num, ref.min, ref.max)
+            assert h.sum == pytest.approx(ref.sum, abs=1e-9)
+            assert h.sum_squares == pytest.approx(ref.sum_squares, rel=1e-9)
+    with torch.no_grad():
+        model[8].bias[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        model[6].bias[:] = float("nan")
+        model[1].weight[:] = 0.5
+    hists = backend.histograms("weights", bins=8)
+    h = hists["8.bias"]
+    finite = model[8].bias.detach().numpy()[3:]
+    assert h.num == 7 and h.counts.sum() == 7
+    assert (h.min, h.max) == (finite.min(), finite.max())
+    assert hists["6.bias"].num == 1 and hists["6.bias"].counts.sum() == 1  # nothing finite
+    assert hists["1.weight"].counts[0] == 4 and hists["1.weight"].min == 0.5  # constant
+    with pytest.raises(ValueError, match="which"):
+        backend.histograms("biases")
+    with pytest.raises(ValueError, match="bins"):
+        backend.histograms("weights", bins=0)
+
+
+def test_activation_capture_is_off_until_asked_and_matches_autograd():
+    model, backend, _ = make()
+    x, y = batch()
+    train_step(backend, x, y)
+    assert backend.activations() == {} and backend.activation_gradients() == {}
+    assert all(not m._forward_hooks for m in model.modules())  # nothing registered yet
+
+    backend.capture_activations(True)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    torch.manual_seed(5)
+    out = backend.forward(x)
+    loss, _ = backend.loss(out, y)
+    backend.backward()
+    backend.capture_activations(False)
+    acts, grads = backend.activations(), backend.activation_gradients()
+    assert list(acts) == [info.name for info in backend.layers()]
+    assert list(grads) == list(acts)
+
+    # the same forward by hand, with the outputs' gradients from autograd
+    backend.remove_hooks()
+    outputs = []
+    h = xt
+    torch.manual_seed(5)
+    for module in model:
+        h = module(h)
+        h.retain_grad()
+        outputs.append(h)
+    nn.CrossEntropyLoss()(h, torch.as_tensor(y)).backward()
+    for (name, a), o in zip(acts.items(), outputs):
+        np.testing.assert_allclose(a, o.detach().numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(grads[name], o.grad.numpy(), rtol=1e-5, atol=1e-8)
+
+    # capture off: another step records nothing new
+    backend.capture_activations(True)
+    backend.capture_activations(False)
+    train_step(backend, x, y)
+    assert backend.activations() == {}
+
+
+def test_captured_activation_survives_an_inplace_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    backend = TorchBackend(model, nn.CrossEntropyLoss(), None)
+    backend.capture_activations(True)
+    x = torch.randn(5, 4)
+    backend.loss(backend.forward(x), np.array([0, 1, 0, 1, 1]))
+    backend.backward()
+    pre = (x @ model[0].weight.T + model[0].bias).detach().numpy()
+    acts = backend.activations()
+    assert (acts["0"] < 0).any()  # not overwritten by the in-place ReLU
+    np.testing.assert_allclose(acts["0"], pre, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(acts["1"], np.maximum(pre, 0).astype(np.float32))
+
+
+def test_evaluate_touches_nothing():
+    model, backend, opt = make()
+    x, y = batch(64)
+    train_step(backend, x, y)
+    opt.step()
+    model[1].eval()  # a frozen BatchNorm inside a model in training mode
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    backend.capture_activations(True)
+    loss, acc = backend.evaluate(x, y, batch_size=24)
+    assert model.training and not model[1].training and model[5].training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, grads[n])
+    assert backend.activations() == {}  # evaluation is not captured
+    backend.capture_activations(False)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.as_tensor(x, dtype=torch.float32))
+        ref_loss = float(nn.CrossEntropyLoss()(out, torch.as_tensor(y)))
+        ref_acc = float((out.argmax(1) == torch.as_tensor(y)).float().mean())
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert acc == pytest.approx(ref_acc)
+    assert math.isnan(TorchBackend(model).evaluate(x, y)[0])  # no loss function
+
+
+def test_state_dict_round_trip_restores_training_exactly():
+    model, backend, opt = make()
+    x, y = batch(32)
+    for _ in range(2):
+        train_step(backend, x, y)
+        backend.step()
+    saved = backend.state_dict()
+
+    def run():
+        losses = []
+        for _ in range(3):
+            out = backend.forward(x)
+            losses.append(float(backend.loss(out, y)[0]))
+            backend.backward()
+            backend.step()
+        return losses, {k: v.clone() for k, v in model.state_dict().items()}
+
+    first, state_a = run()
+    backend.load_state_dict(saved)
+    second, state_b = run()
+    assert first == second
+    for k in state_a:
+        assert torch.equal(state_a[k], state_b[k]), k
+    # the snapshot is a deep copy: training did not change it
+    backend.load_state_dict(saved)
+    assert torch.equal(model[0].weight, saved["model"]["0.weight"])
+
+
+def test_trainer_primitives_convert_numpy_batches():
+    model, backend, _ = make()
+    x, y = batch()
+    out = backend.forward(x)  # float64 numpy -> float32 tensor
+    assert out.dtype == torch.float32 and out.requires_grad
+    loss, reg = backend.loss(out, y)
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and reg == 0.0
+    backend.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert 0.0 <= backend.accuracy(out, y) <= 1.0
+    with pytest.raises(RuntimeError):
+        backend.backward()  # the loss was consumed
+
+
+def test_monitor_picks_the_torch_backend():
+    model = cnn()
+    assert isinstance(as_backend(model, nn.CrossEntropyLoss()), TorchBackend)
+    mon = Monitor(model, loss=nn.CrossEntropyLoss(), callbacks=[], progress=False)
+    assert mon.backend.framework == "torch"
+
+
+def test_trainer_fits_a_torch_model():
+    x, y = load_digits(images=True)
+    (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.25, seed=0)
+    model = cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, callbacks=[], progress=False)
+    history = trainer.fit(xt[:600], yt[:600], epochs=3, batch_size=32,
+                          validation_data=(xv[:200], yv[:200]), seed=0)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert history["val_accuracy"][-1] > 0.6
+    assert model.training  # evaluation restored the mode
+
+
+def test_importing_trainwatch_does_not_need_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import trainwatch, trainwatch.callbacks, trainwatch.outputs, trainwatch.nn\n"
+            "from trainwatch.data import load_digits\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,506 @@
+"""UpdateRatioMonitor: how much each parameter tensor actually moves per optimizer step.
+
+KNOWLEDGE §3: for every parameter tensor, ``‖Δθ‖ / ‖θ‖`` (the update the optimizer actually
+applied, divided by the weights) should be about 1e-3. Much higher: the learning rate is
+probably too high; much lower: probably too low. Exactly 0: the tensor was not updated at all
+(frozen by mistake, detached from the loss, missing from the optimizer).
+
+Δθ is measured across the step (``backend.begin_update()`` before it, ``end_update()`` after),
+so the ratio is right for momentum, Nesterov, Adam, weight decay and clipping alike, not the
+``lr·‖g‖`` approximation. ``‖θ‖`` is the norm after the step.
+
+How a tensor is judged, on each scheduled step (every ``every`` steps):
+
+* The smoothed ratio is a geometric EMA: an EMA (weight ``smoothing`` for the newest value)
+  of ``log10(ratio)``, or with ``window=N`` the mean of the last N ``log10`` values; one
+  outlier step therefore moves it by a factor, not by orders of magnitude.
+* It is out of band when above ``high`` (or below ``low``); with value hysteresis (``margin``)
+  it is back in band only below ``high / (1 + margin)`` (above ``low * (1 + margin)``).
+* ``update_ratio.high`` / ``update_ratio.low`` fire when the smoothed ratio has been out of band
+  for ``patience`` consecutive checks (default 10, i.e. 100 steps: the first few dozen steps of
+  a healthy run often sit a little above 1e-2), or for ``severe_patience`` checks (default 2)
+  when it is more than ``severe_factor`` (10×) beyond the band edge (a learning rate orders of
+  magnitude off is reported within a few dozen steps). Each condition fires once per episode
+  (see :class:`~trainwatch.alerts.AlertManager`).
+* ``update_ratio.frozen``: ``‖Δθ‖ == 0`` while ``‖θ‖ > 0`` at ``frozen_patience`` consecutive
+  checks. When every tensor is frozen at once (``optimizer.step()`` had no effect) one alert
+  without a tensor is raised instead of one per tensor.
+* ``update_ratio.zero_weight`` (info): ``‖θ‖ == 0`` after the step at ``frozen_patience``
+  consecutive checks; no ratio is computed (never a division by zero).
+
+Biases, and any tensor that was exactly zero before its first measured step, start at zero,
+so their ratio is about ``1/t`` early in training whatever the learning rate (1e-1 after ten
+steps even at lr=1e-6). They are measured and written but not judged against the band unless
+``include_biases=True`` or an ``overrides`` pattern names them; the frozen check applies to
+them as to every tensor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainwatch.alerts.rules import Hysteresis
+from trainwatch.core.backend import TensorNorms
+from trainwatch.core.callback import Callback
+from trainwatch.core.state import RunState
+
+RATIO_PREFIX = "update_ratio/"
+LOG10_PREFIX = "update_ratio_log10/"
+NORMS_PREFIX = "update_ratio_norms/"
+
+_BIAS = re.compile(r"(^|[._])bias$")
+
+Band = tuple[float | None, float | None]
+
+
+def _count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any, *, low: float, high: float = math.inf,
+            low_open: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        left = "(" if low_open else "["
+        right = "]" if math.isfinite(high) else ")"
+        raise ValueError(f"{name}: must be a number in {left}{low}, {high}{right}, got {value!r}")
+    return float(value)
+
+
+def _band(name: str, band: Any) -> Band:
+    if not isinstance(band, (tuple, list)) or len(band) != 2:
+        raise ValueError(f"{name}: must be a (low, high) pair, got {band!r}")
+    low, high = band
+    for side, v in (("low", low), ("high", high)):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}: {side} must be a finite number > 0 or None, got {v!r}")
+    if low is None and high is None:
+        raise ValueError(f"{name}: give at least one of low, high")
+    if low is not None and high is not None and not low < high:
+        raise ValueError(f"{name}: low must be below high, got {band!r}")
+    return (None if low is None else float(low), None if high is None else float(high))
+
+
+def is_bias(name: str) -> bool:
+    """Whether a parameter name denotes a bias (``fc1.bias``, ``in_proj_bias``)."""
+    return _BIAS.search(name) is not None
+
+
+@dataclass
+class _Track:
+    """Per-tensor state of the rules."""
+
+    band: Band
+    rule: Hysteresis
+    judged: bool
+    log_ema: float = math.nan
+    window: deque | None = None
+    measured: int = 0
+    zero_init: bool = False
+    direction: str | None = None  # current out-of-band side ("high"/"low") or None
+    streak: int = 0  # consecutive checks on that side
+    severe_streak: int = 0
+    since: int = 0  # step the current out-of-band streak began
+    firing: str | None = None
+    frozen_streak: int = 0
+    frozen_since: int = 0
+    zero_streak: int = 0
+    zero_since: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class UpdateRatioMonitor(Callback):
+    """Per-tensor update/weight ratio ``‖Δθ‖ / ‖θ‖``, written to TensorBoard and checked
+    against a band; alerts name the tensor and suggest a learning-rate change.
+
+    Measures only on scheduled steps (``state.step % every == 0``): the parameters are
+    snapshotted in ``on_step_begin`` and compared in ``on_step_end``, all tensors in one
+    batched backend call. Other steps cost one integer modulo.
+
+    Tags (at the step measured):
+
+    * ``update_ratio/<tensor>``: the ratio of this step (0 for a frozen tensor);
+    * ``update_ratio_log10/<tensor>``: its log10 (finite ratios > 0 only), plus
+      ``update_ratio_log10/band_low`` and ``update_ratio_log10/band_high``, the log10 of the
+      band, so the custom-scalars chart "update_ratio / all tensors, log10" compares every
+      tensor against the band on a log scale;
+    * with ``log_norms``: ``update_ratio_norms/<tensor>/weight``, ``.../grad``, ``.../update``
+      (L2 norms; ``update_ratio/`` holds only ratios).
+
+    Alerts (warnings, once per episode per tensor): ``update_ratio.high``,
+    ``update_ratio.low``, ``update_ratio.frozen``; info: ``update_ratio.zero_weight``. See the
+    module docstring for the exact rules.
+
+    Args:
+        every: measure every this many optimizer steps (default 10).
+        band: healthy ``(low, high)`` ratio (default ``(1e-4, 1e-2)`` around KNOWLEDGE's 1e-3);
+            either side may be None for no bound.
+        smoothing: EMA weight of the newest ``log10`` ratio, in (0, 1] (default 0.3; 1 means
+            no smoothing). Ignored when ``window`` is given.
+        window: smooth with the mean of the last ``window`` checks instead (default None).
+        patience: consecutive out-of-band checks before ``high``/``low`` fire (default 10).
+        severe_factor: how far beyond the band edge (a factor, > 1) counts as severe (default
+            10).
+        severe_patience: consecutive severe checks before firing (default 2).
+        frozen_patience: consecutive checks with ``‖Δθ‖ == 0`` (or ``‖θ‖ == 0``) before
+            ``frozen`` (``zero_weight``) fires (default 2).
+        margin: relative hysteresis of the band (default 0.2; 0 for none).
+        overrides: ``{name_or_glob: (low, high)}`` bands for matching tensors (the first
+            matching pattern wins; a matching bias is judged even without
+            ``include_biases``).
+        include_biases: judge biases and zero-initialised tensors against the band (default
+            False: they are measured and written but not judged).
+        exclude: names or globs of tensors not measured at all (e.g. intentionally frozen).
+        log_norms: also write weight, gradient and update norms (default True).
+    """
+
+    order = 20
+
+    def __init__(
+        self,
+        every: int = 10,
+        band: tuple[float | None, float | None] = (1e-4, 1e-2),
+        *,
+        smoothing: float = 0.3,
+        window: int | None = None,
+        patience: int = 10,
+        severe_factor: float = 10.0,
+        severe_patience: int = 2,
+        frozen_patience: int = 2,
+        margin: float = 0.2,
+        overrides: Mapping[str, tuple[float | None, float | None]] | None = None,
+        include_biases: bool = False,
+        exclude: Iterable[str] = (),
+        log_norms: bool = True,
+    ):
+        self.every = _count("every", every)
+        self.band = _band("band", band)
+        self.smoothing = _number("smoothing", smoothing, low=0.0, high=1.0)
+        self.window = None if window is None else _count("window", window)
+        self.patience = _count("patience", patience)
+        self.severe_factor = _number("severe_factor", severe_factor, low=1.0)
+        self.severe_patience = _count("severe_patience", severe_patience)
+        self.frozen_patience = _count("frozen_patience", frozen_patience)
+        self.margin = _number("margin", margin, low=0.0, low_open=False)
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"overrides: must be a mapping {{pattern: (low, high)}}, "
+                             f"got {type(overrides).__name__}")
+        self.overrides: dict[str, Band] = {}
+        for pattern, b in overrides.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"overrides: keys must be non-empty strings, got {pattern!r}")
+            self.overrides[pattern] = _band(f"overrides[{pattern!r}]", b)
+        if not isinstance(include_biases, bool):
+            raise ValueError(f"include_biases: must be True or False, got {include_biases!r}")
+        self.include_biases = include_biases
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        self.exclude = tuple(exclude)
+        if not all(isinstance(p, str) and p for p in self.exclude):
+            raise ValueError(f"exclude: must be names or globs (strings), got {exclude!r}")
+        if not isinstance(log_norms, bool):
+            raise ValueError(f"log_norms: must be True or False, got {log_norms!r}")
+        self.log_norms = log_norms
+
+        self.latest: dict[str, TensorNorms] = {}
+        self.ratios: dict[str, float] = {}
+        self._tracks: dict[str, _Track] = {}
+        self._rules: dict[Band, Hysteresis] = {}
+        self._skip: dict[str, bool] = {}
+        self._measuring = False
+        self._all_frozen_streak = 0
+        self._all_frozen_since = 0
+
+    # -- results ------------------------------------------------------------------------------
+
+    def smoothed(self, name: str) -> float:
+        """The smoothed ratio of tensor ``name`` (NaN before its first finite ratio)."""
+        track = self._tracks.get(name)
+        return math.nan if track is None else _exp10(self._level(track))
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def on_train_begin(self, state: RunState) -> None:
+        state.writer.layout({"update_ratio": {
+            "all tensors, log10 (band lines: band_low, band_high)": (
+                "Multiline", [r"^update_ratio_log10/"]),
+            "all tensors": ("Multiline", [r"^update_ratio/"]),
+        }})
+
+    def on_step_begin(self, state: RunState) -> None:
+        if state.step % self.every:
+            return
+        state.backend.begin_update()
+        self._measuring = True
+
+    def on_step_end(self, state: RunState) -> None:
+        if not self._measuring:
+            return
+        self._measuring = False
+        norms = state.backend.end_update()
+        self._evaluate(state, state.step, norms)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _skipped(self, name: str) -> bool:
+        skip = self._skip.get(name)
+        if skip is None:
+            skip = self._skip[name] = any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        return skip
+
+    def _track(self, name: str) -> _Track:
+        track = self._tracks.get(name)
+        if track is None:
+            band, judged = self.band, self.include_biases or not is_bias(name)
+            for pattern, b in self.overrides.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    band, judged = b, True
+                    break
+            rule = self._rules.get(band)
+            if rule is None:
+                rule = self._rules[band] = Hysteresis(high=band[1], low=band[0],
+                                                      margin=self.margin)
+            track = self._tracks[name] = _Track(band=band, rule=rule, judged=judged)
+            if self.window is not None:
+                track.window = deque(maxlen=self.window)
+        return track
+
+    def _level(self, track: _Track) -> float:
+        """The smoothed log10 ratio."""
+        if track.window is not None:
+            return math.fsum(track.window) / len(track.window) if track.window else math.nan
+        return track.log_ema
+
+    def _evaluate(self, state: RunState, step: int, norms: Mapping[str, TensorNorms]) -> None:
+        values: dict[str, float] = {}
+        frozen: list[tuple[str, TensorNorms, _Track]] = []
+        measured = 0
+        for name, n in norms.items():
+            if self._skipped(name):
+                continue
+            track = self._track(name)
+            first = track.measured == 0
+            track.measured += 1
+            self.latest[name] = n
+            w, g, u = n.weight, n.grad, n.update
+            if self.log_norms:
+                values[f"{NORMS_PREFIX}{name}/weight"] = w
+                values[f"{NORMS_PREFIX}{name}/grad"] = g
+                values[f"{NORMS_PREFIX}{name}/update"] = u
+            if not (math.isfinite(w) and math.isfinite(u)):
+                self.ratios[name] = math.nan  # non-finite: LossMonitor's concern
+                continue
+            measured += 1
+            self._zero_weight(state, step, name, n, track, w == 0.0)
+            if w == 0.0:
+                self.ratios[name] = math.nan
+                track.frozen_streak = 0
+                continue
+            if u == 0.0:
+                self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = 0.0
+                if track.frozen_streak == 0:
+                    track.frozen_since = step
+                track.frozen_streak += 1
+                frozen.append((name, n, track))
+                continue
+            track.frozen_streak = 0
+            ratio = u / w
+            self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = ratio
+            values[f"{LOG10_PREFIX}{name}"] = math.log10(ratio)
+            if u == w:
+                # The tensor was exactly zero before this step (Δθ is all of θ): the ratio is 1
+                # by construction and says nothing about the learning rate.
+                if first:
+                    track.zero_init = True
+                    track.judged = track.judged and (
+                        self.include_biases or self._overridden(name))
+                continue
+            self._absorb(track, math.log10(ratio))
+            if track.judged:
+                self._check_band(state, step, name, n, track)
+        self._check_frozen(state, step, frozen, measured)
+        low, high = self.band
+        if low is not None:
+            values[f"{LOG10_PREFIX}band_low"] = math.log10(low)
+        if high is not None:
+            values[f"{LOG10_PREFIX}band_high"] = math.log10(high)
+        state.writer.scalars(values, step)
+
+    def _overridden(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.overrides)
+
+    def _absorb(self, track: _Track, log_ratio: float) -> None:
+        if track.window is not None:
+            track.window.append(log_ratio)
+        elif math.isnan(track.log_ema):
+            track.log_ema = log_ratio
+        else:
+            track.log_ema += self.smoothing * (log_ratio - track.log_ema)
+
+    def _check_band(self, state: RunState, step: int, name: str, n: TensorNorms,
+                    track: _Track) -> None:
+        smoothed = _exp10(self._level(track))
+        side = track.rule.check(smoothed, key=name)
+        if side != track.direction:
+            track.direction, track.streak, track.severe_streak, track.since = side, 0, 0, step
+        low, high = track.band
+        severe = ((side == "high" and smoothed > high * self.severe_factor)
+                  or (side == "low" and smoothed < low / self.severe_factor))
+        if side is not None:
+            track.streak += 1
+            track.severe_streak = track.severe_streak + 1 if severe else 0
+        if track.firing != side:
+            track.firing = None
+        if track.firing is None and side is not None and (
+                track.streak >= self.patience or track.severe_streak >= self.severe_patience):
+            track.firing = side
+        alerts = state.alerts
+        for code_side in ("high", "low"):
+            code = f"update_ratio.{code_side}"
+            active = track.firing == code_side
+            if not active and not alerts.is_firing(code, name):
+                alerts.update(code, False, step=step, tensor=name)
+                continue
+            message, suggestion = self._band_message(step, name, n, track, smoothed, code_side,
+                                                     active)
+            alerts.update(code, active, step=step, severity="warning", tensor=name,
+                          message=message, value=smoothed, suggestion=suggestion)
+
+    def _band_message(self, step: int, name: str, n: TensorNorms, track: _Track,
+                      smoothed: float, side: str, active: bool) -> tuple[str, str | None]:
+        low, high = track.band
+        band = f"[{_fmt_bound(low)}, {_fmt_bound(high)}]"
+        if not active:
+            return (f"{name}: smoothed update/weight ratio {smoothed:.2e} is back inside "
+                    f"the band {band}"), None
+        where = "above" if side == "high" else "below"
+        steps = step - track.since
+        message = (
+            f"{name}: update/weight ratio {smoothed:.2e} (smoothed) is {where} the band {band} "
+            f"since step {track.since} ({steps} steps, {track.streak} checks); this step "
+            f"‖Δθ‖={n.update:.3g}, ‖θ‖={n.weight:.3g}, ‖∇‖={n.grad:.3g}"
+        )
+        target = _target(track.band)
+        factor = smoothed / target if side == "high" else target / smoothed
+        how = "lower" if side == "high" else "higher"
+        suggestion = (
+            f"learning rate probably too {side}: try it about {_fmt_factor(factor)}× {how} "
+            f"(the ratio scales roughly with the learning rate; aim for about {target:.0e})"
+        )
+        return message, suggestion
+
+    def _check_frozen(self, state: RunState, step: int,
+                      frozen: list[tuple[str, TensorNorms, _Track]], measured: int) -> None:
+        alerts = state.alerts
+        all_frozen = measured > 1 and len(frozen) == measured
+        if all_frozen:
+            if self._all_frozen_streak == 0:
+                self._all_frozen_since = step
+            self._all_frozen_streak += 1
+        else:
+            self._all_frozen_streak = 0
+        active = self._all_frozen_streak >= self.frozen_patience
+        if active or alerts.is_firing("update_ratio.frozen", None):
+            message = (
+                f"no parameter tensor changed at step {step}: all {measured} have ‖Δθ‖ = 0, "
+                f"at every check since step {self._all_frozen_since}" if active else
+                "parameter tensors are being updated again"
+            )
+            alerts.update("update_ratio.frozen", active, step=step, severity="warning",
+                          message=message, value=0.0 if active else None,
+                          suggestion=("optimizer.step() has no effect: is it called, does it "
+                                      "hold the model's parameters, is the learning rate > 0, "
+                                      "are steps skipped (e.g. an AMP scaler finding inf)?")
+                          if active else None)
+        else:
+            alerts.update("update_ratio.frozen", False, step=step)
+        if all_frozen:
+            return
+        frozen_names = {name for name, _, _ in frozen}
+        for name, n, track in frozen:
+            active = track.frozen_streak >= self.frozen_patience
+            if not active and not alerts.is_firing("update_ratio.frozen", name):
+                alerts.update("update_ratio.frozen", False, step=step, tensor=name)
+                continue
+            if n.grad == 0.0:
+                why = "its gradient is exactly zero too"
+                suggestion = ("the tensor gets no gradient: it is detached from the loss "
+                              "(.detach(), a stop-gradient, an unused branch) or every unit it "
+                              "feeds is dead (ReLU outputs all zero, often after a too-high "
+                              "learning rate)")
+            else:
+                why = f"although its gradient norm is {n.grad:.3g}"
+                suggestion = ("the optimizer does not update it: is it in the optimizer's "
+                              "parameter list, with a learning rate > 0, and not frozen "
+                              "(requires_grad)? If it is frozen on purpose, pass "
+                              f"exclude=[{name!r}]")
+            message = (f"{name} was not updated: ‖Δθ‖ = 0 with ‖θ‖ = {n.weight:.3g} at "
+                       f"{track.frozen_streak} checks since step {track.frozen_since}; {why}")
+            alerts.update("update_ratio.frozen", True, step=step, severity="warning",
+                          tensor=name, message=message, value=0.0, suggestion=suggestion)
+        for name, track in self._tracks.items():
+            if name not in frozen_names and alerts.is_firing("update_ratio.frozen", name):
+                ratio = self.ratios.get(name, math.nan)
+                alerts.update("update_ratio.frozen", False, step=step, tensor=name,
+                              message=f"{name} is being updated again (ratio {ratio:.2e})")
+
+    def _zero_weight(self, state: RunState, step: int, name: str, n: TensorNorms,
+                     track: _Track, zero: bool) -> None:
+        alerts = state.alerts
+        if zero:
+            if track.zero_streak == 0:
+                track.zero_since = step
+            track.zero_streak += 1
+        else:
+            track.zero_streak = 0
+        active = track.zero_streak >= self.frozen_patience
+        if not active and not alerts.is_firing("update_ratio.zero_weight", name):
+            if track.zero_streak or alerts.is_firing("update_ratio.zero_weight", name):
+                alerts.update("update_ratio.zero_weight", False, step=step, tensor=name)
+            return
+        message = (
+            f"{name} is all zeros (‖θ‖ = 0) after step {step}, at {track.zero_streak} checks "
+            f"since step {track.zero_since}: no update/weight ratio (‖Δθ‖ = {n.update:.3g}, "
+            f"‖∇‖ = {n.grad:.3g})" if active else f"{name} is no longer all zeros"
+        )
+        alerts.update("update_ratio.zero_weight", active, step=step, severity="info",
+                      tensor=name, message=message, value=0.0 if active else None,
+                      suggestion=("a tensor that stays at zero gets no useful update: check "
+                                  "its initialisation and that it receives a gradient")
+                      if active else None)
+
+
+def _exp10(x: float) -> float:
+    return math.nan if math.isnan(x) else 10.0 ** x
+
+
+def _target(band: Band) -> float:
+    low, high = band
+    if low is not None and high is not None:
+        return math.sqrt(low * high)
+    return 1e-3 if low is None else low * 10.0 if high is None else high / 10.0
+
+
+def _fmt_bound(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0e}" if float(f"{v:.0e}") == v else f"{v:.2e}"
+
+
+def _fmt_factor(x: float) -> str:
+    if x >= 100:
+        return f"{float(f'{x:.2g}'):,.0f}"
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"

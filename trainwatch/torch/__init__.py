@@ -1,0 +1,14 @@
+"""PyTorch support (needs the ``torch`` extra: ``pip install "trainwatch[torch]"``).
+
+- :class:`TorchBackend`: every trainwatch callback works on a ``torch.nn.Module`` through it
+  (``Monitor``/``Trainer`` pick it automatically for a torch model).
+- :func:`watch`: attach trainwatch to a training loop you already have, with a line per batch
+  and a line per epoch; :meth:`Watcher.close` removes every hook.
+- :func:`check_module`: float64 finite-difference check of a module's parameter gradients.
+"""
+
+from trainwatch.torch.backend import TorchBackend
+from trainwatch.torch.gradcheck import check_module
+from trainwatch.torch.watch import Watcher, watch
+
+__all__ = ["TorchBackend", "Watcher", "check_module", "watch"]

@@ -1,0 +1,231 @@
+"""``watch``: attach trainwatch to a PyTorch training loop you already have.
+
+::
+
+    watcher = watch(model, optimizer, criterion, logdir="runs/exp1")
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            watcher.loss(loss, y)                  # one line per batch
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+        watcher.epoch_end({"val_accuracy": acc})   # one line per epoch
+    watcher.close()                                # or use `with watch(...) as watcher:`
+
+The optimizer's step hooks announce the backward's end and the step, a forward pre-hook on
+the model announces each batch (its first training-mode forward after a step); the loss is
+kept as a tensor and read only on the steps a callback logs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainwatch.core.callback import Callback
+from trainwatch.core.monitor import Monitor
+from trainwatch.core.state import RunState
+from trainwatch.torch.backend import TorchBackend, is_suspended
+
+
+class Watcher:
+    """Watches a torch model and optimizer through hooks; see :func:`watch`.
+
+    Attributes:
+        monitor: the :class:`~trainwatch.Monitor` driving the callbacks.
+        backend: the :class:`~trainwatch.torch.TorchBackend` the callbacks see.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Any = None,
+        *,
+        logdir: str | os.PathLike | None = None,
+        callbacks: Iterable[Callback] | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        **monitor_kwargs: Any,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self.backend = TorchBackend(model, loss_fn, optimizer)
+        self.monitor = Monitor(self.backend, logdir=logdir, callbacks=callbacks,
+                               **monitor_kwargs)
+        self._in_step = False
+        self._epoch_open = False
+        self._backward_reported = False
+        self._loss_sum: torch.Tensor | float | None = None
+        self._loss_count = 0
+        self._closed = False
+        self._handles = [
+            model.register_forward_pre_hook(self._forward_pre, with_kwargs=True),
+            optimizer.register_step_pre_hook(self._step_pre),
+            optimizer.register_step_post_hook(self._step_post),
+        ]
+        self.monitor.train_begin(epochs, steps_per_epoch)
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _open_batch(self, inputs: Any) -> None:
+        if not self._epoch_open:
+            self._epoch_open = True
+            self.monitor.epoch_begin()
+        self._in_step = True
+        self._backward_reported = False
+        self.monitor.batch_begin(inputs, None)
+
+    def _forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # the first training forward after a step opens the batch; later forwards of the
+        # same step (gradient accumulation, auxiliary passes) and eval/no-grad passes don't
+        if (self._in_step or self._closed or not module.training or is_suspended()
+                or not torch.is_grad_enabled()):
+            return None
+        self._open_batch(args[0] if len(args) == 1 and not kwargs else (args or kwargs))
+        return None
+
+    def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._closed:
+            return
+        if not self._in_step:
+            self._open_batch(None)
+        if not self._backward_reported:
+            self._backward_reported = True
+            self.monitor.backward_end()
+        self.monitor.step_begin()
+
+    def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._closed:
+            return
+        self.monitor.step_end()
+        self._in_step = False
+
+    # -- what the loop reports --------------------------------------------------------------------
+
+    def loss(self, loss: Any, targets: Any = None, predictions: Any = None) -> Any:
+        """Report the batch's loss (a tensor: it is kept, not read; the logging callbacks read
+        it on their scheduled steps). Give the batch's ``targets`` to let gradient checks run
+        on it. Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)``
+        works."""
+        if self._closed:
+            return loss
+        if not self._in_step:
+            self._open_batch(None)
+        if targets is not None:
+            self.monitor.state.targets = targets
+        self.monitor.loss_computed(loss, predictions)
+        value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        if self._loss_sum is None:
+            self._loss_sum = value.clone() if isinstance(value, torch.Tensor) else value
+        else:
+            self._loss_sum += value
+        self._loss_count += 1
+        return loss
+
+    def backward_end(self) -> None:
+        """Optional: announce the end of the backward pass (else the optimizer's step
+        pre-hook does, just before the step)."""
+        if self._closed or self._backward_reported:
+            return
+        if not self._in_step:
+            self._open_batch(None)
+        self._backward_reported = True
+        self.monitor.backward_end()
+
+    def epoch_end(self, metrics: Mapping[str, float] | None = None) -> None:
+        """Report the end of an epoch with its metrics (``train_accuracy``, ``val_accuracy``,
+        ``val_loss``, ...). ``train_loss`` defaults to the mean of the losses reported this
+        epoch (read once, here)."""
+        if self._closed:
+            return
+        values = {k: float(v) for k, v in (metrics or {}).items()}
+        if "train_loss" not in values and self._loss_count:
+            values["train_loss"] = float(self._loss_sum) / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        if not self._epoch_open:
+            self.monitor.epoch_begin()
+        if any(k.startswith("val_") for k in values):
+            self.monitor.validation_end(values)
+        self.monitor.epoch_end(values)
+        self._epoch_open = False
+
+    # -- results and detaching ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        """The run state the callbacks see."""
+        return self.monitor.state
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken while watched."""
+        return self.monitor.step
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a callback asked training to stop (e.g. early stopping)."""
+        return self.monitor.should_stop
+
+    def summary(self) -> str:
+        """The run's alerts and why it stopped, as text."""
+        return self.monitor.summary()
+
+    def close(self, exception: BaseException | None = None) -> None:
+        """End the run (``on_train_end``, flush the outputs) and remove every hook trainwatch
+        put on the model and the optimizer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.monitor.train_end(exception)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
+            self.backend.remove_hooks()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        self.close(exc)
+        return False
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Any = None,
+    *,
+    logdir: str | os.PathLike | None = None,
+    callbacks: Iterable[Callback] | None = None,
+    **monitor_kwargs: Any,
+) -> Watcher:
+    """Watch an existing PyTorch loop: returns a :class:`Watcher` already attached.
+
+    Args:
+        model: the ``nn.Module`` being trained (its training-mode forwards mark batches).
+        optimizer: its optimizer (its step hooks mark the backward's end and the step).
+        loss_fn: the loss ``loss_fn(outputs, targets)`` (needed by gradient checks and
+            validation; None switches those off).
+        logdir: folder for TensorBoard files and ``alerts.jsonl`` (None: nothing on disk).
+        callbacks: None (default) for :func:`~trainwatch.callbacks.default_callbacks`.
+        **monitor_kwargs: ``epochs``, ``steps_per_epoch`` (progress bar) and the
+            :class:`~trainwatch.Monitor` options (``outputs``, ``progress``, ``log_every``,
+            ``alert_sinks``, ``raise_errors``).
+
+    Per batch, call ``watcher.loss(loss, targets)``; per epoch,
+    ``watcher.epoch_end({"val_accuracy": ..})``; at the end ``watcher.close()`` (or use it as
+    a context manager).
+    """
+    return Watcher(model, optimizer, loss_fn, logdir=logdir, callbacks=callbacks,
+                   **monitor_kwargs)
