@@ -20,7 +20,7 @@ from trainwatch.alerts import (
     Severity,
     alert_markdown,
 )
-from trainwatch.outputs.base import Output
+from trainwatch.outputs.memory import MemoryOutput
 
 
 def make(code="update_ratio.high", severity=Severity.WARNING, step=10, **kw) -> Alert:
@@ -82,31 +82,8 @@ def test_console_sink_rejects_non_callable():
         ConsoleSink("stderr")  # type: ignore[arg-type]
 
 
-class RecordingOutput(Output):
-    """A test double of the Output *interface*: records text and scalar calls."""
-
-    def __init__(self) -> None:
-        self.texts: list[tuple[str, str, int]] = []
-        self.scalar_calls: list[tuple[dict[str, float], int]] = []
-
-    def scalars(self, values, step):
-        self.scalar_calls.append((dict(values), step))
-
-    def histogram(self, tag, values, step):
-        raise AssertionError("not used")
-
-    def image(self, tag, image, step):
-        raise AssertionError("not used")
-
-    def text(self, tag, markdown, step):
-        self.texts.append((tag, markdown, step))
-
-    def figure(self, tag, figure, step):
-        raise AssertionError("not used")
-
-
 def test_output_text_sink_writes_markdown_under_code_and_a_running_count():
-    out = RecordingOutput()
+    out = MemoryOutput()
     sink = OutputTextSink(out)
     a = make(step=3)
     b = make(code="loss.nan", severity=Severity.CRITICAL, step=5, tensor=None, value=None,
@@ -114,17 +91,18 @@ def test_output_text_sink_writes_markdown_under_code_and_a_running_count():
     r = make(step=9, resolved=True, message="ratio back to 5.0e-03")
     for alert in (a, b, r):
         sink.emit(alert)
-    assert [(tag, step) for tag, _, step in out.texts] == [
-        ("alerts/update_ratio.high", 3), ("alerts/loss.nan", 5), ("alerts/update_ratio.high", 9)]
-    md = out.texts[0][1]
+    assert set(out.texts) == {"alerts/update_ratio.high", "alerts/loss.nan"}
+    ratio_texts = out.texts["alerts/update_ratio.high"]
+    assert [step for step, _ in ratio_texts] == [3, 9]
+    md = ratio_texts[0][1]
     assert md == alert_markdown(a)
     assert "**WARNING** `update_ratio.high` on `fc1.weight` at step 3" in md
     assert "`0.02`" in md and "*Suggestion:* lower the lr" in md
-    assert out.texts[1][1] == "**CRITICAL** `loss.nan` at step 5: loss is NaN"
-    assert out.texts[2][1].startswith("**RESOLVED WARNING**")
-    assert "Suggestion" not in out.texts[2][1]
-    assert out.scalar_calls == [({"alerts/count": 1.0}, 3), ({"alerts/count": 2.0}, 5),
-                                ({"alerts/count": 2.0}, 9)]
+    assert out.texts["alerts/loss.nan"] == [(5, "**CRITICAL** `loss.nan` at step 5: loss is NaN")]
+    assert ratio_texts[1][1].startswith("**RESOLVED WARNING**")
+    assert "Suggestion" not in ratio_texts[1][1]
+    # running count of firings (the resolution does not add one)
+    assert out.scalars_log["alerts/count"] == [(3, 1.0), (5, 2.0), (9, 2.0)]
 
 
 def test_output_text_sink_rejects_non_output():
@@ -177,7 +155,7 @@ def test_callable_sink_calls_fn_and_rejects_non_callables():
 
 def test_manager_with_several_sinks_end_to_end(tmp_path):
     lines: list[str] = []
-    out = RecordingOutput()
+    out = MemoryOutput()
     jsonl = JsonlSink(tmp_path / "alerts.jsonl")
     m = AlertManager([ConsoleSink(lines.append), OutputTextSink(out), jsonl], clear_after=2,
                      cooldown_steps=0)
@@ -191,4 +169,5 @@ def test_manager_with_several_sinks_end_to_end(tmp_path):
     assert [(r["code"], r["step"], r["resolved"]) for r in rows] == [
         ("update_ratio.high", 1, False), ("update_ratio.high", 4, True), ("loss.nan", 6, False)]
     assert lines == [str(a) for a in m.history]
-    assert out.scalar_calls[-1] == ({"alerts/count": 2.0}, 6)
+    assert out.scalars_log["alerts/count"][-1] == (6, 2.0)
+    assert set(out.texts) == {"alerts/update_ratio.high", "alerts/loss.nan"}

@@ -276,6 +276,7 @@ def test_trainer_primitives_convert_numpy_batches():
     assert out.dtype == torch.float32 and out.requires_grad
     loss, reg = backend.loss(out, y)
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and reg == 0.0
+    assert not loss.requires_grad  # float() on it neither warns nor keeps the graph
     backend.backward()
     assert all(p.grad is not None for p in model.parameters())
     assert 0.0 <= backend.accuracy(out, y) <= 1.0

@@ -265,9 +265,7 @@ class WebhookSink(AlertSink):
             raise ValueError(f"url: must be an http(s) URL string, got {url!r}")
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                f"url: {url!r} is not an http:// or https:// URL with a host"
-            )
+            raise ValueError(f"url: {url!r} is not an http:// or https:// URL with a host")
         if not _is_number(timeout) or not timeout > 0:
             raise ValueError(f"timeout: must be a number of seconds > 0, got {timeout!r}")
         if not _is_int(retries) or retries < 0:
@@ -328,15 +326,18 @@ class WebhookSink(AlertSink):
 
         Returns True if the queue drained, False if it gave up.
         """
+        if not _is_number(timeout) or not timeout >= 0:
+            raise ValueError(f"timeout: must be a number of seconds >= 0, got {timeout!r}")
         with self._cv:
-            return self._cv.wait_for(lambda: self._pending == 0, timeout=max(0.0, timeout))
+            return self._cv.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     def close(self, timeout: float = 2.0) -> bool:
         """Stop accepting alerts and wait at most ``timeout`` seconds for the queue to drain.
 
         If it does not drain in time, the background thread abandons what is left (counted
-        as ``dropped``; the request in flight ends within ``timeout`` of the sink and then
-        counts as ``failed``) and this returns anyway. Idempotent.
+        as ``dropped``; the request in flight is not retried, ends by the sink's socket
+        ``timeout`` and counts as ``failed``) and this returns anyway. Idempotent; emits
+        after close are dropped.
 
         Returns True if everything queued was handled, False if it gave up.
         """
@@ -345,15 +346,12 @@ class WebhookSink(AlertSink):
         with self._cv:
             self._closed = True
             drained = self._cv.wait_for(lambda: self._pending == 0, timeout=timeout)
-            if drained:
-                # The queue is empty and nothing more can be queued: the stop mark fits.
-                self._queue.put_nowait(_STOP)
-            else:
+            if not drained:
                 self._abandon.set()
-                # Wake the thread if it is idle; if the queue is full it is busy and sees
-                # _abandon after the request in flight.
-                with contextlib.suppress(queue.Full):
-                    self._queue.put_nowait(_STOP)
+            # Wake the thread if it is idle. If the queue is full the thread is busy and
+            # sees _abandon after the request in flight.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_STOP)
         if drained:
             self._thread.join(timeout=0.1)
         return drained

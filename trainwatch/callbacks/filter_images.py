@@ -23,8 +23,9 @@ How weights become pictures:
   an ``s × s`` grey image, ``3·s²`` an RGB one. Numpy models store ``(in, out)`` and torch
   ``(out, in)``; the backend's ``framework`` says which.
 
-Each tile is min-max normalised to [0, 1] on its own, enlarged (nearest neighbour) to at least
-``min_size`` pixels, and tiles are laid out in a near-square grid with 1-pixel white separators.
+Each tile is min-max normalised to [0, 1] on its own (written as uint8 0–255), enlarged (nearest
+neighbour) to at least ``min_size`` pixels, and tiles are laid out in a near-square grid with
+1-pixel white separators.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 from trainwatch.core.callback import Callback
 from trainwatch.core.state import RunState
 
-SEPARATOR = 1.0  # value of the separator pixels (white)
+SEPARATOR = 255  # value of the separator pixels (white)
 
 
 # -- pure helpers (public for tests and reuse) ----------------------------------------------------
@@ -91,7 +92,8 @@ def normalise_filters(filters: np.ndarray) -> np.ndarray:
 
 
 def filter_grid(filters: np.ndarray, *, min_size: int = 32, max_filters: int = 256) -> np.ndarray:
-    """Tile ``(n, c, h, w)`` filters (c in {1, 3}) into one float32 image in [0, 1].
+    """Tile ``(n, c, h, w)`` filters (c in {1, 3}) into one uint8 image (0 = each filter's
+    minimum, 255 = its maximum; separators 255).
 
     Returns ``(H, W)`` for grey or ``(3, H, W)`` for RGB (CHW: unambiguous for any H), with
     ``H = rows·h·s + rows − 1`` and ``W = cols·w·s + cols − 1``, where ``cols = ⌈√n⌉``,
@@ -99,21 +101,22 @@ def filter_grid(filters: np.ndarray, *, min_size: int = 32, max_filters: int = 2
     filters (the first ones) are shown.
     """
     f = np.asarray(filters)[:max_filters]
+    if f.ndim != 4 or f.shape[1] not in (1, 3) or f.shape[0] == 0:
+        raise ValueError(f"filters: expected (n >= 1, 1 or 3, h, w), got shape {f.shape}")
     n, c, h, w = f.shape
-    if c not in (1, 3):
-        raise ValueError(f"filters: expected 1 or 3 channels, got {c}")
     scale = max(1, math.ceil(min_size / max(h, w)))
-    tiles = normalise_filters(f).transpose(0, 2, 3, 1)  # (n, h, w, c)
-    if scale > 1:
-        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    tiles = np.rint(normalise_filters(f) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
     th, tw = h * scale, w * scale
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = np.full((rows * cols, th + 1, tw + 1, c), SEPARATOR, dtype=np.float32)
-    canvas[:n, :th, :tw] = tiles
+    canvas = np.full((rows * cols, th + 1, tw + 1, c), SEPARATOR, dtype=np.uint8)
+    # nearest-neighbour enlargement by writing each tile pixel into an s x s block
+    canvas[:n, :th, :tw] = (tiles[:, :, None, :, None, :]
+                            .repeat(scale, axis=2).repeat(scale, axis=4)
+                            .reshape(n, th, tw, c))
     grid = (canvas.reshape(rows, cols, th + 1, tw + 1, c).transpose(0, 2, 1, 3, 4)
             .reshape(rows * (th + 1), cols * (tw + 1), c))[:-1, :-1]
-    return grid[..., 0] if c == 1 else np.ascontiguousarray(grid.transpose(2, 0, 1))
+    return np.ascontiguousarray(grid[..., 0] if c == 1 else grid.transpose(2, 0, 1))
 
 
 def smoothness(filters: np.ndarray) -> float:
@@ -163,20 +166,20 @@ def _count(name: str, value: Any) -> int:
 class FilterImages(Callback):
     """Writes the first layer's filters as an image grid, with their smoothness.
 
-    Tags: ``filters/<tensor>`` (the grid image, float in [0, 1]; grey HW or RGB CHW) and
+    Tags: ``filters/<tensor>`` (the grid image, uint8; grey HW or RGB CHW) and
     ``filters/<tensor>/smoothness`` (see the module docstring; lower = smoother). The step
     of each point is the number of optimizer updates the weights have received, so the
     initial filters are at step 0.
 
     Args:
+        every: write every this-many optimizer steps (default None: never).
         every_epochs: write at the end of every this-many epochs (default 1); None: never.
-        every_steps: write every this-many optimizer steps (default None: never).
         at_start: also write the initial filters, before the first update (default True).
         layer: a layer (``"conv1"``) or parameter tensor (``"conv1.weight"``) name; None
             (default) takes the first parameter tensor with 2 or more dimensions.
         image_shape: ``(H, W)`` or ``(C, H, W)`` of the input, for a dense first layer (default:
             from the batch or the number of inputs, see the module docstring).
-        min_size: tiles are enlarged to at least this many pixels (default 32).
+        min_size: tiles are enlarged to at least this many pixels (default 24).
         max_filters: at most this many filters are shown, the first ones (default 256).
     """
 
@@ -184,21 +187,21 @@ class FilterImages(Callback):
 
     def __init__(
         self,
-        every_epochs: int | None = 1,
+        every: int | None = None,
         *,
-        every_steps: int | None = None,
+        every_epochs: int | None = 1,
         at_start: bool = True,
         layer: str | None = None,
         image_shape: Sequence[int] | None = None,
-        min_size: int = 32,
+        min_size: int = 24,
         max_filters: int = 256,
     ):
+        self.every = _optional_count("every", every)
         self.every_epochs = _optional_count("every_epochs", every_epochs)
-        self.every_steps = _optional_count("every_steps", every_steps)
         self.at_start = bool(at_start)
-        if self.every_epochs is None and self.every_steps is None and not self.at_start:
-            raise ValueError("every_epochs: with every_steps=None and at_start=False nothing "
-                             "would ever be written")
+        if self.every is None and self.every_epochs is None and not self.at_start:
+            raise ValueError("every_epochs: with every=None and at_start=False nothing would "
+                             "ever be written")
         if layer is not None and not (isinstance(layer, str) and layer):
             raise ValueError(f"layer: must be a layer or tensor name, got {layer!r}")
         self.layer = layer
@@ -226,7 +229,7 @@ class FilterImages(Callback):
         self._write(state, state.step)
 
     def on_step_end(self, state: RunState) -> None:
-        every = self.every_steps
+        every = self.every
         if every is None or (state.step + 1) % every:
             return
         self._write(state, state.step + 1)

@@ -98,7 +98,7 @@ def dead_fraction(a: np.ndarray) -> float:
         return float(not (a > 0).any())
     axes = (0, *range(2, a.ndim))
     alive = (a > 0).any(axis=axes)
-    return 1.0 - np.count_nonzero(alive) / alive.size
+    return (alive.size - np.count_nonzero(alive)) / alive.size
 
 
 def gradient_rms_ratio(first_norm: float, first_size: int, last_norm: float,

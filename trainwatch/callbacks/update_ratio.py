@@ -42,7 +42,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trainwatch.alerts.rules import Hysteresis
@@ -112,6 +112,7 @@ class _Track:
     zero_init: bool = False
     direction: str | None = None  # current out-of-band side ("high"/"low") or None
     streak: int = 0  # consecutive checks on that side
+    max_streak: int = 0
     severe_streak: int = 0
     since: int = 0  # step the current out-of-band streak began
     firing: str | None = None
@@ -119,7 +120,6 @@ class _Track:
     frozen_since: int = 0
     zero_streak: int = 0
     zero_since: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class UpdateRatioMonitor(Callback):
@@ -176,7 +176,7 @@ class UpdateRatioMonitor(Callback):
         *,
         smoothing: float = 0.3,
         window: int | None = None,
-        patience: int = 10,
+        patience: int = 20,
         severe_factor: float = 10.0,
         severe_patience: int = 2,
         frozen_patience: int = 2,
@@ -288,8 +288,8 @@ class UpdateRatioMonitor(Callback):
 
     def _evaluate(self, state: RunState, step: int, norms: Mapping[str, TensorNorms]) -> None:
         values: dict[str, float] = {}
-        frozen: list[tuple[str, TensorNorms, _Track]] = []
-        measured = 0
+        frozen: list[str] = []
+        updated: list[str] = []
         for name, n in norms.items():
             if self._skipped(name):
                 continue
@@ -302,38 +302,35 @@ class UpdateRatioMonitor(Callback):
                 values[f"{NORMS_PREFIX}{name}/weight"] = w
                 values[f"{NORMS_PREFIX}{name}/grad"] = g
                 values[f"{NORMS_PREFIX}{name}/update"] = u
+            self.ratios[name] = math.nan
             if not (math.isfinite(w) and math.isfinite(u)):
-                self.ratios[name] = math.nan  # non-finite: LossMonitor's concern
-                continue
-            measured += 1
-            self._zero_weight(state, step, name, n, track, w == 0.0)
+                continue  # non-finite: LossMonitor's concern; no evidence either way
+            self._check_zero_weight(state, step, name, n, track, w == 0.0)
             if w == 0.0:
-                self.ratios[name] = math.nan
-                track.frozen_streak = 0
                 continue
             if u == 0.0:
                 self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = 0.0
                 if track.frozen_streak == 0:
                     track.frozen_since = step
                 track.frozen_streak += 1
-                frozen.append((name, n, track))
+                frozen.append(name)
                 continue
             track.frozen_streak = 0
+            updated.append(name)
             ratio = u / w
             self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = ratio
             values[f"{LOG10_PREFIX}{name}"] = math.log10(ratio)
             if u == w:
-                # The tensor was exactly zero before this step (Δθ is all of θ): the ratio is 1
-                # by construction and says nothing about the learning rate.
+                # The tensor was exactly zero before this step (Δθ is all of θ): the ratio is
+                # 1 by construction and says nothing about the learning rate.
                 if first:
                     track.zero_init = True
-                    track.judged = track.judged and (
-                        self.include_biases or self._overridden(name))
+                    track.judged = self.include_biases or self._overridden(name)
                 continue
             self._absorb(track, math.log10(ratio))
             if track.judged:
                 self._check_band(state, step, name, n, track)
-        self._check_frozen(state, step, frozen, measured)
+        self._check_frozen(state, step, frozen, updated)
         low, high = self.band
         if low is not None:
             values[f"{LOG10_PREFIX}band_low"] = math.log10(low)
@@ -355,16 +352,21 @@ class UpdateRatioMonitor(Callback):
     def _check_band(self, state: RunState, step: int, name: str, n: TensorNorms,
                     track: _Track) -> None:
         smoothed = _exp10(self._level(track))
-        side = track.rule.check(smoothed, key=name)
+        low, high = track.band
+        # The streak counts checks strictly beyond the band edge; the hysteresis rule only
+        # keeps a firing condition active until the ratio is back inside by the margin.
+        side = ("high" if high is not None and smoothed > high else
+                "low" if low is not None and smoothed < low else None)
+        latched = track.rule.check(smoothed, key=name)
         if side != track.direction:
             track.direction, track.streak, track.severe_streak, track.since = side, 0, 0, step
-        low, high = track.band
         severe = ((side == "high" and smoothed > high * self.severe_factor)
                   or (side == "low" and smoothed < low / self.severe_factor))
         if side is not None:
             track.streak += 1
             track.severe_streak = track.severe_streak + 1 if severe else 0
-        if track.firing != side:
+        track.max_streak = max(track.max_streak, track.streak)
+        if track.firing != latched:
             track.firing = None
         if track.firing is None and side is not None and (
                 track.streak >= self.patience or track.severe_streak >= self.severe_patience):
@@ -386,14 +388,13 @@ class UpdateRatioMonitor(Callback):
         low, high = track.band
         band = f"[{_fmt_bound(low)}, {_fmt_bound(high)}]"
         if not active:
-            return (f"{name}: smoothed update/weight ratio {smoothed:.2e} is back inside "
-                    f"the band {band}"), None
+            return (f"{name}: smoothed update/weight ratio {smoothed:.2e} is no longer "
+                    f"{'above' if side == 'high' else 'below'} the band {band}"), None
         where = "above" if side == "high" else "below"
-        steps = step - track.since
         message = (
             f"{name}: update/weight ratio {smoothed:.2e} (smoothed) is {where} the band {band} "
-            f"since step {track.since} ({steps} steps, {track.streak} checks); this step "
-            f"‖Δθ‖={n.update:.3g}, ‖θ‖={n.weight:.3g}, ‖∇‖={n.grad:.3g}"
+            f"since step {track.since} ({step - track.since} steps, {track.streak} checks); "
+            f"this step ‖Δθ‖={n.update:.3g}, ‖θ‖={n.weight:.3g}, ‖∇‖={n.grad:.3g}"
         )
         target = _target(track.band)
         factor = smoothed / target if side == "high" else target / smoothed
@@ -404,10 +405,12 @@ class UpdateRatioMonitor(Callback):
         )
         return message, suggestion
 
-    def _check_frozen(self, state: RunState, step: int,
-                      frozen: list[tuple[str, TensorNorms, _Track]], measured: int) -> None:
+    def _check_frozen(self, state: RunState, step: int, frozen: list[str],
+                      updated: list[str]) -> None:
         alerts = state.alerts
-        all_frozen = measured > 1 and len(frozen) == measured
+        code = "update_ratio.frozen"
+        measured = len(frozen) + len(updated)
+        all_frozen = len(frozen) > 1 and not updated
         if all_frozen:
             if self._all_frozen_streak == 0:
                 self._all_frozen_since = step
@@ -415,27 +418,28 @@ class UpdateRatioMonitor(Callback):
         else:
             self._all_frozen_streak = 0
         active = self._all_frozen_streak >= self.frozen_patience
-        if active or alerts.is_firing("update_ratio.frozen", None):
-            message = (
-                f"no parameter tensor changed at step {step}: all {measured} have ‖Δθ‖ = 0, "
-                f"at every check since step {self._all_frozen_since}" if active else
-                "parameter tensors are being updated again"
-            )
-            alerts.update("update_ratio.frozen", active, step=step, severity="warning",
-                          message=message, value=0.0 if active else None,
-                          suggestion=("optimizer.step() has no effect: is it called, does it "
-                                      "hold the model's parameters, is the learning rate > 0, "
-                                      "are steps skipped (e.g. an AMP scaler finding inf)?")
-                          if active else None)
+        if active:
+            alerts.update(
+                code, True, step=step, severity="warning", value=0.0,
+                message=(f"no parameter tensor changed: all {measured} have ‖Δθ‖ = 0 at "
+                         f"{self._all_frozen_streak} checks since step "
+                         f"{self._all_frozen_since}"),
+                suggestion=("optimizer.step() has no effect: is it called, does it hold the "
+                            "model's parameters, is the learning rate > 0, are steps skipped "
+                            "(e.g. an AMP gradient scaler finding inf)?"))
         else:
-            alerts.update("update_ratio.frozen", False, step=step)
+            alerts.update(code, False, step=step,
+                          message="parameter tensors are being updated again")
         if all_frozen:
-            return
-        frozen_names = {name for name, _, _ in frozen}
-        for name, n, track in frozen:
-            active = track.frozen_streak >= self.frozen_patience
-            if not active and not alerts.is_firing("update_ratio.frozen", name):
-                alerts.update("update_ratio.frozen", False, step=step, tensor=name)
+            return  # one alert for the whole model, not one per tensor
+        for name in updated:
+            alerts.update(code, False, step=step, tensor=name,
+                          message=f"{name} is being updated again (ratio "
+                                  f"{self.ratios[name]:.2e})")
+        for name in frozen:
+            track, n = self._tracks[name], self.latest[name]
+            if track.frozen_streak < self.frozen_patience:
+                alerts.update(code, False, step=step, tensor=name)
                 continue
             if n.grad == 0.0:
                 why = "its gradient is exactly zero too"
@@ -451,38 +455,29 @@ class UpdateRatioMonitor(Callback):
                               f"exclude=[{name!r}]")
             message = (f"{name} was not updated: ‖Δθ‖ = 0 with ‖θ‖ = {n.weight:.3g} at "
                        f"{track.frozen_streak} checks since step {track.frozen_since}; {why}")
-            alerts.update("update_ratio.frozen", True, step=step, severity="warning",
-                          tensor=name, message=message, value=0.0, suggestion=suggestion)
-        for name, track in self._tracks.items():
-            if name not in frozen_names and alerts.is_firing("update_ratio.frozen", name):
-                ratio = self.ratios.get(name, math.nan)
-                alerts.update("update_ratio.frozen", False, step=step, tensor=name,
-                              message=f"{name} is being updated again (ratio {ratio:.2e})")
+            alerts.update(code, True, step=step, severity="warning", tensor=name,
+                          message=message, value=0.0, suggestion=suggestion)
 
-    def _zero_weight(self, state: RunState, step: int, name: str, n: TensorNorms,
-                     track: _Track, zero: bool) -> None:
-        alerts = state.alerts
+    def _check_zero_weight(self, state: RunState, step: int, name: str, n: TensorNorms,
+                           track: _Track, zero: bool) -> None:
+        code = "update_ratio.zero_weight"
         if zero:
             if track.zero_streak == 0:
                 track.zero_since = step
             track.zero_streak += 1
         else:
             track.zero_streak = 0
-        active = track.zero_streak >= self.frozen_patience
-        if not active and not alerts.is_firing("update_ratio.zero_weight", name):
-            if track.zero_streak or alerts.is_firing("update_ratio.zero_weight", name):
-                alerts.update("update_ratio.zero_weight", False, step=step, tensor=name)
+        if track.zero_streak < self.frozen_patience:
+            state.alerts.update(code, False, step=step, tensor=name,
+                                message=f"{name} is no longer all zeros")
             return
-        message = (
-            f"{name} is all zeros (‖θ‖ = 0) after step {step}, at {track.zero_streak} checks "
-            f"since step {track.zero_since}: no update/weight ratio (‖Δθ‖ = {n.update:.3g}, "
-            f"‖∇‖ = {n.grad:.3g})" if active else f"{name} is no longer all zeros"
-        )
-        alerts.update("update_ratio.zero_weight", active, step=step, severity="info",
-                      tensor=name, message=message, value=0.0 if active else None,
-                      suggestion=("a tensor that stays at zero gets no useful update: check "
-                                  "its initialisation and that it receives a gradient")
-                      if active else None)
+        state.alerts.update(
+            code, True, step=step, severity="info", tensor=name, value=0.0,
+            message=(f"{name} is all zeros (‖θ‖ = 0) after the step, at {track.zero_streak} "
+                     f"checks since step {track.zero_since}: it has no update/weight ratio "
+                     f"(‖Δθ‖ = {n.update:.3g}, ‖∇‖ = {n.grad:.3g})"),
+            suggestion=("a tensor that stays at zero gets no useful update: check its "
+                        "initialisation and that it receives a gradient"))
 
 
 def _exp10(x: float) -> float:
@@ -490,10 +485,11 @@ def _exp10(x: float) -> float:
 
 
 def _target(band: Band) -> float:
+    """The ratio to aim for: the band's geometric centre, or a decade inside a one-sided band."""
     low, high = band
     if low is not None and high is not None:
         return math.sqrt(low * high)
-    return 1e-3 if low is None else low * 10.0 if high is None else high / 10.0
+    return high / 10.0 if low is None else low * 10.0
 
 
 def _fmt_bound(v: float | None) -> str:

@@ -11,8 +11,8 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
 2. **Determinism.** The loss is evaluated ``repeats`` times at θ; if the values differ beyond
    round-off the check stops with ``nondeterministic=True`` and blames no tensor.
 3. **Precision and noise.** The loss is evaluated at 6 points ``θ ± k·s·u`` (k = 1, 2, 3, u a
-   random unit direction, s tiny); the residual of a cubic fit through the 7 values is the
-   loss's round-off noise σ. A returned ``np.float32``, or values that all fit in float32's 24
+   random unit direction) for two tiny scales s; the residual of a cubic fit through the 7
+   values (the smaller of the two) is the loss's round-off noise σ. A returned ``np.float32``, or values that all fit in float32's 24
    bits, mean the loss is computed in float32: then the step is ``h_float32`` and the
    thresholds ``thresholds_float32``, and the report says so. Differences ``|a-n|`` smaller
    than ``noise_factor · √2·σ / step`` are round-off, not error (tiny true gradients such as a
@@ -38,7 +38,7 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
 
 The verdict of a tensor is its worst probe on the KNOWLEDGE §1 ladder (see
 :mod:`trainwatch.gradcheck.report`). Cost: ``2·(coordinates + directions)`` evaluations per
-tensor, plus ``repeats + 6``, plus retries, bisection and kink steps only where needed.
+tensor, plus ``repeats + 12`` (+12 for a float32 loss), plus retries, bisection and kink steps only where needed.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     # step of the centered difference when the loss is float64 (absolute, parameter units)
     "h": 1e-5,
     # step when the loss is detected to be computed in float32
-    "h_float32": 1e-3,
+    "h_float32": 1e-2,
     # sampled coordinates per tensor (all entries when the tensor has no more than this)
     "coordinates": 10,
     # random-direction probes per tensor (skipped when every entry is a sampled coordinate)
@@ -90,8 +90,8 @@ DEFAULTS: dict[str, Any] = {
 
 EPS: dict[str, float] = {name: float(np.finfo(name).eps)
                          for name in ("float64", "float32", "float16")}
-_FLOAT16_STEP = 3e-2          # step for a float16 loss (coarse: float16 has 11 bits)
-_NOISE_STEP = 1e-6            # step of the noise probe for a float64 loss
+_FLOAT16_STEP = 1e-1          # step for a float16 loss (coarse: float16 has 11 bits)
+_NOISE_STEPS = (1e-6, 1e-9)   # scales of the noise probe for a float64 loss
 _NONDET_ULPS = 64             # two values at θ further apart than this many ulps: random loss
 _LOW_PRECISION_NOISE = 1e-9   # relative noise above this: float64 loss computed from float32
 _STRADDLE_RETRY = 0.1         # a probe that crossed a kink is retried at h times this
@@ -438,7 +438,7 @@ class Session:
         precision, reason = self._detect_precision(dtypes[0], values)
         self.precision = precision
         if precision == "float64":
-            noise = self._noise_probe(_NOISE_STEP)
+            noise = self._noise_probe(_NOISE_STEPS)
             precision, reason = self._detect_precision(dtypes[0], values + self._probe_values)
             if precision == "float64" and noise > _LOW_PRECISION_NOISE * max(1.0, scale):
                 precision = "float32"
@@ -447,7 +447,7 @@ class Session:
             self.precision = precision
         if precision != "float64":
             h = self.options.h_float32 if precision == "float32" else _FLOAT16_STEP
-            noise = self._noise_probe(h / 4)
+            noise = self._noise_probe((h / 4, h / 40))
             self.h = h
             self.thresholds = self.options.thresholds_float32
             if precision == "float16":
@@ -477,35 +477,51 @@ class Session:
             return quantised, f"loss values are quantised at {quantised} resolution"
         return "float64", ""
 
-    def _noise_probe(self, step: float) -> float:
-        """Round-off noise σ of one loss value: residual of a cubic fit through the loss at
-        θ + k·step·u, k = -3..3, u a random unit direction over all tensors."""
+    def _noise_probe(self, steps: tuple[float, ...]) -> float:
+        """Round-off noise σ of one loss value.
+
+        At each scale s in ``steps``: the residual of a cubic fit through the loss at
+        θ + k·s·u, k = -3..3 (u a random unit direction over all tensors). Round-off noise is
+        the same at every scale, while a kink crossed on the way leaves a residual that
+        shrinks with s: the smallest estimate is kept. Probes whose signature changed are
+        ignored (σ falls back to eps·|loss|). Consistent scales (variances within 16×) are
+        pooled.
+        """
         directions = {name: self.rng.standard_normal(array.shape)
                       for name, array in self.work.items()}
         norm = math.sqrt(sum(float(np.sum(d * d)) for d in directions.values()))
         originals = dict(self.work)
         ks = np.arange(-3, 4)
-        values, straddled = [], False
+        basis = np.vander(ks.astype(float), 4)
+        self._probe_values = []
+        estimates = []
         try:
-            for k in ks:
-                if k == 0:
-                    values.append(self.loss)
+            for step in steps:
+                values, straddled = [], False
+                for k in ks:
+                    if k == 0:
+                        values.append(self.loss)
+                        continue
+                    for name, base in originals.items():
+                        self.work[name] = self._snap(
+                            name, base + (k * step / norm) * directions[name])
+                    value, signature, _ = self.evaluate()
+                    values.append(value)
+                    straddled |= self._straddles(signature, self.signature)
+                self._probe_values += values
+                y = np.asarray(values) - self.loss
+                if straddled or not np.all(np.isfinite(y)):
                     continue
-                for name, base in originals.items():
-                    self.work[name] = self._snap(name, base + (k * step / norm) * directions[name])
-                value, signature, _ = self.evaluate()
-                values.append(value)
-                straddled |= self._straddles(signature, self.signature)
+                coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+                residual = y - basis @ coef
+                estimates.append(float(residual @ residual) / (len(ks) - 4))
         finally:
             self.work.update(originals)
-        self._probe_values = values
-        y = np.asarray(values) - self.loss
-        if straddled or not np.all(np.isfinite(y)):
-            return 0.0  # a kink on the way: fall back to eps·|loss|
-        basis = np.vander(ks.astype(float), 4)
-        coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
-        residual = y - basis @ coef
-        return float(math.sqrt(float(residual @ residual) / (len(ks) - 4)))
+        if not estimates:
+            return 0.0
+        if max(estimates) <= 16 * min(estimates):  # consistent: pool the degrees of freedom
+            return math.sqrt(sum(estimates) / len(estimates))
+        return math.sqrt(min(estimates))
 
     # -- measurements ---------------------------------------------------------------------------
 
@@ -599,12 +615,12 @@ class Session:
         if best.rel <= thresholds[1]:
             best.note = f"failed at h={probe.step:g}, agrees at h={best.step:g}"
             return best
-        if (not self.has_signature and self.options.kink_detection and len(usable) >= 2
-                and all(t.one_sided_gap + t.gap_allowance >= t.difference for t in usable)):
-            probe.kink = True
-            probe.note = ("kink: one-sided differences disagree by the slope jump at every "
-                          f"step tried ({', '.join(f'{t.step:g}' for t in usable)})")
-            return probe
+        if not self.has_signature and self.options.kink_detection:
+            reason = _kink_evidence(usable)
+            if reason:
+                probe.kink = True
+                probe.note = f"kink: {reason}"
+                return probe
         if best is not probe:
             best.note = f"fails at every step tried ({', '.join(f'{t.step:g}' for t in tries)})"
         return best
@@ -723,6 +739,35 @@ class Session:
             worst_numerical=worst.numerical, probed=len(probes), kinks=len(kinks), notes=notes,
             shape=tuple(shape), coordinates=coordinates, directions=n_dirs,
             worst_kind=worst.kind, worst_h=worst.step, noise_floor=noise_floor)
+
+
+def _kink_evidence(tries: list[Probe]) -> str:
+    """Why the estimates of one probe at several steps look like a kink, or "" if they look
+    smooth. Two tests, both free (they reuse the retry evaluations and J(θ)):
+
+    - the centered estimates n(s) do not follow ``t + c·s²`` (smooth: the change between the
+      two smallest steps is predicted from the two largest; a kink crossed at some steps
+      but not others breaks the pattern);
+    - at every step the one-sided differences disagree by at least the analytic-numerical
+      gap (a kink within all steps: the gap is the slope jump, whatever the step; at a
+      smooth point the one-sided gap is ``s·|J''|`` and vanishes with s).
+    """
+    if len(tries) < 2:
+        return ""
+    tries = sorted(tries, key=lambda t: -t.step)
+    if len(tries) >= 3:
+        big, mid, small = tries[0], tries[-2], tries[-1]
+        scale = (mid.step ** 2 - small.step ** 2) / (big.step ** 2 - mid.step ** 2)
+        predicted = (big.numerical - mid.numerical) * scale
+        observed = mid.numerical - small.numerical
+        slack = abs(predicted) + mid.allowance + small.allowance + big.allowance * scale
+        if abs(observed - predicted) > slack:
+            return (f"centered estimates jump between steps {mid.step:g} and {small.step:g} "
+                    f"({mid.numerical:.6g} vs {small.numerical:.6g}), not O(h²)")
+    if all(t.one_sided_gap + t.gap_allowance >= t.difference for t in tries):
+        return ("one-sided differences disagree by the slope jump at every step tried "
+                f"({', '.join(f'{t.step:g}' for t in tries)})")
+    return ""
 
 
 def _bug_pattern(probes: list[Probe], thresholds: tuple[float, float, float]) -> list[str]:

@@ -477,12 +477,13 @@ class TorchBackend(Backend):
             return _call(self.model, x)
 
     def loss(self, predictions: Any, targets: Any) -> tuple[Any, float]:
-        """(data loss as a 0-d tensor, 0.0): weight decay lives in the optimizer."""
+        """(data loss as a detached 0-d tensor, 0.0): weight decay lives in the optimizer.
+        The attached loss is kept for :meth:`backward`."""
         if self.loss_fn is None:
             raise ValueError("loss: the backend has no loss function")
         value = self.loss_fn(predictions, self._targets(targets))
         self._last_loss = value
-        return value, 0.0
+        return value.detach(), 0.0
 
     def backward(self) -> None:
         if self._last_loss is None:

@@ -122,8 +122,10 @@ class Watcher:
             self._open_batch(None)
         if targets is not None:
             self.monitor.state.targets = targets
-        self.monitor.loss_computed(loss, predictions)
         value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        if isinstance(predictions, torch.Tensor):
+            predictions = predictions.detach()
+        self.monitor.loss_computed(value, predictions)
         if self._loss_sum is None:
             self._loss_sum = value.clone() if isinstance(value, torch.Tensor) else value
         else:

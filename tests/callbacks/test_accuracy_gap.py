@@ -1,0 +1,235 @@
+"""AccuracyGapMonitor: the gap curves, the overfit/underfit verdicts, the step-wise mode."""
+
+import numpy as np
+import pytest
+
+from trainwatch import Monitor, Trainer, nn
+from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor, fixed_subset
+from trainwatch.data import load_digits, train_val_split
+from trainwatch.outputs.memory import MemoryOutput
+
+GAP_CODES = ("accuracy_gap.overfit", "accuracy_gap.underfit")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits()
+    return train_val_split(x, y, val_fraction=0.2, seed=0)
+
+
+def fired(alerts, code):
+    return [a for a in alerts.history if a.code == code and not a.resolved]
+
+
+def mlp(*sizes, act=nn.ReLU, seed=0):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Dense(a, b, rng=seed + i))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(layers, seed=seed)
+
+
+def train(model, callbacks, train_xy, val_xy, *, epochs, batch_size=64, lr=0.1):
+    mem = MemoryOutput()
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), nn.SGD(model, lr=lr),
+                      callbacks=callbacks, progress=False, outputs=[mem], raise_errors=True)
+    history = trainer.fit(*train_xy, epochs=epochs, batch_size=batch_size,
+                          validation_data=val_xy)
+    return trainer, mem, history
+
+
+# -- end-to-end runs ---------------------------------------------------------------------------
+
+
+def test_overfitting_a_tiny_training_set_raises_overfit_once(digits):
+    (xt, yt), (xv, yv) = digits
+    model = mlp(64, 256, 256, 10)  # big, no regularisation, 30 examples
+    trainer, mem, history = train(model, [AccuracyGapMonitor()], (xt[:30], yt[:30]),
+                                  (xv[:300], yv[:300]), epochs=30, batch_size=30, lr=0.05)
+    alerts = trainer.monitor.alerts
+    overfit = fired(alerts, "accuracy_gap.overfit")
+    assert len(overfit) == 1
+    assert not fired(alerts, "accuracy_gap.underfit")
+    assert overfit[0].value > 0.10
+    assert overfit[0].suggestion and "regularisation" in overfit[0].suggestion
+    # the run really overfits: the training set is learnt, validation lags far behind
+    assert history["train_accuracy"][-1] - history["val_accuracy"][-1] > 0.3
+    # one gap point per epoch, equal to the history's train - val accuracy
+    gaps = mem.scalar("accuracy/gap")
+    expected = np.subtract(history["train_accuracy"], history["val_accuracy"])
+    np.testing.assert_allclose(gaps, expected)
+    np.testing.assert_allclose(mem.scalar("loss/gap"),
+                               np.subtract(history["val_loss"], history["train_loss"]))
+    assert mem.steps("accuracy/gap") == list(range(1, 31))  # 1 step per epoch
+
+
+def test_a_healthy_digits_run_raises_neither(digits):
+    trainer, mem, history = train(mlp(64, 64, 10), [AccuracyGapMonitor()], *digits, epochs=12)
+    assert history["val_accuracy"][-1] > 0.93
+    assert not [a for a in trainer.monitor.alerts.history if a.code in GAP_CODES]
+    assert max(mem.scalar("accuracy/gap")) < 0.10
+    layout = mem.layouts["accuracy"]
+    assert layout["train − validation gap"] == ["Multiline", [r"^accuracy/gap$"]]
+    assert "train vs validation" in layout  # MetricLogger's chart is kept beside it
+
+
+def test_a_one_unit_bottleneck_raises_underfit(digits):
+    model = nn.Sequential([nn.Dense(64, 1, rng=0), nn.Tanh(), nn.Dense(1, 10, rng=1)])
+    trainer, _, history = train(model, [AccuracyGapMonitor()], *digits, epochs=10)
+    assert history["train_accuracy"][-1] < 0.5
+    under = fired(trainer.monitor.alerts, "accuracy_gap.underfit")
+    assert len(under) == 1 and "capacity" in under[0].suggestion
+    assert not fired(trainer.monitor.alerts, "accuracy_gap.overfit")
+
+
+# -- the verdict logic, on metrics fed through a real Monitor -------------------------------------
+
+
+def feed(epochs, **kwargs):
+    """Run AccuracyGapMonitor on given (train_acc, val_acc[, train_loss, val_loss]) epochs."""
+    mem = MemoryOutput()
+    mon = Monitor(mlp(64, 10), callbacks=[AccuracyGapMonitor(**kwargs)], progress=False,
+                  outputs=[mem], raise_errors=True)
+    mon.train_begin(epochs=len(epochs))
+    for i, point in enumerate(epochs):
+        tr, va = point[:2]
+        metrics = {"train_accuracy": tr, "val_accuracy": va}
+        if len(point) == 4:
+            metrics.update(train_loss=point[2], val_loss=point[3])
+        mon.epoch_begin(i)
+        mon.state.step += 10  # as if 10 batches ran
+        mon.epoch_end(metrics)
+    mon.train_end()
+    return mon.alerts, mem
+
+
+def test_a_large_gap_must_persist_for_patience_evaluations():
+    alerts, _ = feed([(0.9, 0.9), (0.99, 0.7), (0.99, 0.7)], patience=3)
+    assert not fired(alerts, "accuracy_gap.overfit")
+    alerts, _ = feed([(0.9, 0.9), (0.99, 0.7), (0.99, 0.7), (0.99, 0.7)], patience=3)
+    assert len(fired(alerts, "accuracy_gap.overfit")) == 1
+    assert fired(alerts, "accuracy_gap.overfit")[0].step == 40
+
+
+def test_a_large_but_closing_gap_is_not_overfitting_unless_the_loss_gap_grows():
+    closing = [(0.99, 0.6), (0.99, 0.7), (0.99, 0.8)]
+    alerts, _ = feed(closing)
+    assert not fired(alerts, "accuracy_gap.overfit")
+    # same accuracies, but validation loss pulling away from training loss
+    alerts, _ = feed([(a, b, 0.05, vl) for (a, b), vl in zip(closing, (0.5, 0.9, 1.4))])
+    assert len(fired(alerts, "accuracy_gap.overfit")) == 1
+
+
+def test_overfit_stays_one_episode_while_the_gap_hovers_and_clears_below_half():
+    hover = [(0.99, 0.7)] * 3 + [(0.99, 0.9), (0.99, 0.85)] * 3  # gap 0.09/0.14 > 0.05
+    alerts, _ = feed(hover)
+    assert len(fired(alerts, "accuracy_gap.overfit")) == 1
+    assert not [a for a in alerts.history if a.resolved]
+    # a gap down to 1 point clears it (after the manager's clear_after evaluations)
+    alerts, _ = feed([(0.99, 0.7)] * 3 + [(0.99, 0.98)] * 3)
+    resolved = [a for a in alerts.history if a.resolved]
+    assert len(resolved) == 1 and resolved[0].code == "accuracy_gap.overfit"
+
+
+def test_low_accuracy_that_still_climbs_is_not_underfitting():
+    alerts, _ = feed([(0.2, 0.2), (0.3, 0.3), (0.4, 0.39), (0.5, 0.5), (0.55, 0.55)])
+    assert not fired(alerts, "accuracy_gap.underfit")
+    alerts, _ = feed([(0.2, 0.2), (0.3, 0.3), (0.302, 0.3), (0.304, 0.3)])
+    assert len(fired(alerts, "accuracy_gap.underfit")) == 1
+    # a stalled but high accuracy is fine, and so is a low one with a big gap
+    alerts, _ = feed([(0.8, 0.78)] * 5)
+    assert not fired(alerts, "accuracy_gap.underfit")
+    alerts, _ = feed([(0.5, 0.3)] * 5)
+    assert not fired(alerts, "accuracy_gap.underfit")
+
+
+def test_thresholds_are_configurable():
+    points = [(0.95, 0.88)] * 4  # a 7-point gap
+    assert not fired(feed(points)[0], "accuracy_gap.overfit")
+    assert fired(feed(points, overfit_gap=0.05)[0], "accuracy_gap.overfit")
+    assert fired(feed([(0.7, 0.7)] * 4, underfit_accuracy=0.8)[0], "accuracy_gap.underfit")
+    assert not fired(feed([(0.99, 0.7)] * 2, patience=3)[0], "accuracy_gap.overfit")
+    assert fired(feed([(0.99, 0.7)] * 2, patience=2)[0], "accuracy_gap.overfit")
+
+
+def test_no_validation_metrics_means_no_gap():
+    mem = MemoryOutput()
+    mon = Monitor(mlp(64, 10), callbacks=[AccuracyGapMonitor()], progress=False, outputs=[mem],
+                  raise_errors=True)
+    with mon.run(epochs=2):
+        for i in range(2):
+            mon.epoch_begin(i)
+            mon.epoch_end({"train_accuracy": 0.5, "train_loss": 1.0})
+    assert "accuracy/gap" not in mem.tags
+
+
+# -- step-wise mode --------------------------------------------------------------------------------
+
+
+def test_every_n_steps_evaluates_fixed_subsets_in_inference_mode(digits):
+    (xt, yt), (xv, yv) = digits
+    gap = AccuracyGapMonitor(every=5, validation_data=(xv, yv), subset=100)
+    model = nn.Sequential([nn.Dense(64, 32, rng=0), nn.ReLU(), nn.Dropout(0.3),
+                           nn.Dense(32, 10, rng=1)], seed=3)
+    trainer, mem, _ = train(model, [gap], (xt[:640], yt[:640]), (xv, yv), epochs=2)
+    steps = mem.steps("accuracy/gap")
+    assert steps == [5, 10, 15, 20]  # 10 steps per epoch; step-mode ignores epoch ends
+    assert mem.steps("accuracy/val_subset") == steps
+    # the last point equals a fresh inference-mode evaluation of the same subsets
+    x_sub, y_sub = fixed_subset(xv, yv, 100)
+    loss, acc = trainer.backend.evaluate(x_sub, y_sub)
+    assert mem.last("accuracy/val_subset") == acc and mem.last("loss/val_subset") == loss
+    # the training subset: copies of the first 100 examples fed (batches of 64 -> 2 batches)
+    assert len(gap._train_subset[0]) == 100
+    t_loss, t_acc = trainer.backend.evaluate(*gap._train_subset)
+    assert mem.last("accuracy/train_subset") == t_acc
+    assert mem.last("accuracy/gap") == pytest.approx(t_acc - acc)
+    assert mem.last("loss/gap") == pytest.approx(loss - t_loss)
+
+
+def test_step_mode_does_not_change_training(digits):
+    (xt, yt), (xv, yv) = digits
+
+    def run(callbacks):
+        model = nn.Sequential([nn.Dense(64, 32, rng=0), nn.ReLU(), nn.Dropout(0.3),
+                               nn.Dense(32, 10, rng=1)], seed=3)
+        trainer, _, history = train(model, callbacks, (xt[:320], yt[:320]), (xv, yv), epochs=2)
+        return trainer.backend.state_dict(), history
+
+    state_a, hist_a = run([])
+    state_b, hist_b = run([AccuracyGapMonitor(every=2, validation_data=(xv, yv), subset=64)])
+    assert hist_a == hist_b
+    for k, v in state_a["model"]["params"].items():
+        assert np.array_equal(v, state_b["model"]["params"][k])
+    assert state_a["model"]["rng_state"] == state_b["model"]["rng_state"]
+
+
+def test_fixed_subset_is_deterministic_and_spread():
+    x = np.arange(1000).reshape(-1, 1)
+    y = np.arange(1000) // 100  # sorted by class
+    xs, ys = fixed_subset(x, y, 50)
+    assert len(xs) == 50 and xs[0, 0] == 0 and xs[-1, 0] == 999
+    assert set(ys) == set(range(10))
+    assert np.array_equal(fixed_subset(x, y, 50)[0], xs)
+    assert fixed_subset(x, y, 5000)[0] is x
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"every": 0, "validation_data": ([1], [1])}, "every"),
+    ({"every": 10}, "validation_data"),
+    ({"validation_data": ([1, 2], [1])}, "validation_data"),
+    ({"train_data": "xy"}, "train_data"),
+    ({"subset": 0}, "subset"),
+    ({"overfit_gap": 0}, "overfit_gap"),
+    ({"overfit_gap": 1.5}, "overfit_gap"),
+    ({"underfit_accuracy": -0.1}, "underfit_accuracy"),
+    ({"underfit_gap": float("nan")}, "underfit_gap"),
+    ({"min_improvement": 2}, "min_improvement"),
+    ({"min_growth": "a"}, "min_growth"),
+    ({"patience": 0}, "patience"),
+    ({"patience": 2.5}, "patience"),
+])
+def test_arguments_are_validated(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AccuracyGapMonitor(**kwargs)

@@ -1,0 +1,363 @@
+"""check_module: planted backward bugs are caught and pinned; correct modules pass; the model
+comes back untouched."""
+
+import random
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from trainwatch.data import load_digits  # noqa: E402
+from trainwatch.gradcheck import GradCheckReport  # noqa: E402
+from trainwatch.torch import TorchBackend, check_module  # noqa: E402
+
+# -- custom autograd Functions, with and without planted bugs -----------------------------------
+
+
+class LinearFn(torch.autograd.Function):
+    """y = x Wᵀ + b with a selectable backward bug."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bug):
+        ctx.save_for_backward(x, weight)
+        ctx.bug = bug
+        return x @ weight.T + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_w = grad.T @ x
+        if ctx.bug == "factor2":
+            grad_w = 2 * grad_w
+        elif ctx.bug == "transpose":  # square weight: right shape, wrong entries
+            grad_w = x.T @ grad
+        grad_b = grad.sum(0)
+        if ctx.bug == "bias_missing":
+            grad_b = torch.zeros_like(grad_b)
+        return grad @ weight, grad_w, grad_b, None
+
+
+class CustomLinear(nn.Linear):
+    def __init__(self, n_in, n_out, bug=None):
+        super().__init__(n_in, n_out)
+        self.bug = bug
+
+    def forward(self, x):
+        return LinearFn.apply(x, self.weight, self.bias, self.bug)
+
+
+class SigmoidFn(torch.autograd.Function):
+    """sigmoid whose backward may apply s'(a) = a(1-a) to the pre-activation z (the classic bug)."""
+
+    @staticmethod
+    def forward(ctx, z, bug):
+        a = torch.sigmoid(z)
+        ctx.save_for_backward(z, a)
+        ctx.bug = bug
+        return a
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, a = ctx.saved_tensors
+        wrt = z if ctx.bug else a
+        return grad * wrt * (1 - wrt), None
+
+
+class CustomSigmoid(nn.Module):
+    def __init__(self, bug=False):
+        super().__init__()
+        self.bug = bug
+
+    def forward(self, z):
+        return SigmoidFn.apply(z, self.bug)
+
+
+class DropoutFn(torch.autograd.Function):
+    """Inverted dropout with a mask from the global generator; the bug forgets the mask."""
+
+    @staticmethod
+    def forward(ctx, x, p, bug):
+        mask = (torch.rand_like(x) >= p).to(x.dtype) / (1 - p)
+        ctx.save_for_backward(mask)
+        ctx.bug = bug
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return (grad if ctx.bug else grad * mask), None, None
+
+
+class CustomDropout(nn.Module):
+    def __init__(self, p=0.5, bug=False):
+        super().__init__()
+        self.p, self.bug = p, bug
+
+    def forward(self, x):
+        return DropoutFn.apply(x, self.p, self.bug) if self.training else x
+
+
+def mlp(bug=None, sigmoid_bug=False, dropout_bug=False, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(64, 12), nn.Tanh(),                          # 0
+        CustomLinear(12, 12, bug=bug), CustomSigmoid(sigmoid_bug),  # 2
+        CustomDropout(0.3, bug=dropout_bug),
+        nn.Linear(12, 10),                                     # 5
+    )
+
+
+def digits(n=4, images=False, dtype=torch.float64):
+    x, y = load_digits(images=images)
+    return torch.as_tensor(x[10:10 + n], dtype=dtype), torch.as_tensor(y[10:10 + n])
+
+
+def check(model, loss=None, n=4, images=False, **kwargs):
+    x, y = digits(n, images)
+    return check_module(model, loss or nn.CrossEntropyLoss(), x, y, **kwargs)
+
+
+def verdicts(report):
+    return {name: c.verdict for name, c in report.params.items()}
+
+
+# -- planted bugs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bug", ["factor2", "transpose"])
+def test_wrong_weight_gradient_is_pinned_to_that_weight(bug):
+    report = check(mlp(bug=bug))
+    assert isinstance(report, GradCheckReport)
+    assert not report.passed and not report.nondeterministic
+    assert report.failed == ["2.weight"]
+    assert report.params["2.weight"].verdict == "wrong"
+    assert list(report.params) == ["0.weight", "0.bias", "2.weight", "2.bias", "5.weight",
+                                   "5.bias"]
+    if bug == "factor2":
+        assert report.params["2.weight"].worst_analytic == pytest.approx(
+            2 * report.params["2.weight"].worst_numerical, rel=1e-6)
+
+
+def test_missing_bias_gradient_is_pinned_to_the_bias():
+    report = check(mlp(bug="bias_missing"))
+    assert report.failed == ["2.bias"]
+
+
+def test_sigmoid_derivative_on_the_preactivation_blames_the_tensors_before_it():
+    report = check(mlp(sigmoid_bug=True))
+    assert not report.passed
+    assert set(report.failed) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert verdicts(report)["5.weight"] in ("correct", "acceptable")
+    assert verdicts(report)["5.bias"] in ("correct", "acceptable")
+
+
+def test_dropout_backward_is_checked_with_the_same_masks():
+    good = check(mlp(), seed=3)
+    assert good.passed and not good.nondeterministic, str(good)
+    bad = check(mlp(dropout_bug=True), seed=3)
+    assert not bad.nondeterministic
+    assert set(bad.failed) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+# -- correct models pass ------------------------------------------------------------------------
+
+
+def cnn(dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.25), nn.Linear(24, 10),
+    ).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_maxpool_batchnorm_dropout_cnn_passes(dtype):
+    # real digits: blank borders give exact max-pool ties and ReLU zeros (kinks)
+    report = check(cnn(dtype), n=3, images=True, seed=1)
+    assert report.passed, str(report)
+    assert report.precision == "float64"
+    assert list(report.params) == [n for n, _ in cnn().named_parameters()]
+
+
+def test_bias_in_front_of_a_normalisation_has_zero_gradient_and_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                          nn.Linear(8, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 10))
+    report = check(model, n=5)
+    assert report.passed, str(report)
+    # BatchNorm removes each feature's shift: the bias before it has a zero true gradient
+    assert abs(report.params["0.bias"].worst_analytic) < 1e-12
+    assert report.params["0.bias"].verdict == "correct"
+    # LayerNorm removes only the mean over features: that bias's gradient sums to zero
+    x, y = digits(5)
+    with torch.no_grad():
+        h = model[2](model[1](model[0](x.float())))
+    b = model[3].bias.detach().clone().requires_grad_(True)
+    z = model[4](h @ model[3].weight.detach().T + b)
+    nn.CrossEntropyLoss()(model[6](model[5](z)), y).backward()
+    assert abs(float(b.grad.sum())) < 1e-6 < float(b.grad.abs().max())
+
+
+def test_eval_mode_batchnorm_uses_running_statistics_and_passes():
+    model = cnn()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    report = check(model, n=3, images=True)
+    assert report.passed, str(report)
+
+
+def test_hinge_loss_kinks_are_set_aside():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    with torch.no_grad():
+        model[2].weight.mul_(0.05)  # scores near 0: many hinge terms near their kink
+    report = check(model, loss=nn.MultiMarginLoss(), n=6)
+    assert report.passed, str(report)
+
+
+def test_nested_names_frozen_parameters_and_unused_parameters():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Linear(64, 8), nn.ReLU())
+            self.head = nn.Linear(8, 10)
+            self.unused = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    torch.manual_seed(0)
+    model = Net()
+    model.features[0].bias.requires_grad_(False)
+    report = check(model)
+    # named_parameters() order: a module's own parameters before its children's
+    assert list(report.params) == ["unused", "features.0.weight", "head.weight", "head.bias"]
+    assert report.passed, str(report)
+
+
+# -- the model comes back untouched ---------------------------------------------------------------
+
+
+def snapshot(model):
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grads": {n: None if p.grad is None else (p.grad, p.grad.clone())
+                  for n, p in model.named_parameters()},
+        "training": [m.training for m in model.modules()],
+        "rng": torch.get_rng_state(),
+        "np": np.random.get_state(),
+        "py": random.getstate(),
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
+    }
+
+
+def assert_untouched(model, before):
+    after = snapshot(model)
+    for k, v in before["state"].items():
+        assert v.dtype == after["state"][k].dtype and torch.equal(v, after["state"][k]), k
+    for n, p in model.named_parameters():
+        if before["grads"][n] is None:
+            assert p.grad is None, n
+        else:
+            obj, values = before["grads"][n]
+            assert p.grad is obj and torch.equal(p.grad, values), n
+    assert after["training"] == before["training"]
+    assert torch.equal(after["rng"], before["rng"])
+    b, a = before["np"], after["np"]
+    assert b[0] == a[0] and np.array_equal(b[1], a[1]) and b[2:] == a[2:]
+    assert after["py"] == before["py"]
+    assert after["hooks"] == before["hooks"]
+
+
+def test_model_untouched_float32_cnn_without_grads():
+    model = cnn(torch.float32)
+    np.random.seed(7)
+    random.seed(7)
+    torch.manual_seed(7)
+    before = snapshot(model)
+    report = check(model, n=3, images=True)
+    assert report.passed
+    assert_untouched(model, before)
+    assert model[1].num_batches_tracked.item() == 0  # running stats never updated
+
+
+def test_model_untouched_with_grads_set_and_a_watching_backend():
+    model = cnn(torch.float32)
+    x, y = digits(8, images=True, dtype=torch.float32)
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    model[4].weight.grad = None  # one None among set gradients
+    backend = TorchBackend(model, nn.CrossEntropyLoss(), None)
+    backend.capture_activations(True)  # hooks registered, capture on
+    acts = backend.activations()
+    before = snapshot(model)
+    report = backend.check_gradients(x[:3], y[:3], seed=4)
+    assert report.passed
+    assert_untouched(model, before)
+    assert backend.activations() == acts  # the check's forwards were not captured
+
+
+def test_same_seed_same_report():
+    a = check(cnn(), n=3, images=True, seed=5).to_dict()
+    b = check(cnn(), n=3, images=True, seed=5).to_dict()
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+
+
+def test_numpy_inputs_and_options_are_passed_to_the_engine():
+    x, y = load_digits()
+    report = check_module(mlp(), nn.CrossEntropyLoss(), x[:3], y[:3], coordinates=2,
+                          directions=1)
+    assert report.passed
+    assert all(c.directions <= 1 for c in report.params.values())
+    with pytest.raises(TypeError, match="coordinatez"):
+        check_module(mlp(), nn.CrossEntropyLoss(), x[:3], y[:3], coordinatez=2)
+    with pytest.raises(TypeError, match="model"):
+        check_module(lambda v: v, nn.CrossEntropyLoss(), x[:3], y[:3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_is_checked_and_untouched():
+    model = cnn(torch.float32).cuda()
+    cuda_rng = torch.cuda.get_rng_state()
+    before = snapshot(model)
+    x, y = digits(3, images=True, dtype=torch.float32)
+    report = check_module(model, nn.CrossEntropyLoss(), x.cuda(), y.cuda(), seed=1)
+    assert report.passed, str(report)
+    assert_untouched(model, before)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+    bad = mlp(bug="factor2").cuda()
+    xm, ym = digits(4)
+    assert check_module(bad, nn.CrossEntropyLoss(), xm.cuda(), ym.cuda()).failed == ["2.weight"]
+
+
+def test_relu_exactly_at_its_kink_is_set_aside_by_the_signature():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 6), nn.ReLU(), nn.Linear(6, 10)).double()
+    x, y = digits(3)
+    with torch.no_grad():  # unit 2's pre-activation is exactly 0 on example 0
+        model[0].bias[2] = 0.0
+        model[0].bias[2] = -model[0](x[:1])[0, 2]
+    report = check_module(model, nn.CrossEntropyLoss(), x, y, kink_detection=False)
+    assert report.passed, str(report)
+    assert report.params["0.bias"].kinks >= 1
+
+
+def test_maxpool_tie_is_set_aside_by_the_signature():
+    # two channels mixed by a 1x1 conv with equal weights: the pool's two candidates tie,
+    # and perturbing either weight changes the winner
+    model = nn.Sequential(nn.Conv2d(2, 1, 1, bias=False), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(1, 3)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[3].weight.copy_(torch.tensor([[1.0], [-2.0], [0.5]]))
+    x = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    x[0, 0, 0, 0] = x[0, 1, 0, 1] = 1.0
+    report = check_module(model, nn.CrossEntropyLoss(), x, torch.tensor([1]),
+                          kink_detection=False)
+    assert report.passed, str(report)
+    assert report.params["0.weight"].kinks >= 1

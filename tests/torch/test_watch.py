@@ -1,0 +1,307 @@
+"""watch(): a conventional PyTorch loop, instrumented with a few lines, writes the dashboard;
+hooks are idle between scheduled steps and all removed on close."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+
+from trainwatch import Callback, MetricLogger  # noqa: E402
+from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor  # noqa: E402
+from trainwatch.callbacks.filter_images import FilterImages  # noqa: E402
+from trainwatch.callbacks.gradient_check import GradientCheck  # noqa: E402
+from trainwatch.callbacks.histograms import HistogramMonitor  # noqa: E402
+from trainwatch.callbacks.update_ratio import UpdateRatioMonitor  # noqa: E402
+from trainwatch.data import load_digits, train_val_split  # noqa: E402
+from trainwatch.outputs import MemoryOutput  # noqa: E402
+from trainwatch.torch import Watcher, watch  # noqa: E402
+
+SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
+
+
+def data(n_train=512, n_val=256):
+    x, y = load_digits(images=True)
+    (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.25, seed=0)
+    as_t = lambda a, d: torch.as_tensor(a, dtype=d)  # noqa: E731
+    return ((as_t(xt[:n_train], torch.float32), as_t(yt[:n_train], torch.int64)),
+            (as_t(xv[:n_val], torch.float32), as_t(yv[:n_val], torch.int64)))
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, 32), nn.Tanh(), nn.Linear(32, 10),
+    )
+
+
+def accuracy(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    model.train()
+    return acc
+
+
+def loop(model, opt, watcher, *, epochs=2, batch=64, seed=0, on_batch=None):
+    """A conventional loop; the lines marked `# trainwatch` are the only additions."""
+    (xt, yt), (xv, yv) = data()
+    criterion = nn.CrossEntropyLoss()
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xt), generator=order)
+        for start in range(0, len(xt), batch):
+            idx = perm[start:start + batch]
+            xb, yb = xt[idx], yt[idx]
+            if on_batch is not None:
+                on_batch()
+            loss = criterion(model(xb), yb)
+            watcher.loss(loss, yb)  # trainwatch
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        watcher.epoch_end({"train_accuracy": accuracy(model, xt, yt),  # trainwatch
+                           "val_accuracy": accuracy(model, xv, yv)})
+
+
+def frequent_callbacks():
+    return [MetricLogger(every=2), UpdateRatioMonitor(every=2),
+            HistogramMonitor(every=4, figure_every=None), GradientCheck(every=6, warmup_steps=3),
+            FilterImages(every=4), AccuracyGapMonitor()]
+
+
+def test_instrumented_loop_writes_the_dashboard(tmp_path):
+    model = small_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with watch(model, opt, nn.CrossEntropyLoss(), logdir=tmp_path,  # trainwatch
+               callbacks=frequent_callbacks(), progress=False, raise_errors=True) as w:
+        loop(model, opt, w)
+        assert w.step == 16  # 2 epochs of 8 batches
+    ea = EventAccumulator(str(tmp_path), size_guidance=SIZE)
+    ea.Reload()
+    tags = ea.Tags()
+    scalars = set(tags["scalars"])
+    names = [n for n, _ in model.named_parameters()]
+    for name in names:
+        assert f"update_ratio_norms/{name}/update" in scalars
+    assert {f"update_ratio/{n}" for n in names if n.endswith("weight")} <= scalars
+    assert {"loss/train", "loss/train_epoch", "accuracy/train", "accuracy/val",
+            "accuracy/gap", "gradcheck/passed"} <= scalars
+    loss_steps = [e.step for e in ea.Scalars("loss/train")]
+    assert loss_steps == list(range(0, 16, 2))
+    assert all(e.value == 1.0 for e in ea.Scalars("gradcheck/passed"))
+    assert [e.step for e in ea.Scalars("gradcheck/passed")] == [3, 9, 15]
+    hists = set(tags["histograms"])
+    assert {"weights/0.weight", "gradients/8.weight", "activations/2",
+            "gradients/activations/7"} <= hists
+    assert "activations/2/dead_fraction" in scalars and "activations/7/saturated_fraction" in scalars
+    assert any(t.startswith("filters/0.weight") for t in tags["images"])
+    epoch_loss = [e.value for e in ea.Scalars("loss/train_epoch")]
+    assert len(epoch_loss) == 2 and epoch_loss[1] < epoch_loss[0]
+    assert [e.value for e in ea.Scalars("epoch")] == [0, 1]
+    alerts = (tmp_path / "alerts.jsonl")
+    codes = [json.loads(line)["code"] for line in alerts.read_text().splitlines()] \
+        if alerts.exists() else []
+    assert "callback.error" not in codes
+
+
+def all_hooks(model, opt):
+    return ([(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for m in model.modules()],
+            (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)))
+
+
+def test_close_removes_every_hook_and_stops_watching():
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    bare = all_hooks(model, opt)
+    mem = MemoryOutput()
+    w = watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+              callbacks=[MetricLogger(every=1), HistogramMonitor(every=1, figure_every=None)])
+    assert all_hooks(model, opt) != bare
+    loop(model, opt, w, epochs=1)
+    assert w.step == 8 and "activations/2" in mem.histograms
+    w.close()
+    assert all_hooks(model, opt) == bare
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    assert mem.closed
+    written = len(mem.scalars_log["loss/train"])
+    loop(model, opt, w, epochs=1)  # training goes on, unwatched
+    assert w.step == 8 and len(mem.scalars_log["loss/train"]) == written
+    w.close()  # idempotent
+
+
+def test_context_manager_closes_on_error_and_reports_it():
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen = []
+
+    class End(Callback):
+        def on_train_end(self, state):
+            seen.append(state.exception)
+
+    with pytest.raises(RuntimeError, match="boom"), \
+            watch(model, opt, callbacks=[End()], progress=False):
+        raise RuntimeError("boom")
+    assert isinstance(seen[0], RuntimeError)
+    assert not opt._optimizer_step_pre_hooks and not model._forward_pre_hooks
+
+
+class Recorder(Callback):
+    """Records the hook sequence (and what the batch hooks saw)."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_epoch_begin(self, s):
+        self.events.append(("epoch_begin", s.epoch))
+
+    def on_batch_begin(self, s):
+        self.events.append(("batch", s.step, None if s.inputs is None else tuple(s.inputs.shape)))
+
+    def on_loss_computed(self, s):
+        self.events.append(("loss", s.step, type(s.loss).__name__, s.loss.requires_grad))
+
+    def on_backward_end(self, s):
+        grads = all(p.grad is not None for p in s.backend.model.parameters())
+        self.events.append(("backward", s.step, grads))
+
+    def on_step_begin(self, s):
+        self.events.append(("step_begin", s.step))
+
+    def on_step_end(self, s):
+        self.events.append(("step_end", s.step))
+
+    def on_validation_end(self, s):
+        self.events.append(("validation", dict(s.metrics)))
+
+    def on_epoch_end(self, s):
+        self.events.append(("epoch_end", s.epoch, round(s.metrics["train_loss"], 6)))
+
+
+def test_hook_sequence_with_accumulation_eval_and_no_grad_forwards():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder()
+    w = watch(model, opt, callbacks=[rec], progress=False)
+    criterion = nn.CrossEntropyLoss()
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    losses = []
+    for _ in range(2):
+        opt.zero_grad()
+        for half in (slice(0, 3), slice(3, 6)):  # gradient accumulation: 2 forwards per step
+            loss = criterion(model(x[half]), y[half])
+            w.loss(loss)
+            loss.backward()
+            losses.append(loss.item())
+        with torch.no_grad():
+            model(x)  # a no-grad pass inside the step: not a batch
+        opt.step()
+    model.eval()
+    model(x)  # validation forward in eval mode: not a batch
+    model.train()
+    w.epoch_end({"val_accuracy": 0.5})
+    w.close()
+    mean = round(float(np.mean(losses)), 6)
+    assert rec.events == [
+        ("epoch_begin", 0),
+        ("batch", 0, (3, 4)), ("loss", 0, "Tensor", False), ("loss", 0, "Tensor", False),
+        ("backward", 0, True), ("step_begin", 0), ("step_end", 0),
+        ("batch", 1, (3, 4)), ("loss", 1, "Tensor", False), ("loss", 1, "Tensor", False),
+        ("backward", 1, True), ("step_begin", 1), ("step_end", 1),
+        ("validation", {"val_accuracy": 0.5, "train_loss": pytest.approx(mean, abs=1e-6)}),
+        ("epoch_end", 0, mean),
+    ]
+    assert w.step == 2
+
+
+def test_gradient_check_runs_on_the_reported_batch():
+    model = small_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    check = GradientCheck(every=4, warmup_steps=2, examples=2)
+    mem = MemoryOutput()
+    with watch(model, opt, nn.CrossEntropyLoss(), callbacks=[check], outputs=[mem],
+               progress=False, raise_errors=True) as w:
+        loop(model, opt, w, epochs=1)
+    assert [step for step, _ in check.reports] == [2, 6]
+    assert all(report.passed for _, report in check.reports)
+    assert list(check.reports[0][1].params) == [n for n, _ in model.named_parameters()]
+
+
+# -- no host reads on idle steps ---------------------------------------------------------------
+
+_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__array__")
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Count calls of the tensor methods that read device memory from the host (each is a
+    synchronisation on a GPU); the real methods still run."""
+    log = []
+    originals = {name: getattr(torch.Tensor, name) for name in _READS}
+
+    def counting(name, fn):
+        def wrapper(self, *args, **kwargs):
+            log.append(name)
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(torch.Tensor, name, counting(name, fn))
+    try:
+        yield log
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def test_idle_steps_read_nothing_from_the_device():
+    model = small_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mem = MemoryOutput()
+    callbacks = [MetricLogger(every=5), UpdateRatioMonitor(every=5),
+                 HistogramMonitor(every=5, figure_every=None), GradientCheck(every=8,
+                                                                             warmup_steps=4)]
+    w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=callbacks, outputs=[mem],
+              progress=False, raise_errors=True)
+    (xt, yt), _ = data()
+    criterion = nn.CrossEntropyLoss()
+    reads_per_step = []
+    with host_reads() as log:
+        for start in range(0, 512, 32):
+            xb, yb = xt[start:start + 32], yt[start:start + 32]
+            before = len(log)
+            loss = criterion(model(xb), yb)
+            w.loss(loss, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            reads_per_step.append(len(log) - before)
+    w.close()
+    written = {step for log_ in (mem.scalars_log, mem.histograms) for series in log_.values()
+               for step, _ in series}
+    busy = {s for s, n in enumerate(reads_per_step) if n}
+    assert busy == {0, 4, 5, 10, 12, 15}
+    assert busy <= written
+    for step in (0, 5, 10, 15):  # logging steps: one read for the loss, one per batched query
+        assert reads_per_step[step] < 12, reads_per_step
+    assert sum(reads_per_step) == sum(reads_per_step[s] for s in busy)
+
+
+def test_watch_validates_its_arguments():
+    with pytest.raises(TypeError, match="model"):
+        watch(object(), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0))
+    with pytest.raises(TypeError, match="optimizer"):
+        watch(nn.Linear(2, 2), object())
+    assert isinstance(watch(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(),
+                                                             lr=1.0), progress=False), Watcher)

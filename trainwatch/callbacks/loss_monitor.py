@@ -1,0 +1,434 @@
+"""LossMonitor: what the training-loss curve says, read while it is drawn.
+
+KNOWLEDGE §2–3 turned into alerts:
+
+* ``loss.nonfinite`` (critical, once per run): the loss, a gradient or a weight is NaN/Inf.
+  The alert names the first tensor (in layer order) holding NaN/Inf, its weights or its
+  gradient, or says the weights and gradients are finite (then the forward pass, the loss or
+  the batch itself produced it). Training stops after the current batch by default
+  (``stop_on_nonfinite``) and the outputs are flushed, so the logs stay readable.
+  The loss is checked every ``check_every`` steps (cheap); weights and gradients, which take
+  a full pass over the parameters, every ``every`` steps and whenever the loss is non-finite.
+* ``loss.divergence`` (warning): after ``warmup`` steps, the smoothed loss (EMA, weight
+  ``smoothing``) is more than ``divergence_factor`` times its running minimum, and above it by
+  at least 1 % of the initial loss (so a loss near zero does not diverge by rounding).
+* ``loss.plateau`` (warning): no progress over the last ``plateau_window`` steps: the mean of
+  the window's newest quarter is less than ``plateau_threshold`` (relative) below the mean of
+  its oldest quarter, while the loss is still above ``plateau_floor`` times its initial value
+  (a loss near zero has converged, not stalled). The message gives the reading: a curve flat
+  or nearly linear from the start means a learning rate that is too low; a jump and a return
+  to the starting value means a too-high rate killed the units; a fast drop and then a
+  plateau at a poor value means a rate too high for this stage.
+* ``loss.noise`` (warning): the step-to-step scatter of the loss over the last
+  ``noise_window`` steps (``std(diff(loss)) / √2``, which ignores the trend) relative to the
+  loss level (never less than a quarter of the initial loss, so a loss near zero does not
+  read as noisy) is above ``noise_threshold``: the batch is probably too small.
+* ``loss.initial`` (warning, checked once on the first batch, with the data loss alone when
+  the loop reports it, i.e. regularisation off): the loss is more than ``initial_tolerance``
+  off (as a factor) from the expected value: ``ln C`` for softmax cross-entropy over C classes,
+  ``C − 1`` for the multiclass SVM (margin 1), ``ln 2`` for binary cross-entropy. C is the
+  predictions' last dimension; the loss kind comes from ``backend.loss_kind``; a backend
+  method ``expected_initial_loss(num_classes)`` is used when present, and
+  ``expected_initial_loss=`` overrides both.
+
+Each condition fires once per episode (``divergence``, ``plateau`` and ``noise`` after
+``patience`` consecutive checks), through :class:`~trainwatch.alerts.AlertManager`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from trainwatch.core.callback import Callback
+from trainwatch.core.state import RunState
+
+#: loss kind -> (expected initial loss as a function of the number of classes, explanation)
+EXPECTED_INITIAL = {
+    "softmax_cross_entropy": (lambda c: math.log(c), "ln {c}: softmax cross-entropy over "
+                                                     "{c} classes"),
+    "multiclass_svm": (lambda c: float(c - 1), "{c} − 1: multiclass SVM (margin 1) over "
+                                               "{c} classes"),
+    "sigmoid_bce": (lambda c: math.log(2.0), "ln 2: binary cross-entropy"),
+}
+
+NONFINITE_SUGGESTION = (
+    "lower the learning rate (or add warm-up / gradient clipping), check the data for NaN/Inf, "
+    "and use numerically stable losses (log-sum-exp, no log(0))"
+)
+
+
+def _count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: Any, *, above: float = 0.0, most: float = math.inf) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (above < value <= most):
+        bound = f"in ({above}, {most}]" if math.isfinite(most) else f"> {above}"
+        raise ValueError(f"{name}: must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+class LossMonitor(Callback):
+    """Watches the training loss: non-finite values, divergence, plateaus, noise and the
+    expected initial loss (see the module docstring for each rule).
+
+    Per step it reads the loss as a float (on a GPU that is a host sync: raise
+    ``check_every``) and appends it to a preallocated ring buffer; every ``every`` steps it
+    evaluates the rules and writes:
+
+    * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
+      scale; positive losses only);
+    * ``loss/train_smoothed``: the EMA used for divergence;
+    * ``loss/window_progress``: relative improvement over the plateau window (fraction);
+    * ``loss/relative_spread``: the noise measure (fraction of the loss level).
+
+    Args:
+        every: steps between rule evaluations, log points and weight/gradient finiteness
+            checks (default 10); a multiple of ``check_every``.
+        check_every: steps between loss reads (default 1).
+        stop_on_nonfinite: stop training when anything is non-finite (default True).
+        check_tensors: also check weights and gradients for NaN/Inf every ``every`` steps
+            (default True).
+        smoothing: EMA weight of the newest loss for divergence, in (0, 1] (default 0.1).
+        warmup: steps before divergence is judged (default 50).
+        divergence_factor: smoothed loss / running minimum above which the run diverges
+            (default 3.0, > 1).
+        plateau_window: steps over which progress is measured (default 200).
+        plateau_threshold: relative improvement over the window below which the loss is on a
+            plateau (default 0.01, i.e. 1 %).
+        plateau_floor: no plateau alert once the loss is below this fraction of its initial
+            value (default 0.1).
+        noise_window: steps over which the scatter is measured (default 50).
+        noise_threshold: relative spread above which the loss is too noisy (default 0.25).
+        patience: consecutive checks a divergence, plateau or noise condition must hold before
+            it fires (default 2).
+        check_initial: check the first batch's loss against its expected value (default True).
+        expected_initial_loss: the expected initial loss, if you know it (default None: from
+            the loss kind and the number of classes).
+        initial_tolerance: how far off the initial loss may be, as a factor: within
+            ``[E / (1 + t), E · (1 + t)]`` (default 0.5). He-initialised networks start a
+            little above ``ln C`` (the 8x8-digits CNN at 2.9 for 2.30); weights 100× too large
+            start orders of magnitude above.
+    """
+
+    order = -50
+
+    def __init__(
+        self,
+        every: int = 10,
+        *,
+        check_every: int = 1,
+        stop_on_nonfinite: bool = True,
+        check_tensors: bool = True,
+        smoothing: float = 0.1,
+        warmup: int = 50,
+        divergence_factor: float = 3.0,
+        plateau_window: int = 200,
+        plateau_threshold: float = 0.01,
+        plateau_floor: float = 0.1,
+        noise_window: int = 50,
+        noise_threshold: float = 0.25,
+        patience: int = 2,
+        check_initial: bool = True,
+        expected_initial_loss: float | None = None,
+        initial_tolerance: float = 0.5,
+    ):
+        self.every = _count("every", every)
+        self.check_every = _count("check_every", check_every)
+        if self.every % self.check_every:
+            raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
+                             f"got {every!r}")
+        for name, flag in (("stop_on_nonfinite", stop_on_nonfinite),
+                           ("check_tensors", check_tensors), ("check_initial", check_initial)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name}: must be True or False, got {flag!r}")
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self.check_tensors = check_tensors
+        self.check_initial = check_initial
+        self.smoothing = _positive("smoothing", smoothing, most=1.0)
+        self.warmup = _count("warmup", warmup, minimum=0)
+        self.divergence_factor = _positive("divergence_factor", divergence_factor, above=1.0)
+        self.plateau_window = _count("plateau_window", plateau_window, minimum=4)
+        self.plateau_threshold = _positive("plateau_threshold", plateau_threshold, most=1.0)
+        self.plateau_floor = _positive("plateau_floor", plateau_floor, most=1.0)
+        self.noise_window = _count("noise_window", noise_window, minimum=3)
+        self.noise_threshold = _positive("noise_threshold", noise_threshold)
+        self.patience = _count("patience", patience)
+        self.expected_initial_loss = (None if expected_initial_loss is None else
+                                      _positive("expected_initial_loss", expected_initial_loss))
+        self.initial_tolerance = _positive("initial_tolerance", initial_tolerance)
+        self._plateau_n = max(self.plateau_window // self.check_every, 4)
+        self._noise_n = max(self.noise_window // self.check_every, 3)
+        self._reset()
+
+    def _reset(self) -> None:
+        size = max(self._plateau_n, self._noise_n)
+        self._buf = np.zeros(size)
+        self._n = 0  # finite losses seen
+        self._ema = math.nan
+        self._min = math.inf
+        self._min_step = 0
+        self._max = -math.inf
+        self._max_step = 0
+        self._ref_sum = 0.0
+        self._ref_n = 0
+        self._nonfinite_seen = False
+        self._streaks = {"divergence": 0, "plateau": 0, "noise": 0}
+        self._firing = {"divergence": False, "plateau": False, "noise": False}
+        self._since = {"divergence": 0, "plateau": 0, "noise": 0}
+        #: the first batch's loss and its expected value (None until checked / when unknown)
+        self.initial_loss: float | None = None
+        self.expected_initial: float | None = None
+        #: the latest evaluation: progress over the plateau window, relative spread
+        self.window_progress: float = math.nan
+        self.relative_spread: float = math.nan
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def on_train_begin(self, state: RunState) -> None:
+        self._reset()
+        state.writer.layout({"loss": {
+            "training loss, log10": ("Multiline", [r"^loss/train_log10$"]),
+            "loss diagnostics": ("Multiline", [r"^loss/window_progress$",
+                                               r"^loss/relative_spread$"]),
+        }})
+
+    def on_loss_computed(self, state: RunState) -> None:
+        step = state.step
+        if step % self.check_every or state.loss is None:
+            return
+        v = float(state.loss)
+        if not math.isfinite(v):
+            self._nonfinite(state, step, v, None)
+            return
+        buf = self._buf
+        buf[self._n % buf.shape[0]] = v
+        self._n += 1
+        if self._ref_n < 10:
+            self._ref_sum += v
+            self._ref_n += 1
+        ema = self._ema
+        ema = v if ema != ema else ema + self.smoothing * (v - ema)
+        self._ema = ema
+        if ema < self._min:
+            self._min, self._min_step = ema, step
+        if ema > self._max:
+            self._max, self._max_step = ema, step
+        if step == 0 and self.check_initial:
+            self._check_initial(state, v)
+        if step % self.every == 0:
+            self._analyse(state, step, v)
+
+    def on_backward_end(self, state: RunState) -> None:
+        if state.step % self.every or not self.check_tensors or self._nonfinite_seen:
+            return
+        culprit = state.backend.first_nonfinite()
+        if culprit is not None:
+            loss = math.nan if state.loss is None else float(state.loss)
+            self._nonfinite(state, state.step, loss, culprit)
+
+    # -- non-finite -------------------------------------------------------------------------------
+
+    def _nonfinite(self, state: RunState, step: int, value: float, culprit: str | None) -> None:
+        if self._nonfinite_seen:
+            return
+        self._nonfinite_seen = True
+        if culprit is None:
+            culprit = state.backend.first_nonfinite()
+        inputs = state.inputs
+        what = "weights"
+        if culprit is not None and culprit.endswith(" (gradient)"):
+            culprit, what = culprit[: -len(" (gradient)")], "gradient"
+        loss_text = f"the training loss is {value}" if not math.isfinite(value) else (
+            f"the training loss is still finite ({value:.4g})")
+        if culprit is not None:
+            tensor = culprit
+            detail = (f"{culprit} is the first tensor whose {what} hold NaN/Inf"
+                      if what == "weights" else
+                      f"the gradient of {culprit} is the first to hold NaN/Inf")
+        elif (isinstance(inputs, np.ndarray) and inputs.dtype.kind in "fc"
+              and not np.isfinite(inputs).all()):
+            tensor = "inputs"
+            detail = "the batch's inputs contain NaN/Inf (weights and gradients are finite)"
+        else:
+            tensor = "loss"
+            detail = ("weights and gradients are finite, so the forward pass or the loss "
+                      "overflowed on this batch")
+        stopping = self.stop_on_nonfinite
+        message = (f"{loss_text} at step {step}: {detail}"
+                   + ("; training stops after this batch" if stopping else ""))
+        state.alerts.fire("loss.nonfinite", "critical", message, step, tensor=tensor,
+                          value=value, suggestion=NONFINITE_SUGGESTION)
+        state.writer.flush()
+        if stopping:
+            state.request_stop(f"non-finite values at step {step} ({tensor})")
+
+    # -- the initial loss -------------------------------------------------------------------------
+
+    def _check_initial(self, state: RunState, total: float) -> None:
+        value = total if state.data_loss is None else float(state.data_loss)
+        expected, how = self._expected(state)
+        self.initial_loss = value
+        self.expected_initial = expected
+        if expected is None or not math.isfinite(value):
+            return
+        tol = self.initial_tolerance
+        if expected / (1 + tol) <= value <= expected * (1 + tol):
+            return
+        which = "data loss, regularisation off" if state.data_loss is not None else (
+            "total loss; the loop reports no separate data loss")
+        factor = value / expected
+        if value > expected:
+            off = f"{factor:.3g}× the expected"
+            suggestion = ("the initial scores are too large or the loss is mis-scaled: use small "
+                          "random weights (He/Xavier scale, the last layer near 0) and check "
+                          "that the loss is a mean over the batch, not a sum")
+        else:
+            off = f"only {factor:.3g}× the expected"
+            suggestion = ("the loss starts below chance: check that the labels do not leak "
+                          "into the inputs, that the loss is averaged correctly, and that the "
+                          "reported loss is the one being minimised")
+        message = (f"initial loss {value:.4g} on the first batch ({which}) is {off} "
+                   f"{expected:.4g} ({how}); tolerance ×{1 + tol:g}")
+        state.alerts.fire("loss.initial", "warning", message, state.step, value=value,
+                          suggestion=suggestion)
+
+    def _expected(self, state: RunState) -> tuple[float | None, str]:
+        if self.expected_initial_loss is not None:
+            return self.expected_initial_loss, "given as expected_initial_loss"
+        shape = np.shape(state.predictions) if state.predictions is not None else ()
+        classes = int(shape[-1]) if len(shape) >= 2 else None
+        kind = getattr(state.backend, "loss_kind", None)
+        method = getattr(state.backend, "expected_initial_loss", None)
+        if callable(method) and classes is not None:
+            value = method(classes)
+            if value is not None:
+                return float(value), f"{kind or 'the loss'} over {classes} classes"
+        if kind in EXPECTED_INITIAL:
+            fn, how = EXPECTED_INITIAL[kind]
+            if kind == "sigmoid_bce":
+                return fn(2), how
+            if classes is not None and classes >= 2:
+                return fn(classes), how.format(c=classes)
+        return None, ""
+
+    # -- divergence, plateau, noise ---------------------------------------------------------------
+
+    def _window(self, k: int) -> np.ndarray:
+        size = self._buf.shape[0]
+        idx = np.arange(self._n - k, self._n) % size
+        return self._buf[idx]
+
+    def _analyse(self, state: RunState, step: int, v: float) -> None:
+        values = {"loss/train_smoothed": self._ema}
+        if v > 0:
+            values["loss/train_log10"] = math.log10(v)
+        ref = self._ref_sum / self._ref_n
+        if ref > 0:
+            self._check_divergence(state, step, ref)
+            if self._n >= self._plateau_n:
+                self._check_plateau(state, step, ref)
+                values["loss/window_progress"] = self.window_progress
+            if self._n >= self._noise_n:
+                self._check_noise(state, step, ref)
+                values["loss/relative_spread"] = self.relative_spread
+        state.writer.scalars(values, step)
+
+    def _condition(self, state: RunState, step: int, rule: str, raw: bool, holding: bool,
+                   severity: str, message: str, value: float,
+                   suggestion: str | None) -> None:
+        """Debounce ``raw`` with ``patience``; once firing, stay active while ``holding``."""
+        if raw:
+            if self._streaks[rule] == 0:
+                self._since[rule] = step
+            self._streaks[rule] += 1
+        else:
+            self._streaks[rule] = 0
+        if self._firing[rule]:
+            self._firing[rule] = holding
+        else:
+            self._firing[rule] = self._streaks[rule] >= self.patience
+        active = self._firing[rule]
+        state.alerts.update(f"loss.{rule}", active, step=step, severity=severity,
+                            message=message, value=value, suggestion=suggestion)
+
+    def _check_divergence(self, state: RunState, step: int, ref: float) -> None:
+        ema, low = self._ema, self._min
+        if step < self.warmup or not low > 0:
+            return
+        ratio = ema / low
+        far = ema - low > 0.01 * ref
+        raw = ratio > self.divergence_factor and far
+        holding = ratio > self.divergence_factor / 1.5 and far
+        message = (
+            f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its running minimum "
+            f"{low:.4g} (step {self._min_step}), above the factor {self.divergence_factor:g} "
+            f"since step {self._since['divergence']}"
+            if raw or holding else f"the smoothed training loss {ema:.4g} is back near its "
+            f"minimum {low:.4g} ({ratio:.2f}×)"
+        )
+        self._condition(state, step, "divergence", raw, holding, "warning", message, ratio,
+                        "the learning rate is probably too high: lower it 3–10× (or add warm-up "
+                        "or gradient clipping), and look for bad batches")
+
+    def _check_plateau(self, state: RunState, step: int, ref: float) -> None:
+        win = self._window(self._plateau_n)
+        q = max(len(win) // 4, 1)
+        first, last = float(win[:q].mean()), float(win[-q:].mean())
+        progress = (first - last) / first if first > 0 else math.nan
+        self.window_progress = progress
+        span = self._plateau_n * self.check_every
+        above_floor = last > self.plateau_floor * ref
+        raw = progress < self.plateau_threshold and above_floor
+        holding = progress < 2 * self.plateau_threshold and above_floor
+        if not (raw or holding):
+            message = f"the training loss is improving again ({progress:+.1%} over {span} steps)"
+            self._condition(state, step, "plateau", raw, holding, "warning", message, progress,
+                            None)
+            return
+        head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
+                f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
+        if last >= 0.9 * ref and self._max <= 1.5 * ref:
+            reading = (f"it has hardly moved from its initial value {ref:.4g}: a curve flat or "
+                       f"nearly linear from the start is the signature of a learning rate "
+                       f"that is too low")
+            suggestion = ("raise the learning rate 3–10× (check update_ratio/ for ratios far "
+                          "below 1e-3) and check that the parameters are being updated")
+        elif last >= 0.9 * ref:
+            reading = (f"it jumped to {self._max:.4g} (smoothed, step {self._max_step}) and came "
+                       f"back to about its initial value {ref:.4g}: a too-high learning rate "
+                       f"probably killed the units (dead ReLUs)")
+            suggestion = "lower the learning rate about 10× and restart from a fresh init"
+        else:
+            reading = (f"it stalled at {last / ref:.0%} of its initial value {ref:.4g}: a fast "
+                       f"early drop followed by a plateau at a poor value suggests a learning "
+                       f"rate too high for this stage")
+            suggestion = ("lower the learning rate 3–10× or add a decay schedule; if the "
+                          "validation loss is flat at a good value, training has converged")
+        self._condition(state, step, "plateau", raw, holding, "warning",
+                        f"{head}; {reading}", progress, suggestion)
+
+    def _check_noise(self, state: RunState, step: int, ref: float) -> None:
+        win = self._window(self._noise_n)
+        level = max(float(win.mean()), 0.25 * ref)
+        spread = float(np.std(np.diff(win))) / math.sqrt(2.0) / level
+        self.relative_spread = spread
+        raw = spread > self.noise_threshold and not self._firing["divergence"]
+        holding = spread > self.noise_threshold / 1.25 and not self._firing["divergence"]
+        span = self._noise_n * self.check_every
+        inputs = state.inputs
+        batch = f"batch size {len(inputs)}" if hasattr(inputs, "__len__") else "the batch size"
+        message = (
+            f"the batch loss scatters by {spread:.0%} of its level over the last {span} steps "
+            f"(threshold {self.noise_threshold:.0%}; {batch})"
+            if raw or holding else f"the batch loss scatter is down to {spread:.0%}"
+        )
+        self._condition(state, step, "noise", raw, holding, "warning", message, spread,
+                        "the batch is probably too small for this learning rate: use a larger "
+                        "batch (4× the batch halves the scatter) or a lower learning rate")
