@@ -120,10 +120,39 @@ def test_a_large_negative_bias_kills_relus_and_raises_dead(digits):
     model = nn.Sequential([nn.Dense(64, 64, rng=0), nn.ReLU(), nn.Dense(64, 32, rng=1),
                            nn.ReLU(), nn.Dense(32, 10, rng=2)])
     model.layers["fc1"].params["bias"][:] = -10.0
-    trainer, mem = train(model, [HistogramMonitor(every=5)], digits, epochs=1)
+    trainer, mem = train(model, [HistogramMonitor(every=5)], digits, epochs=2)
     dead = fired(trainer, "activations.dead")
     assert "relu1" in {a.tensor for a in dead}
-    assert mem.scalar("activations/relu1/dead_fraction")[0] == 1.0
+    first = next(a for a in dead if a.tensor == "relu1")
+    assert first.step == 10 and first.value == 1.0  # dead in 3 measured batches: 0, 5, 10
+    assert "192 examples" in first.message
+    assert mem.scalar("activations/relu1/dead_fraction") == [1.0] * 4
+
+
+def test_the_dead_alert_counts_units_silent_in_every_batch_of_the_window(digits):
+    """Units that fire on rare inputs look dead in one batch, not in three."""
+    class Inputs(Callback):
+        order = 100
+        seen = []
+
+        def on_backward_end(self, state):
+            if state.step % 5 == 0:
+                self.seen.append(state.inputs.copy())
+
+    # unit i fires only when pixel i is brighter than 0.9: rare for most pixels
+    first = nn.Dense(64, 64, rng=0)
+    first.params["weight"][...] = np.eye(64)
+    first.params["bias"][...] = -0.9
+    model = nn.Sequential([first, nn.ReLU(), nn.Dense(64, 10, rng=1)])
+    monitor = HistogramMonitor(every=5, dead_alert=0.05, dead_window=3)
+    trainer, mem = train(model, [monitor, Inputs()], digits, epochs=1, lr=1e-9, batch_size=16)
+    active = [(b > 0.9).any(axis=0) for b in Inputs.seen]  # pixels are multiples of 1/16
+    per_batch = [np.mean(~a) for a in active]
+    assert mem.scalar("activations/relu1/dead_fraction") == per_batch
+    union = np.mean(~np.any(active[:3], axis=0))  # the first full window: steps 0, 5, 10
+    assert union < min(per_batch[:3])  # the window really is stricter than one batch
+    alert = fired(trainer, "activations.dead")[0]
+    assert alert.step == 10 and alert.value == union
 
 
 def test_a_healthy_relu_net_has_few_dead_units(digits):
@@ -173,7 +202,8 @@ def test_histogram_tags_and_counts(digits):
     trainer, mem = train(conv_net(), [HistogramMonitor(every=3)], images, epochs=1, batch_size=32)
     layers = ["conv1", "relu1", "pool1", "fc1"]  # flatten1 is pool1 reshaped: skipped
     tensors = ["conv1.weight", "conv1.bias", "fc1.weight", "fc1.bias"]
-    expected = ({f"activations/{n}" for n in layers} | {f"gradients/activations/{n}" for n in layers}
+    expected = ({f"activations/{n}" for n in layers}
+                | {f"gradients/activations/{n}" for n in layers}
                 | {f"weights/{t}" for t in tensors} | {f"gradients/{t}" for t in tensors})
     assert set(mem.histograms) == expected
     sizes = {"conv1": 32 * 4 * 8 * 8, "relu1": 32 * 4 * 8 * 8, "pool1": 32 * 4 * 4 * 4,
@@ -189,7 +219,8 @@ def test_histogram_tags_and_counts(digits):
     assert mem.histograms["weights/conv1.weight"][0][1].num == params["conv1.weight"].size == 36
     # conv dead units are channels
     assert mem.steps("activations/relu1/dead_fraction") == [0, 3]
-    assert all(v in (0, 0.25, 0.5, 0.75, 1.0) for v in mem.scalar("activations/relu1/dead_fraction"))
+    dead = mem.scalar("activations/relu1/dead_fraction")
+    assert all(v in (0, 0.25, 0.5, 0.75, 1.0) for v in dead)  # 4 channels
     assert "activations/flatten1/mean" not in mem.tags
     assert {"activations/conv1/mean", "activations/pool1/std"} <= mem.tags
 
@@ -264,6 +295,7 @@ def test_histograms_read_back_from_tensorboard(digits, tmp_path):
     ({"saturated_alert": 0}, "saturated_alert"),
     ({"dead_alert": 1.5}, "dead_alert"),
     ({"dead_min_batch": 0}, "dead_min_batch"),
+    ({"dead_window": 0}, "dead_window"),
     ({"vanishing_ratio": -1}, "vanishing_ratio"),
     ({"exploding_ratio": float("inf")}, "exploding_ratio"),
     ({"vanishing_ratio": 10.0, "exploding_ratio": 1.0}, "vanishing_ratio"),

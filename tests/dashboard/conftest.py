@@ -6,20 +6,10 @@ import os
 from dataclasses import dataclass
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-pytest.importorskip("tensorboard", reason="the dashboard tests need the tensorboard package")
-
-from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
-    EventAccumulator,
-)
-
-from tests.dashboard.screenshots import (  # noqa: E402
-    Expected,
-    TensorBoardServer,
-    event_runs,
-    expected_tags,
-)
-from trainwatch.demo import DemoResult, run_demo  # noqa: E402
+from tests.dashboard.screenshots import Expected, TensorBoardServer, event_runs, expected_tags
+from trainwatch.demo import DemoResult, run_demo
 
 DEMO_EPOCHS = 3
 

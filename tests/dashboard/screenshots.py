@@ -32,10 +32,12 @@ from typing import Any
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars",
+    "--hide-scrollbars", "--no-proxy-server",
 )
 #: browser viewport of the screenshots, in CSS pixels
 VIEWPORT = {"width": 1400, "height": 900}
+#: HTTP without any proxy from the environment: the server is on 127.0.0.1
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 #: longest wait for TensorBoard to answer after start, in seconds
 SERVER_START_TIMEOUT_S = 60.0
 
@@ -61,8 +63,9 @@ class TensorBoardServer:
     """
 
     def __init__(self, logdir: str | os.PathLike, *, port: int | None = None,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), cwd: str | os.PathLike | None = None):
         self.logdir = os.fspath(logdir)
+        self.cwd = cwd  # a relative logdir is relative to this (the page shows it as given)
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = [
@@ -71,13 +74,15 @@ class TensorBoardServer:
             "--samples_per_plugin", "images=100", *extra_args,
         ]
         self.process: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log: Any = None
+        self._final_output = ""
 
     def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> str:
         """Start the server and wait until it serves every run of the logdir with stable tags;
         returns the base URL. Raises RuntimeError (with the server's output) on failure."""
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, cwd=self.cwd)
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -86,7 +91,7 @@ class TensorBoardServer:
         return self.base_url
 
     def _wait_ready(self, timeout: float) -> None:
-        expected = set(event_runs(self.logdir))
+        expected = set(event_runs(os.path.join(self.cwd or os.curdir, self.logdir)))
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -119,15 +124,21 @@ class TensorBoardServer:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=10)
+        if self._log is not None:
+            self._final_output = self.output()
+            self._log.close()
+            self._log = None
 
     def output(self) -> str:
         """What the server printed so far (stdout and stderr)."""
+        if self._log is None:
+            return self._final_output
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
     def get(self, path: str, timeout: float = 10.0) -> bytes:
         """GET ``path`` (e.g. ``/data/runs``) from the server; the body."""
-        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
+        with _OPENER.open(self.base_url + path, timeout=timeout) as r:
             return r.read()
 
     def json(self, path: str, timeout: float = 10.0) -> Any:
@@ -208,6 +219,9 @@ def screenshot(base_url: str, views: Sequence[View], out_dir: str | os.PathLike,
                executable: str | None = None) -> Session:
     """Open each view in headless Chromium, wait for its texts, save ``<out_dir>/<name>.png``.
 
+    ``timeout_ms`` bounds each view (page load and every wait together); a text not shown by
+    then is reported in :attr:`Shot.missing`.
+
     Texts are found with playwright's text selectors, which pierce TensorBoard's open shadow
     roots; only visible matches count (hidden duplicates exist, e.g. the filter box echo).
     """
@@ -233,18 +247,23 @@ def screenshot(base_url: str, views: Sequence[View], out_dir: str | os.PathLike,
                 start = time.monotonic()
                 url = view.url(base_url)
                 page = context.new_page()  # a fresh app per view: nothing left from the last
+                deadline = start + timeout_ms / 1000  # one budget for the whole view
+
+                def left_ms(deadline: float = deadline) -> int:
+                    return max(500, int(1000 * (deadline - time.monotonic())))
+
                 page.goto(url, wait_until="networkidle", timeout=timeout_ms)
                 visible = {}
                 for text in view.expect:
                     loc = page.get_by_text(text, exact=True).filter(visible=True).first
                     try:
-                        loc.wait_for(state="visible", timeout=timeout_ms)
+                        loc.wait_for(state="visible", timeout=left_ms())
                         visible[text] = True
                     except PlaywrightError:
                         visible[text] = False
                 images: list[tuple[bool, int, int]] = []
                 if view.images:
-                    images = _wait_images(page, timeout_ms)
+                    images = _wait_images(page, left_ms())
                 page.wait_for_timeout(settle_ms)  # chart transitions
                 path = os.path.join(os.fspath(out_dir), f"{view.name}.png")
                 page.screenshot(path=path)
@@ -351,10 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainwatch.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="trainwatch_shots_") as tmp:
-        logdir = os.path.join(tmp, "demo")
-        want = expected_tags(run_demo(logdir=logdir, epochs=args.epochs,
+        logdir = os.path.join("runs", "demo")  # as the page shows it: the demo's default
+        want = expected_tags(run_demo(logdir=os.path.join(tmp, logdir), epochs=args.epochs,
                                       progress=False).trainer.backend)
-        with TensorBoardServer(logdir) as server:
+        with TensorBoardServer(logdir, cwd=tmp) as server:
             hists, images = served_tags(server, "histograms"), served_tags(server, "images")
             views = demo_views(
                 want.readme_scalars,
@@ -362,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [t for t in want.images if t in images],
                 chart_titles(server.json("/data/plugin/custom_scalars/layout"))[:2],
             )
+            for name in ("histograms", "images"):
+                if name not in {v.name for v in views}:
+                    print(f"{name}: the demo wrote none of the expected tags: no screenshot")
             session = screenshot(server.base_url, views, args.out)
     ok = True
     for shot in session.shots.values():

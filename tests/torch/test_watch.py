@@ -3,6 +3,7 @@ hooks are idle between scheduled steps and all removed on close."""
 
 import contextlib
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -240,19 +241,31 @@ def test_gradient_check_runs_on_the_reported_batch():
 
 # -- no host reads on idle steps ---------------------------------------------------------------
 
-_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__array__")
+# (``numpy()`` is left out: it only works on CPU tensors, where it is no transfer)
+_READS = ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__array__")
+
+
+def _called_from_trainwatch() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("trainwatch"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
 def host_reads():
-    """Count calls of the tensor methods that read device memory from the host (each is a
-    synchronisation on a GPU); the real methods still run."""
+    """Count the calls, made by trainwatch code, of the tensor methods that read device memory
+    from the host (each is a synchronisation on a GPU); the real methods still run. (The
+    optimizer's own reads, e.g. Adam's ``step.item()``, are not trainwatch's.)"""
     log = []
     originals = {name: getattr(torch.Tensor, name) for name in _READS}
 
     def counting(name, fn):
         def wrapper(self, *args, **kwargs):
-            log.append(name)
+            if _called_from_trainwatch():
+                log.append(name)
             return fn(self, *args, **kwargs)
         return wrapper
 
@@ -293,8 +306,10 @@ def test_idle_steps_read_nothing_from_the_device():
     busy = {s for s, n in enumerate(reads_per_step) if n}
     assert busy == {0, 4, 5, 10, 12, 15}
     assert busy <= written
-    for step in (0, 5, 10, 15):  # logging steps: one read for the loss, one per batched query
-        assert reads_per_step[step] < 12, reads_per_step
+    # a logging step: one read for the loss, one for the update norms, one per histogram
+    # kind (4), one for the activations and one for the gradient norms (+ the parameters once)
+    for step in (0, 5, 10, 15):
+        assert reads_per_step[step] <= 9, reads_per_step
     assert sum(reads_per_step) == sum(reads_per_step[s] for s in busy)
 
 
@@ -303,5 +318,7 @@ def test_watch_validates_its_arguments():
         watch(object(), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0))
     with pytest.raises(TypeError, match="optimizer"):
         watch(nn.Linear(2, 2), object())
-    assert isinstance(watch(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(),
-                                                             lr=1.0), progress=False), Watcher)
+    model = nn.Linear(2, 2)
+    w = watch(model, torch.optim.SGD(model.parameters(), lr=1.0), progress=False)
+    assert isinstance(w, Watcher)
+    w.close()

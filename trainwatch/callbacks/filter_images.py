@@ -91,7 +91,7 @@ def normalise_filters(filters: np.ndarray) -> np.ndarray:
     return np.where(flat, 0.5, out)
 
 
-def filter_grid(filters: np.ndarray, *, min_size: int = 32, max_filters: int = 256) -> np.ndarray:
+def filter_grid(filters: np.ndarray, *, min_size: int = 24, max_filters: int = 256) -> np.ndarray:
     """Tile ``(n, c, h, w)`` filters (c in {1, 3}) into one uint8 image (0 = each filter's
     minimum, 255 = its maximum; separators 255).
 

@@ -14,6 +14,9 @@ Definitions (all vectorised numpy, computed on the batch of a scheduled step):
   ``(N, F)``, a channel of a conv output ``(N, C, H, W)`` (dead at every position: a dead
   filter). ``dead_fraction`` is the fraction of units that are dead; it is skipped for
   batches of fewer than ``dead_min_batch`` examples, where "never active" means little.
+  A small batch overstates it (a unit active on 2 % of the data looks dead in half the
+  batches of 32), so the *alert* uses units dead in each of the last ``dead_window``
+  measured batches (by default 3: 200 steps from first to last at ``every=100``).
 * **gradient norm ratio**: the RMS (``‖g‖ / √size``) of the first weight tensor's gradient
   divided by that of the last weight tensor (weights = parameter tensors with 2 or more
   dimensions), so tensor sizes do not bias it. Healthy nets sit within a decade or two of
@@ -23,6 +26,7 @@ Definitions (all vectorised numpy, computed on the batch of a scheduled step):
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -85,19 +89,22 @@ def saturated_fraction(a: np.ndarray, kind: str, threshold: float = 0.97) -> flo
     return count / a.size
 
 
-def dead_fraction(a: np.ndarray) -> float:
-    """Fraction of units (axis 1) whose output is ``<= 0`` for every example and position.
-
-    ``a`` is ``(N, F)`` (units = features) or ``(N, C, ...)`` (units = channels). A 1-D ``a``
-    is one unit. NaN for an empty array.
-    """
+def alive_units(a: np.ndarray) -> np.ndarray:
+    """Boolean mask over the units (axis 1) of ``a``: True where some example (at some
+    position) has an output ``> 0``. ``a`` is ``(N, F)`` (units = features) or
+    ``(N, C, ...)`` (units = channels); a 1-D ``a`` is one unit."""
     a = np.asarray(a)
-    if a.size == 0:
-        return math.nan
     if a.ndim < 2:
-        return float(not (a > 0).any())
-    axes = (0, *range(2, a.ndim))
-    alive = (a > 0).any(axis=axes)
+        return np.array([bool((a > 0).any())])
+    return (a > 0).any(axis=(0, *range(2, a.ndim)))
+
+
+def dead_fraction(a: np.ndarray) -> float:
+    """Fraction of units (axis 1) whose output is ``<= 0`` for every example and position
+    (see :func:`alive_units`). NaN for an empty array."""
+    if np.size(a) == 0:
+        return math.nan
+    alive = alive_units(a)
     return (alive.size - np.count_nonzero(alive)) / alive.size
 
 
@@ -204,11 +211,15 @@ class HistogramMonitor(Callback):
             computed whatever this says.
         saturation_threshold: see the module docstring (default 0.97).
         saturated_alert: saturated fraction (0–1) that raises ``activations.saturated``
-            (default 0.3; a healthy tanh MLP on the digits stays under 0.02, one with 20×
-            too large weights above 0.85).
-        dead_alert: dead-unit fraction (0–1) that raises ``activations.dead`` (default 0.5;
-            a healthy ReLU MLP on the digits shows 0.10–0.17 with batches of 64).
+            (default 0.3; a healthy tanh MLP on the digits stays under 0.02, one with
+            weights 15 times too large above 0.8).
+        dead_alert: dead-unit fraction (0–1, over the ``dead_window``) that raises
+            ``activations.dead`` (default 0.5; a ReLU MLP on the digits shows 0.10–0.17 per
+            batch of 64; the 64-unit dense ReLU layer of the demo CNN loses 0.2–0.5 of its
+            units within 200 steps, depending on the seed).
         dead_min_batch: smallest batch on which dead units are counted (default 16).
+        dead_window: measured batches a unit must be dead in, each of them, to count for
+            the ``activations.dead`` alert (default 3; 1 alerts on a single batch).
         vanishing_ratio: gradient norm ratio below which ``gradients.vanishing`` fires
             (default 1e-3).
         exploding_ratio: ratio above which ``gradients.exploding`` fires (default 1e3).
@@ -228,6 +239,7 @@ class HistogramMonitor(Callback):
         saturated_alert: float = 0.3,
         dead_alert: float = 0.5,
         dead_min_batch: int = 16,
+        dead_window: int = 3,
         vanishing_ratio: float = 1e-3,
         exploding_ratio: float = 1e3,
         figure_every: int | None = 5,
@@ -247,6 +259,7 @@ class HistogramMonitor(Callback):
         self.saturated_alert = _positive("saturated_alert", saturated_alert, upper=1.0)
         self.dead_alert = _positive("dead_alert", dead_alert, upper=1.0)
         self.dead_min_batch = _count("dead_min_batch", dead_min_batch)
+        self.dead_window = _count("dead_window", dead_window)
         self.vanishing_ratio = _positive("vanishing_ratio", vanishing_ratio)
         self.exploding_ratio = _positive("exploding_ratio", exploding_ratio)
         if not self.vanishing_ratio < self.exploding_ratio:
@@ -256,6 +269,7 @@ class HistogramMonitor(Callback):
         self._saturated = Hysteresis(high=self.saturated_alert, margin=0.2)
         self._dead = Hysteresis(high=self.dead_alert, margin=0.2)
         self._ratio = Hysteresis(high=self.exploding_ratio, low=self.vanishing_ratio, margin=1.0)
+        self._alive: dict[str, deque[tuple[np.ndarray, int]]] = {}
         self._capturing = False
         self._measured = 0
         self._layers: list[LayerInfo] | None = None
@@ -320,9 +334,10 @@ class HistogramMonitor(Callback):
                 values[f"activations/{name}/saturated_fraction"] = sat
                 self._alert_saturated(state, name, kind, sat)
             elif kind in RECTIFIER_KINDS and a.ndim >= 1 and len(a) >= self.dead_min_batch:
-                dead = dead_fraction(a)
-                values[f"activations/{name}/dead_fraction"] = dead
-                self._alert_dead(state, name, dead, len(a))
+                alive = alive_units(a)
+                values[f"activations/{name}/dead_fraction"] = (
+                    (alive.size - np.count_nonzero(alive)) / alive.size)
+                self._check_dead(state, name, alive, len(a))
 
         ratio = self._gradient_ratio(backend)
         if ratio is not None:
@@ -370,13 +385,23 @@ class HistogramMonitor(Callback):
                      else f"{name}: {sat:.0%} of the {kind} outputs saturated, back to normal"),
         )
 
-    def _alert_dead(self, state: RunState, name: str, dead: float, batch: int) -> None:
+    def _check_dead(self, state: RunState, name: str, alive: np.ndarray, batch: int) -> None:
+        window = self._alive.get(name)
+        if window is None or (window and window[0][0].shape != alive.shape):
+            window = self._alive[name] = deque(maxlen=self.dead_window)
+        window.append((alive, batch))
+        if len(window) < self.dead_window:
+            return
+        ever = np.logical_or.reduce([m for m, _ in window])
+        dead = (ever.size - np.count_nonzero(ever)) / ever.size
+        examples = sum(n for _, n in window)
         active = self._dead.check(dead, key=name) == "high"
+        batches = "the batch" if len(window) == 1 else f"the last {len(window)} measured batches"
         state.alerts.update(
             "activations.dead", active, step=state.step, severity="warning", tensor=name,
             value=dead, suggestion=DEAD_SUGGESTION,
-            message=(f"{name}: {dead:.0%} of the units output 0 for all {batch} examples of "
-                     "the batch (dead ReLUs: no gradient flows through them)" if active
+            message=(f"{name}: {dead:.0%} of the units output 0 for all {examples} examples "
+                     f"of {batches} (dead ReLUs: no gradient flows through them)" if active
                      else f"{name}: {dead:.0%} dead units, back to normal"),
         )
 

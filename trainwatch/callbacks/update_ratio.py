@@ -41,7 +41,7 @@ import fnmatch
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,12 +217,17 @@ class UpdateRatioMonitor(Callback):
             raise ValueError(f"log_norms: must be True or False, got {log_norms!r}")
         self.log_norms = log_norms
 
+        self._skip: dict[str, bool] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        #: the latest measured norms and ratio per tensor (NaN where no ratio exists)
         self.latest: dict[str, TensorNorms] = {}
         self.ratios: dict[str, float] = {}
         self._tracks: dict[str, _Track] = {}
         self._rules: dict[Band, Hysteresis] = {}
-        self._skip: dict[str, bool] = {}
         self._measuring = False
+        self._reported: set[tuple[str, str | None]] = set()
         self._all_frozen_streak = 0
         self._all_frozen_since = 0
 
@@ -236,6 +241,7 @@ class UpdateRatioMonitor(Callback):
     # -- hooks ----------------------------------------------------------------------------------
 
     def on_train_begin(self, state: RunState) -> None:
+        self._reset()
         state.writer.layout({"update_ratio": {
             "all tensors, log10 (band lines: band_low, band_high)": (
                 "Multiline", [r"^update_ratio_log10/"]),
@@ -349,6 +355,20 @@ class UpdateRatioMonitor(Callback):
         else:
             track.log_ema += self.smoothing * (log_ratio - track.log_ema)
 
+    def _report(self, state: RunState, code: str, tensor: str | None, active: bool, step: int,
+                describe: Callable[[], dict[str, Any]]) -> None:
+        """Tell the alert manager about a condition; ``describe()`` gives message, severity,
+        value and suggestion, built only when the manager will read them. Conditions that were
+        never reported active cost nothing."""
+        key = (code, tensor)
+        if active:
+            self._reported.add(key)
+            state.alerts.update(code, True, step=step, tensor=tensor, **describe())
+        elif key in self._reported:
+            state.alerts.update(code, False, step=step, tensor=tensor, **describe())
+            if not state.alerts.is_firing(code, tensor):
+                self._reported.discard(key)
+
     def _check_band(self, state: RunState, step: int, name: str, n: TensorNorms,
                     track: _Track) -> None:
         smoothed = _exp10(self._level(track))
@@ -371,26 +391,20 @@ class UpdateRatioMonitor(Callback):
         if track.firing is None and side is not None and (
                 track.streak >= self.patience or track.severe_streak >= self.severe_patience):
             track.firing = side
-        alerts = state.alerts
         for code_side in ("high", "low"):
-            code = f"update_ratio.{code_side}"
             active = track.firing == code_side
-            if not active and not alerts.is_firing(code, name):
-                alerts.update(code, False, step=step, tensor=name)
-                continue
-            message, suggestion = self._band_message(step, name, n, track, smoothed, code_side,
-                                                     active)
-            alerts.update(code, active, step=step, severity="warning", tensor=name,
-                          message=message, value=smoothed, suggestion=suggestion)
+            self._report(state, f"update_ratio.{code_side}", name, active, step,
+                         lambda s=code_side, a=active: self._band_message(
+                             step, name, n, track, smoothed, s, a))
 
     def _band_message(self, step: int, name: str, n: TensorNorms, track: _Track,
-                      smoothed: float, side: str, active: bool) -> tuple[str, str | None]:
+                      smoothed: float, side: str, active: bool) -> dict[str, Any]:
         low, high = track.band
         band = f"[{_fmt_bound(low)}, {_fmt_bound(high)}]"
-        if not active:
-            return (f"{name}: smoothed update/weight ratio {smoothed:.2e} is no longer "
-                    f"{'above' if side == 'high' else 'below'} the band {band}"), None
         where = "above" if side == "high" else "below"
+        if not active:
+            return {"message": f"{name}: smoothed update/weight ratio {smoothed:.2e} is no "
+                               f"longer {where} the band {band}", "value": smoothed}
         message = (
             f"{name}: update/weight ratio {smoothed:.2e} (smoothed) is {where} the band {band} "
             f"since step {track.since} ({step - track.since} steps, {track.streak} checks); "
@@ -403,11 +417,11 @@ class UpdateRatioMonitor(Callback):
             f"learning rate probably too {side}: try it about {_fmt_factor(factor)}× {how} "
             f"(the ratio scales roughly with the learning rate; aim for about {target:.0e})"
         )
-        return message, suggestion
+        return {"message": message, "severity": "warning", "value": smoothed,
+                "suggestion": suggestion}
 
     def _check_frozen(self, state: RunState, step: int, frozen: list[str],
                       updated: list[str]) -> None:
-        alerts = state.alerts
         code = "update_ratio.frozen"
         measured = len(frozen) + len(updated)
         all_frozen = len(frozen) > 1 and not updated
@@ -418,66 +432,70 @@ class UpdateRatioMonitor(Callback):
         else:
             self._all_frozen_streak = 0
         active = self._all_frozen_streak >= self.frozen_patience
-        if active:
-            alerts.update(
-                code, True, step=step, severity="warning", value=0.0,
-                message=(f"no parameter tensor changed: all {measured} have ‖Δθ‖ = 0 at "
-                         f"{self._all_frozen_streak} checks since step "
-                         f"{self._all_frozen_since}"),
-                suggestion=("optimizer.step() has no effect: is it called, does it hold the "
-                            "model's parameters, is the learning rate > 0, are steps skipped "
-                            "(e.g. an AMP gradient scaler finding inf)?"))
-        else:
-            alerts.update(code, False, step=step,
-                          message="parameter tensors are being updated again")
+
+        def describe_all() -> dict[str, Any]:
+            if not active:
+                return {"message": "parameter tensors are being updated again"}
+            return {"severity": "warning", "value": 0.0,
+                    "message": (f"no parameter tensor changed: all {measured} have ‖Δθ‖ = 0 "
+                                f"at {self._all_frozen_streak} checks since step "
+                                f"{self._all_frozen_since}"),
+                    "suggestion": ("optimizer.step() has no effect: is it called, does it hold "
+                                   "the model's parameters, is the learning rate > 0, are steps "
+                                   "skipped (e.g. an AMP gradient scaler finding inf)?")}
+
+        self._report(state, code, None, active, step, describe_all)
         if all_frozen:
             return  # one alert for the whole model, not one per tensor
         for name in updated:
-            alerts.update(code, False, step=step, tensor=name,
-                          message=f"{name} is being updated again (ratio "
-                                  f"{self.ratios[name]:.2e})")
+            self._report(state, code, name, False, step, lambda name=name: {
+                "message": f"{name} is being updated again (ratio {self.ratios[name]:.2e})"})
         for name in frozen:
-            track, n = self._tracks[name], self.latest[name]
-            if track.frozen_streak < self.frozen_patience:
-                alerts.update(code, False, step=step, tensor=name)
-                continue
-            if n.grad == 0.0:
-                why = "its gradient is exactly zero too"
-                suggestion = ("the tensor gets no gradient: it is detached from the loss "
-                              "(.detach(), a stop-gradient, an unused branch) or every unit it "
-                              "feeds is dead (ReLU outputs all zero, often after a too-high "
-                              "learning rate)")
-            else:
-                why = f"although its gradient norm is {n.grad:.3g}"
-                suggestion = ("the optimizer does not update it: is it in the optimizer's "
-                              "parameter list, with a learning rate > 0, and not frozen "
-                              "(requires_grad)? If it is frozen on purpose, pass "
-                              f"exclude=[{name!r}]")
-            message = (f"{name} was not updated: ‖Δθ‖ = 0 with ‖θ‖ = {n.weight:.3g} at "
-                       f"{track.frozen_streak} checks since step {track.frozen_since}; {why}")
-            alerts.update(code, True, step=step, severity="warning", tensor=name,
-                          message=message, value=0.0, suggestion=suggestion)
+            track = self._tracks[name]
+            self._report(state, code, name, track.frozen_streak >= self.frozen_patience, step,
+                         lambda name=name, track=track: self._frozen_message(name, track))
+
+    def _frozen_message(self, name: str, track: _Track) -> dict[str, Any]:
+        n = self.latest[name]
+        if n.grad == 0.0:
+            why = "its gradient is exactly zero too"
+            suggestion = ("the tensor gets no gradient: it is detached from the loss "
+                          "(.detach(), a stop-gradient, an unused branch) or every unit it "
+                          "feeds is dead (ReLU outputs all zero, often after a too-high "
+                          "learning rate)")
+        else:
+            why = f"although its gradient norm is {n.grad:.3g}"
+            suggestion = ("the optimizer does not update it: is it in the optimizer's "
+                          "parameter list, with a learning rate > 0, and not frozen "
+                          "(requires_grad)? If it is frozen on purpose, pass "
+                          f"exclude=[{name!r}]")
+        message = (f"{name} was not updated: ‖Δθ‖ = 0 with ‖θ‖ = {n.weight:.3g} at "
+                   f"{track.frozen_streak} checks since step {track.frozen_since}; {why}")
+        return {"message": message, "severity": "warning", "value": 0.0,
+                "suggestion": suggestion}
 
     def _check_zero_weight(self, state: RunState, step: int, name: str, n: TensorNorms,
                            track: _Track, zero: bool) -> None:
-        code = "update_ratio.zero_weight"
         if zero:
             if track.zero_streak == 0:
                 track.zero_since = step
             track.zero_streak += 1
         else:
             track.zero_streak = 0
-        if track.zero_streak < self.frozen_patience:
-            state.alerts.update(code, False, step=step, tensor=name,
-                                message=f"{name} is no longer all zeros")
-            return
-        state.alerts.update(
-            code, True, step=step, severity="info", tensor=name, value=0.0,
-            message=(f"{name} is all zeros (‖θ‖ = 0) after the step, at {track.zero_streak} "
-                     f"checks since step {track.zero_since}: it has no update/weight ratio "
-                     f"(‖Δθ‖ = {n.update:.3g}, ‖∇‖ = {n.grad:.3g})"),
-            suggestion=("a tensor that stays at zero gets no useful update: check its "
-                        "initialisation and that it receives a gradient"))
+        active = track.zero_streak >= self.frozen_patience
+
+        def describe() -> dict[str, Any]:
+            if not active:
+                return {"message": f"{name} is no longer all zeros"}
+            return {"severity": "info", "value": 0.0,
+                    "message": (f"{name} is all zeros (‖θ‖ = 0) after the step, at "
+                                f"{track.zero_streak} checks since step {track.zero_since}: it "
+                                f"has no update/weight ratio (‖Δθ‖ = {n.update:.3g}, "
+                                f"‖∇‖ = {n.grad:.3g})"),
+                    "suggestion": ("a tensor that stays at zero gets no useful update: check "
+                                   "its initialisation and that it receives a gradient")}
+
+        self._report(state, "update_ratio.zero_weight", name, active, step, describe)
 
 
 def _exp10(x: float) -> float:

@@ -562,19 +562,18 @@ class Session:
         hi = direction.size if hi is None else hi
         part = direction[lo:hi]
         unit = part / np.linalg.norm(part)
-        original = self.work[name]
-        base = self.flat[name]
-        plus, minus = base.copy(), base.copy()
-        plus[lo:hi] = self._snap(name, base[lo:hi] + step * unit)
-        minus[lo:hi] = self._snap(name, base[lo:hi] - step * unit)
+        flat = self.flat[name]
+        saved = flat[lo:hi].copy()
+        plus = self._snap(name, saved + step * unit)
+        minus = self._snap(name, saved - step * unit)
         try:
-            self.work[name] = plus.reshape(original.shape)
+            flat[lo:hi] = plus
             j_plus, sig_plus, _ = self.evaluate()
-            self.work[name] = minus.reshape(original.shape)
+            flat[lo:hi] = minus
             j_minus, sig_minus, _ = self.evaluate()
         finally:
-            self.work[name] = original
-        realised = plus[lo:hi] - minus[lo:hi]
+            flat[lo:hi] = saved
+        realised = plus - minus
         analytic = float(self.grads[name][lo:hi] @ realised) / (2 * step)
         probe = Probe("direction", (), step, analytic, math.nan, math.inf)
         if not (math.isfinite(j_plus) and math.isfinite(j_minus)):
@@ -683,7 +682,9 @@ class Session:
             probe = self.judge(lambda s, d=direction: self.measure_direction(name, d, s),
                                thresholds)
             probes.append(probe)
-            if self.options.localize and not probe.kink and probe.rel > thresholds[2]:
+            located = any(p.kind == "coordinate" and p.rel > thresholds[1] for p in probes)
+            if (self.options.localize and not probe.kink and probe.rel > thresholds[2]
+                    and not located):
                 leaf = self.localize(name, direction, probe, thresholds)
                 if leaf is None:
                     notes.append(f"direction {number} disagrees (rel {probe.rel:.1e}) but "
@@ -700,7 +701,10 @@ class Session:
         checked = [p for p in probes if not p.kink]
         kinks = [p for p in probes if p.kink]
         pool = checked or kinks
-        worst = max(pool, key=lambda p: (p.rel, p.rel_raw))
+        # the worst verdict level first; within it a coordinate (a real index) before a
+        # direction, then the largest error
+        worst = max(pool, key=lambda p: (SEVERITY[level(p.rel, thresholds)],
+                                         p.kind == "coordinate", p.rel, p.rel_raw))
         if checked:
             verdict = level(worst.rel, thresholds)
             max_rel = worst.rel

@@ -1,0 +1,148 @@
+"""The guard of non-negotiable 1 for torch: watching never changes training.
+
+The same seeded run (a CNN with Dropout and BatchNorm, Adam) with every callback switched on
+and scheduled often, and with none: every parameter, buffer and optimizer state tensor, and
+the random state, must be bitwise equal.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from trainwatch import Trainer, default_callbacks  # noqa: E402
+from trainwatch.data import load_digits, train_val_split  # noqa: E402
+from trainwatch.outputs import MemoryOutput  # noqa: E402
+from trainwatch.torch import watch  # noqa: E402
+
+#: every callback trainwatch has, scheduled often: (module, class, options)
+FREQUENT = [
+    ("trainwatch.callbacks.gradient_check", "GradientCheck", {"every": 5, "warmup_steps": 2,
+                                                             "examples": 2}),
+    ("trainwatch.callbacks.histograms", "HistogramMonitor", {"every": 3, "figure_every": 2}),
+    ("trainwatch.callbacks.update_ratio", "UpdateRatioMonitor", {"every": 1}),
+    ("trainwatch.callbacks.filter_images", "FilterImages", {"every": 4}),
+    ("trainwatch.callbacks.metrics", "MetricLogger", {"every": 1}),
+]
+
+
+def all_callbacks(validation_data):
+    """default_callbacks(), with every known callback replaced by a frequent one."""
+    callbacks = default_callbacks()
+    frequent = [(importlib.import_module(module), name, kwargs)
+                for module, name, kwargs in FREQUENT]
+    # a step-wise accuracy gap evaluates the model (eval mode) in the middle of training
+    frequent.append((importlib.import_module("trainwatch.callbacks.accuracy_gap"),
+                     "AccuracyGapMonitor", {"every": 4, "validation_data": validation_data,
+                                            "subset": 64}))
+    for module, name, kwargs in frequent:
+        cls = getattr(module, name)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, cls)]
+        callbacks.append(cls(**kwargs))
+    return callbacks
+
+
+def data():
+    x, y = load_digits(images=True)
+    (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.25, seed=0)
+    return (xt[:256].astype(np.float32), yt[:256]), (xv[:128].astype(np.float32), yv[:128])
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Dropout2d(0.1), nn.Flatten(), nn.Linear(96, 32), nn.BatchNorm1d(32), nn.Tanh(),
+        nn.Dropout(0.3), nn.Linear(32, 10),
+    )
+    return model, torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+
+
+def everything(model, opt):
+    """Parameters, buffers, optimizer state and the global random state, as copies."""
+    opt_state = opt.state_dict()["state"]
+    return {
+        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+        "buffers": {k: v.clone() for k, v in model.named_buffers()},
+        "optimizer": {(i, k): v.clone() for i, s in opt_state.items() for k, v in s.items()},
+        "grads": {k: v.grad.clone() for k, v in model.named_parameters()},
+        "rng": torch.get_rng_state(),
+        "training": model.training,
+    }
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in ("params", "buffers", "optimizer", "grads"):
+        assert a[key].keys() == b[key].keys()
+        assert a[key], key
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert torch.equal(a["rng"], b["rng"])
+    assert a["training"] == b["training"]
+
+
+def existing_loop(watched: bool, epochs=2):
+    (xt, yt), (xv, yv) = data()
+    model, opt = make()
+    criterion = nn.CrossEntropyLoss()
+    xt, yt = torch.as_tensor(xt), torch.as_tensor(yt)
+    xv_t, yv_t = torch.as_tensor(xv), torch.as_tensor(yv)
+    mem = MemoryOutput()
+    w = None
+    if watched:
+        w = watch(model, opt, criterion, callbacks=all_callbacks((xv, yv)), outputs=[mem],
+                  progress=False, raise_errors=True)
+    torch.manual_seed(1)
+    order = np.random.default_rng(2)
+    for _ in range(epochs):
+        model.train()
+        for idx in np.array_split(order.permutation(len(xt)), 8):
+            idx = torch.as_tensor(idx)
+            loss = criterion(model(xt[idx]), yt[idx])
+            if w is not None:
+                w.loss(loss, yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val_acc = float((model(xv_t).argmax(1) == yv_t).float().mean())
+        model.train()
+        if w is not None:
+            w.epoch_end({"val_accuracy": val_acc})
+    if w is not None:
+        w.close()
+    return everything(model, opt), mem
+
+
+def test_watched_existing_loop_is_bit_identical_to_the_bare_loop():
+    bare, _ = existing_loop(watched=False)
+    watched, mem = existing_loop(watched=True)
+    # every callback really ran (and measured) in the watched run
+    assert mem.scalars_log["gradcheck/passed"] and mem.histograms["activations/2"]
+    assert mem.images and mem.scalars_log["update_ratio_norms/0.weight/update"]
+    assert mem.scalars_log["accuracy/val_subset"] and mem.figures
+    assert_bitwise_equal(watched, bare)
+
+
+def test_trainer_on_a_torch_model_is_bit_identical_with_and_without_callbacks():
+    (xt, yt), (xv, yv) = data()
+    runs = []
+    for callbacks in (all_callbacks((xv, yv)), []):
+        model, opt = make()
+        mem = MemoryOutput()
+        torch.manual_seed(1)
+        trainer = Trainer(model, nn.CrossEntropyLoss(), opt, callbacks=callbacks,
+                          outputs=[mem], progress=False, raise_errors=True)
+        history = trainer.fit(xt, yt, epochs=2, batch_size=32, validation_data=(xv, yv),
+                              seed=3)
+        runs.append((everything(model, opt), history, mem))
+    (full, h_full, mem_full), (bare, h_bare, _) = runs
+    assert mem_full.scalars_log["gradcheck/passed"]
+    assert mem_full.histograms["gradients/activations/8"]
+    assert h_full == h_bare
+    assert_bitwise_equal(full, bare)
