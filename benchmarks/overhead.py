@@ -10,6 +10,10 @@ machine noise hits every variant alike. Prints the ratio watched / bare per vari
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny matrices: threads only add noise
+
 import argparse
 import statistics
 import tempfile

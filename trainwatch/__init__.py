@@ -9,7 +9,16 @@ histograms and filter images. Everything goes to TensorBoard, a progress bar and
 import logging
 
 from trainwatch.alerts import Alert, AlertManager, AlertSink, Severity
-from trainwatch.callbacks import MetricLogger, default_callbacks
+from trainwatch.callbacks import (
+    AccuracyGapMonitor,
+    FilterImages,
+    GradientCheck,
+    HistogramMonitor,
+    LossMonitor,
+    MetricLogger,
+    UpdateRatioMonitor,
+    default_callbacks,
+)
 from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
 from trainwatch.core.callback import Callback, CallbackList, StopTraining
 from trainwatch.core.monitor import Monitor, as_backend
@@ -22,6 +31,7 @@ logging.getLogger("trainwatch").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyGapMonitor",
     "Alert",
     "AlertManager",
     "AlertSink",
@@ -41,4 +51,9 @@ __all__ = [
     "Trainer",
     "as_backend",
     "default_callbacks",
+    "FilterImages",
+    "GradientCheck",
+    "HistogramMonitor",
+    "LossMonitor",
+    "UpdateRatioMonitor",
 ]

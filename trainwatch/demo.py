@@ -38,7 +38,13 @@ def build_model(kind: str, seed: int) -> nn.Sequential:
                   nn.Dense(64, 10, rng=seed + 2)]
     else:
         raise ValueError(f"model: must be one of {MODELS}, got {kind!r}")
-    return nn.Sequential(layers, l2=1e-4, seed=seed)
+    model = nn.Sequential(layers, l2=1e-4, seed=seed)
+    # A small positive bias keeps ReLUs fed by non-negative inputs alive at the start
+    # (with zero biases about half of them never fire: trainwatch's activations.dead).
+    for name, layer in model.layers.items():
+        if layer.kind == "dense" and name != list(model.layers)[-1]:
+            layer.params["bias"][...] = 0.1
+    return model
 
 
 def run_demo(logdir: str = "runs/demo", model: str = "cnn", epochs: int = 20,

@@ -16,6 +16,16 @@ from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.torch import TorchBackend  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add synchronisation (on a loaded 2-core
+    machine, waits of a scheduler time slice per op). Nothing asserted depends on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cnn(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -313,3 +323,10 @@ def test_importing_trainwatch_does_not_need_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_scalars_to_host_reads_many_losses_at_once():
+    backend = TorchBackend(nn.Linear(2, 2))
+    values = [torch.tensor(1.5), 2, torch.tensor(0.25, dtype=torch.float64), torch.tensor([3.0])]
+    assert backend.scalars_to_host(values) == [1.5, 2.0, 0.25, 3.0]
+    assert backend.scalars_to_host([]) == []

@@ -24,6 +24,16 @@ from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
 from trainwatch.torch import Watcher, watch  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add synchronisation (on a loaded 2-core
+    machine, waits of a scheduler time slice per op). Nothing asserted depends on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
 
 
@@ -170,7 +180,8 @@ class Recorder(Callback):
         self.events.append(("batch", s.step, None if s.inputs is None else tuple(s.inputs.shape)))
 
     def on_loss_computed(self, s):
-        self.events.append(("loss", s.step, type(s.loss).__name__, s.loss.requires_grad))
+        self.events.append(("loss", s.step, type(s.loss).__name__, s.loss.requires_grad,
+                            tuple(s.predictions.shape), s.predictions.requires_grad))
 
     def on_backward_end(self, s):
         grads = all(p.grad is not None for p in s.backend.model.parameters())
@@ -216,9 +227,12 @@ def test_hook_sequence_with_accumulation_eval_and_no_grad_forwards():
     mean = round(float(np.mean(losses)), 6)
     assert rec.events == [
         ("epoch_begin", 0),
-        ("batch", 0, (3, 4)), ("loss", 0, "Tensor", False), ("loss", 0, "Tensor", False),
+        # the predictions are the outputs of the step's first forward, detached
+        ("batch", 0, (3, 4)), ("loss", 0, "Tensor", False, (3, 3), False),
+        ("loss", 0, "Tensor", False, (3, 3), False),
         ("backward", 0, True), ("step_begin", 0), ("step_end", 0),
-        ("batch", 1, (3, 4)), ("loss", 1, "Tensor", False), ("loss", 1, "Tensor", False),
+        ("batch", 1, (3, 4)), ("loss", 1, "Tensor", False, (3, 3), False),
+        ("loss", 1, "Tensor", False, (3, 3), False),
         ("backward", 1, True), ("step_begin", 1), ("step_end", 1),
         ("validation", {"val_accuracy": 0.5, "train_loss": pytest.approx(mean, abs=1e-6)}),
         ("epoch_end", 0, mean),

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor
+from trainwatch.callbacks.filter_images import FilterImages
 from trainwatch.callbacks.gradient_check import GradientCheck
+from trainwatch.callbacks.histograms import HistogramMonitor
+from trainwatch.callbacks.loss_monitor import LossMonitor
 from trainwatch.callbacks.metrics import MetricLogger
+from trainwatch.callbacks.update_ratio import UpdateRatioMonitor
 from trainwatch.core.callback import Callback
 
-__all__ = ["GradientCheck", "MetricLogger", "default_callbacks"]
+__all__ = [
+    "AccuracyGapMonitor",
+    "FilterImages",
+    "GradientCheck",
+    "HistogramMonitor",
+    "LossMonitor",
+    "MetricLogger",
+    "UpdateRatioMonitor",
+    "default_callbacks",
+]
 
 
 def default_callbacks() -> list[Callback]:
-    """Every monitor at its default settings (what ``trainwatch demo`` runs)."""
-    return [MetricLogger(), GradientCheck()]
+    """Every monitor at its default settings (what ``trainwatch demo`` runs): metrics,
+    loss diagnostics, update ratios, gradient checks, accuracy gap, histograms and
+    first-layer filters."""
+    return [
+        MetricLogger(),
+        LossMonitor(),
+        UpdateRatioMonitor(),
+        GradientCheck(),
+        AccuracyGapMonitor(),
+        HistogramMonitor(),
+        FilterImages(),
+    ]

@@ -186,6 +186,7 @@ class LossMonitor(Callback):
         self._ref_sum = 0.0
         self._ref_n = 0
         self._nonfinite_seen = False
+        self._diverged_at = -math.inf  # the last step a divergence was firing
         self._streaks = {"divergence": 0, "plateau": 0, "noise": 0}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
         self._since = {"divergence": 0, "plateau": 0, "noise": 0}
@@ -371,6 +372,8 @@ class LossMonitor(Callback):
         active = self._condition("divergence", step, raw,
                                  ratio > self.divergence_factor / 1.5 and far)
         if active:
+            self._diverged_at = step
+        if active:
             message = (f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its running "
                        f"minimum {low:.4g} (step {self._min_step}), above the factor "
                        f"{self.divergence_factor:g} since step {self._since['divergence']}")
@@ -431,7 +434,8 @@ class LossMonitor(Callback):
         std_d = math.sqrt(max(float(d.dot(d)) / len(d) - mean_d * mean_d, 0.0))
         spread = std_d / math.sqrt(2.0) / level
         self.relative_spread = spread
-        calm = not self._firing["divergence"]  # a diverging loss scatters for other reasons
+        # A diverging loss (or a window still holding its spike) scatters for other reasons.
+        calm = step - self._diverged_at > self.noise_window
         raw = spread > self.noise_threshold and calm
         active = self._condition("noise", step, raw,
                                  spread > self.noise_threshold / 1.25 and calm)

@@ -5,12 +5,16 @@ KNOWLEDGE §1: shrink h by 10× repeatedly. While truncation dominates, the erro
 again; an error that stays flat as h shrinks is a real bug, not approximation. Each entry is
 classified accordingly:
 
-- ``"bug"``: the smallest error over all steps (beyond round-off) is above the "acceptable"
-  threshold and stays within 10× of that minimum over 4 or more decades (a plateau), or is
-  above the "suspicious" threshold at every step;
+- ``"kink"``: the signature changed between θ+h and θ-h at the check's step h, or the error
+  drops by more than 1000× within one decade from above the "suspicious" threshold (a kink
+  crossed at large steps only; truncation falls just 100× per decade);
+- ``"bug"``: over the steps where round-off is below half the values compared, the smallest
+  error (beyond round-off) is above the "suspicious" threshold, or above the "acceptable" one
+  and within 10× of that minimum over 4 or more decades (a plateau);
 - ``"truncation"``: otherwise, when the check's step h is larger than the best step (the error
   at h still falls as h shrinks);
-- ``"round-off"``: otherwise (at h the error already grows as h shrinks).
+- ``"round-off"``: otherwise (at h the error is already past its minimum: it grows as h
+  shrinks, or it is round-off noise around a true gradient of about 0).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from trainwatch.gradcheck.report import json_number
 
 #: the steps swept, largest first
 DEFAULT_STEPS: tuple[float, ...] = tuple(10.0 ** -k for k in range(1, 11))
-CLASSES: tuple[str, ...] = ("truncation", "round-off", "bug")
+CLASSES: tuple[str, ...] = ("truncation", "round-off", "bug", "kink")
 _PLOT_FLOOR = 1e-17  # errors of exactly 0 are drawn here on the log axis
 
 
@@ -47,7 +51,7 @@ class SweepEntry:
         analytic: the analytic gradient entry.
         numerical: centered difference at each step (NaN where the step was unusable).
         errors: plain relative error ``|a-n| / max(|a|, |n|)`` at each step (NaN: unusable).
-        classification: ``"truncation"``, ``"round-off"`` or ``"bug"``.
+        classification: ``"truncation"``, ``"round-off"``, ``"bug"`` or ``"kink"``.
         best_h: the step with the smallest error.
         best_error: that smallest error.
     """
@@ -147,13 +151,17 @@ class SweepResult:
 
 
 def classify(steps: Sequence[float], errors: Sequence[float], excess: Sequence[float],
-             h: float, thresholds: tuple[float, float, float]) -> tuple[str, float, float]:
+             informative: Sequence[bool], straddled: Sequence[bool], h: float,
+             thresholds: tuple[float, float, float]) -> tuple[str, float, float]:
     """Classify one entry from its errors per step (largest step first).
 
     Args:
         steps: the steps.
         errors: plain relative errors per step (NaN: unusable).
         excess: relative errors beyond the round-off allowance per step (NaN: unusable).
+        informative: per step, whether the round-off allowance is below half the values
+            compared (else that step says nothing about a bug).
+        straddled: per step, whether the signature changed between θ+h and θ-h.
         h: the check's step.
         thresholds: (wrong, suspicious, acceptable).
 
@@ -163,12 +171,20 @@ def classify(steps: Sequence[float], errors: Sequence[float], excess: Sequence[f
     usable = [i for i, e in enumerate(excess) if not math.isnan(e)]
     if not usable:
         return "round-off", math.nan, math.nan
-    best = min(usable, key=lambda i: (excess[i], errors[i]))
-    lowest = excess[best]
-    plateau = sum(1 for i in usable if excess[i] <= 10 * lowest)
-    if lowest > thresholds[1] or (lowest > thresholds[2] and plateau >= 4):
-        return "bug", steps[best], errors[best]
     best_plain = min(usable, key=lambda i: errors[i])
+    at_h = min(range(len(steps)), key=lambda i: abs(math.log(steps[i] / h)))
+    if straddled[at_h]:
+        return "kink", steps[best_plain], errors[best_plain]
+    useful = [i for i in usable if informative[i]]
+    if useful:
+        best = min(useful, key=lambda i: (excess[i], errors[i]))
+        lowest = excess[best]
+        plateau = sum(1 for i in useful if excess[i] <= 10 * lowest)
+        if lowest > thresholds[1] or (lowest > thresholds[2] and plateau >= 4):
+            return "bug", steps[best], errors[best]
+    for i, j in zip(usable, usable[1:]):
+        if j == i + 1 and errors[i] > thresholds[1] and errors[j] < 1e-3 * errors[i]:
+            return "kink", steps[best_plain], errors[best_plain]  # an abrupt drop, not h²
     kind = "truncation" if h > steps[best_plain] * math.sqrt(10) else "round-off"
     return kind, steps[best_plain], errors[best_plain]
 
@@ -242,7 +258,7 @@ def sweep(loss_fn: LossFn, params: Mapping[str, Any], grads: Mapping[str, Any], 
 
 def _sweep_entry(session: Session, name: str, flat_index: int,
                  steps: Sequence[float]) -> SweepEntry:
-    numerical, errors, excess = [], [], []
+    numerical, errors, excess, informative, straddled = [], [], [], [], []
     analytic = float(session.grads[name][flat_index])
     index: tuple[int, ...] = ()
     for step in steps:
@@ -252,5 +268,9 @@ def _sweep_entry(session: Session, name: str, flat_index: int,
         numerical.append(probe.numerical if probe.finite else math.nan)
         errors.append(probe.rel_raw if probe.finite else math.nan)
         excess.append(probe.rel if usable else math.nan)
-    kind, best_h, best_error = classify(steps, errors, excess, session.h, session.thresholds)
+        informative.append(probe.allowance < 0.5 * max(abs(probe.analytic),
+                                                       abs(probe.numerical)))
+        straddled.append(probe.straddled)
+    kind, best_h, best_error = classify(steps, errors, excess, informative, straddled,
+                                        session.h, session.thresholds)
     return SweepEntry(name, index, analytic, numerical, errors, kind, best_h, best_error)

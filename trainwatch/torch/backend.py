@@ -121,9 +121,10 @@ def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
-def _stack(scalars: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Stack 0-d tensors that may differ in dtype or device into one float32 vector."""
-    return torch.stack([s.to(device=device, dtype=torch.float32) for s in scalars])
+def _stack(scalars: Sequence[torch.Tensor], device: torch.device,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Stack 0-d tensors that may differ in dtype or device into one vector."""
+    return torch.stack([s.to(device=device, dtype=dtype) for s in scalars])
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -316,6 +317,18 @@ class TorchBackend(Backend):
             ):
                 return f"{name} (gradient)"
         return None
+
+    def scalars_to_host(self, values: Sequence[Any]) -> list[float]:
+        """Python floats of many 0-d tensors (or numbers) in one transfer, e.g. the losses of
+        the last N steps kept on the device."""
+        tensors = [(i, v) for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+        out = [float("nan") if isinstance(v, torch.Tensor) else float(v) for v in values]
+        if tensors:
+            stacked = _stack([v.detach().reshape(()) for _, v in tensors], self._device,
+                             torch.float64)
+            for (i, _), f in zip(tensors, stacked.tolist()):
+                out[i] = f
+        return out
 
     # -- activations ---------------------------------------------------------------------------
 

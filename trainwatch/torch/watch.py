@@ -67,8 +67,11 @@ class Watcher:
         self._loss_sum: torch.Tensor | float | None = None
         self._loss_count = 0
         self._closed = False
+        self._await_output = False
+        self._predictions: Any = None
         self._handles = [
             model.register_forward_pre_hook(self._forward_pre, with_kwargs=True),
+            model.register_forward_hook(self._forward_post),
             optimizer.register_step_pre_hook(self._step_pre),
             optimizer.register_step_post_hook(self._step_post),
         ]
@@ -82,6 +85,8 @@ class Watcher:
             self.monitor.epoch_begin()
         self._in_step = True
         self._backward_reported = False
+        self._await_output = False
+        self._predictions = None
         self.monitor.batch_begin(inputs, None)
 
     def _forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -91,6 +96,14 @@ class Watcher:
                 or not torch.is_grad_enabled()):
             return None
         self._open_batch(args[0] if len(args) == 1 and not kwargs else (args or kwargs))
+        self._await_output = True
+        return None
+
+    def _forward_post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        # keep the batch's outputs (detached: no graph, no copy) as its predictions
+        if self._await_output and not is_suspended():
+            self._await_output = False
+            self._predictions = output.detach() if isinstance(output, torch.Tensor) else output
         return None
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -114,8 +127,8 @@ class Watcher:
     def loss(self, loss: Any, targets: Any = None, predictions: Any = None) -> Any:
         """Report the batch's loss (a tensor: it is kept, not read; the logging callbacks read
         it on their scheduled steps). Give the batch's ``targets`` to let gradient checks run
-        on it. Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)``
-        works."""
+        on it; ``predictions`` default to the model's output of the batch's first forward.
+        Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
         if self._closed:
             return loss
         if not self._in_step:
@@ -123,7 +136,9 @@ class Watcher:
         if targets is not None:
             self.monitor.state.targets = targets
         value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
-        if isinstance(predictions, torch.Tensor):
+        if predictions is None:
+            predictions = self._predictions
+        elif isinstance(predictions, torch.Tensor):
             predictions = predictions.detach()
         self.monitor.loss_computed(value, predictions)
         if self._loss_sum is None:
