@@ -248,15 +248,17 @@ def test_frozen_condition_resolves_when_updates_resume(digits):
             self.opt = opt
 
         def on_step_begin(self, state):
-            if state.step == 50:
+            if state.step == 30:
                 self.opt.skip.clear()
 
     model = mlp()
     opt = SkippingSGD(model, 0.05, ["fc1.weight"])
-    trainer, _ = train(model, opt, [Unfreeze(opt), UpdateRatioMonitor()], digits, epochs=1)
+    trainer, _ = train(model, opt, [Unfreeze(opt), UpdateRatioMonitor()], digits, epochs=3)
     events = [(a.code, a.tensor, a.step, a.resolved) for a in trainer.monitor.alerts.history]
+    # fires at the 2nd frozen check; clears after 3 checks with updates (30, 40, 50)
     assert events == [("update_ratio.frozen", "fc1.weight", 10, False),
-                      ("update_ratio.frozen", "fc1.weight", 70, True)]  # clear_after = 3
+                      ("update_ratio.frozen", "fc1.weight", 50, True)]
+    assert "being updated again" in trainer.monitor.alerts.history[-1].message
 
 
 # -- biases, overrides, exclusions ----------------------------------------------------------------
@@ -302,7 +304,7 @@ def test_is_bias():
     assert not is_bias("fc1.weight") and not is_bias("biased.weight")
 
 
-# -- TensorBoard ------------------------------------------------------------------------------------
+# -- TensorBoard -------------------------------------------------------------------------------
 
 
 def test_tensorboard_tags_and_log_scale_chart(digits, tmp_path):
@@ -334,7 +336,7 @@ def test_tensorboard_tags_and_log_scale_chart(digits, tmp_path):
     assert [r"^update_ratio_log10/"] in charts.values()
 
 
-# -- arguments ---------------------------------------------------------------------------------------
+# -- arguments ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kwargs, argument", [

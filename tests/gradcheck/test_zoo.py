@@ -9,8 +9,9 @@ Each ``make_*`` returns a :class:`Case`: ``loss_fn(params)``, ``params``, analyt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -559,3 +560,150 @@ SEEDS = range(5)
 def _run(case: Case, seed: int, **options: Any):
     return check_gradients(case.loss_fn, case.params, case.grads, seed=seed,
                            reg_fn=case.reg_fn, reg_grads=case.reg_grads, **options)
+
+
+# ------------------------------------------------------------------------------------------
+# tests
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("make", CORRECT, ids=lambda make: make.__name__[5:])
+def test_correct_models_pass(make, seed):
+    case = make()
+    report = _run(case, seed)
+    assert report.passed, str(report)
+    assert report.failed == []
+    assert not report.nondeterministic
+    for name, check in report.params.items():
+        assert check.verdict in PASSING, (name, str(report))
+        assert check.probed >= 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("make", BUGGY, ids=lambda make: make.__name__[5:])
+def test_planted_bugs_fail_and_name_exactly_the_wrong_tensors(make, seed):
+    case = make()
+    report = _run(case, seed)
+    assert not report.passed
+    assert report.failed == case.wrong, str(report)
+    for name, check in report.params.items():
+        if name in case.wrong:
+            assert check.verdict in ("wrong", "suspicious"), (name, str(report))
+        else:
+            assert check.verdict in PASSING, (name, str(report))
+
+
+def test_kink_models_set_kinks_aside_and_count_them():
+    for make in (make_relu_kinks_signature, make_relu_kinks_no_signature, make_svm_signature,
+                 make_maxpool_signature):
+        report = _run(make(), 0)
+        assert report.passed
+        assert sum(check.kinks for check in report.params.values()) > 0, make.__name__
+        assert any(check.verdict == "kink" for check in report.params.values()), make.__name__
+
+
+def test_relu_kinks_with_signature_leave_smooth_tensors_correct():
+    report = _run(make_relu_kinks_signature(), 1)
+    assert report.params["W1"].verdict == "kink"
+    assert report.params["b1"].verdict == "kink"
+    assert report.params["W2"].verdict == "correct"
+    assert report.params["b2"].verdict == "correct"
+    assert "kink" in " ".join(report.params["W1"].notes)
+
+
+def test_tiny_and_zero_true_gradients_are_not_false_alarms():
+    near = _run(make_near_constant_feature(), 0)
+    assert near.params["W"].verdict == "correct"
+    norm = _run(make_bias_before_norm(), 0)
+    b1 = norm.params["b1"]
+    assert b1.verdict == "correct"
+    assert abs(b1.worst_analytic) < 1e-12 and abs(b1.worst_numerical) < 1e-8
+    assert any("noise floor" in note for note in b1.notes)
+
+
+@pytest.mark.parametrize("make", [make_float32_returns_float32,
+                                  make_float32_returns_python_float])
+def test_float32_loss_is_detected_and_reported(make):
+    case = make()
+    report = _run(case, 0)
+    assert report.passed, str(report)
+    assert report.precision == "float32"
+    assert report.h == pytest.approx(1e-2)
+    assert any("float32" in note for note in report.notes)
+    for name, value in case.params.items():
+        assert value.dtype == np.float32, name
+
+
+def test_float32_bugs_are_still_caught():
+    report = _run(make_float32_factor_bug(), 0)
+    assert report.precision == "float32"
+    assert report.failed == ["W2"]
+    assert report.params["W2"].verdict == "wrong"
+
+
+def test_seeded_dropout_passes_and_unseeded_dropout_is_nondeterministic():
+    assert _run(make_seeded_dropout(), 0).passed
+    report = _run(make_unseeded_dropout(), 0)
+    assert report.nondeterministic
+    assert not report.passed
+    assert report.params == {}
+    assert report.failed == []
+    assert "fix the dropout seed" in str(report)
+
+
+def test_single_entry_bug_is_caught_by_directions_when_the_sample_misses_it():
+    checked = 0
+    for seed in range(8):
+        report = _run(make_single_entry_bug(), seed, coordinates=5)
+        w1 = report.params["W1"]
+        sampled = w1.coordinates[:5]
+        if BAD_ENTRY in sampled:
+            continue  # the coordinate sample hit it: not the case this test is about
+        checked += 1
+        assert report.failed == ["W1"], str(report)
+        assert w1.verdict == "wrong"
+        assert w1.worst_index == BAD_ENTRY  # located by bisection of a failing direction
+        assert w1.worst_analytic == 0.0
+    assert checked >= 6
+    directions_only = _run(make_single_entry_bug(), 0, coordinates=0)
+    assert directions_only.failed == ["W1"]
+    assert directions_only.params["W1"].worst_index == BAD_ENTRY
+
+
+def test_single_row_bug_is_located_in_that_row():
+    report = _run(make_single_row_bug(), 0, coordinates=3)
+    w1 = report.params["W1"]
+    assert w1.verdict == "wrong"
+    assert w1.worst_index[0] == 37
+
+
+def test_bug_patterns_are_described():
+    factor = _run(make_factor_two_loss_gradient(), 0)
+    assert any("0.5 × numerical" in note for note in factor.params["W2"].notes), str(factor)
+    mean = _run(make_bias_mean_not_sum(), 0)
+    assert any("0.333 × numerical" in note for note in mean.params["b2"].notes), str(mean)
+
+
+def test_layers_above_a_bug_are_unaffected():
+    """The sigmoid bug in hidden layer 2 of 3 corrupts W1, b1, W2, b2 (below it) but W3 and
+    b3 stay correct, and the report says where to look first."""
+    report = _run(make_sigmoid_bug_middle(), 0)
+    assert report.failed == ["W1", "b1", "W2", "b2"]
+    assert report.params["W3"].verdict == "correct"
+    assert report.params["b3"].verdict == "correct"
+    assert any("closest to the loss (b2)" in note for note in report.notes)
+
+
+def test_regularization_is_checked_as_a_separate_section():
+    case = make_reg_wrong_factor()
+    report = _run(case, 0)
+    assert not report.passed
+    assert all(check.verdict in PASSING for check in report.params.values())
+    assert list(report.regularization) == ["W1", "W2"]
+    assert report.regularization["W1"].verdict == "wrong"
+    assert report.regularization["W2"].verdict in PASSING
+    assert report.failed == ["W1 (regularization)"]
+    assert "regularization term:" in str(report)
+    correct = make_reg_wrong_factor()
+    correct.reg_grads["W1"] = 0.1 * correct.params["W1"]
+    assert _run(correct, 0).passed

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
     EventAccumulator,
 )
+from torch import nn  # noqa: E402
 
 from trainwatch import Callback, MetricLogger  # noqa: E402
 from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor  # noqa: E402
@@ -113,7 +113,7 @@ def test_instrumented_loop_writes_the_dashboard(tmp_path):
     hists = set(tags["histograms"])
     assert {"weights/0.weight", "gradients/8.weight", "activations/2",
             "gradients/activations/7"} <= hists
-    assert "activations/2/dead_fraction" in scalars and "activations/7/saturated_fraction" in scalars
+    assert {"activations/2/dead_fraction", "activations/7/saturated_fraction"} <= scalars
     assert any(t.startswith("filters/0.weight") for t in tags["images"])
     epoch_loss = [e.value for e in ea.Scalars("loss/train_epoch")]
     assert len(epoch_loss) == 2 and epoch_loss[1] < epoch_loss[0]

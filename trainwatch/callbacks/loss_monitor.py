@@ -15,15 +15,17 @@ KNOWLEDGE §2–3 turned into alerts:
 * ``loss.plateau`` (warning): no progress over the last ``plateau_window`` steps: the mean of
   the window's newest quarter is less than ``plateau_threshold`` (relative) below the mean of
   its oldest quarter, while the loss is still above ``plateau_floor`` times its initial value
-  (a loss near zero has converged, not stalled). The message gives the reading: a curve flat
-  or nearly linear from the start means a learning rate that is too low; a jump and a return
-  to the starting value means a too-high rate killed the units; a fast drop and then a
-  plateau at a poor value means a rate too high for this stage.
+  (a loss near zero has converged, not stalled), and not while the window holds a divergence.
+  The message gives the reading: a curve flat or nearly linear from the start means a
+  learning rate that is too low; a jump (a batch loss above 1.5× the initial one) and a
+  return to the starting value means a too-high rate killed the units; a fast drop and then
+  a plateau at a poor value means a rate too high for this stage.
 * ``loss.noise`` (warning): the step-to-step scatter of the loss over the last
   ``noise_window`` steps (``std(diff(loss)) / √2``, which ignores the trend) relative to the
   loss level (never less than a quarter of the initial loss, so a loss near zero does not
   read as noisy) is above ``noise_threshold``: the batch is probably too small. Judged once
-  the window lies after ``warmup`` (the steep first drop of the curve is not noise).
+  the window lies after ``warmup`` (the steep first drop of the curve is not noise) and
+  holds no divergence.
 * ``loss.initial`` (warning, checked once on the first batch, with the data loss alone when
   the loop reports it, i.e. regularisation off): the loss is more than ``initial_tolerance``
   off (as a factor) from the expected value: ``ln C`` for softmax cross-entropy over C classes,
@@ -183,8 +185,7 @@ class LossMonitor(Callback):
         self._min_step = 0
         self._max = -math.inf
         self._max_step = 0
-        self._ref_sum = 0.0
-        self._ref_n = 0
+        self._ref: float | None = None  # the first finite loss: the reference "initial" value
         self._nonfinite_seen = False
         self._diverged_at = -math.inf  # the last step a divergence was firing
         self._streaks = {"divergence": 0, "plateau": 0, "noise": 0}
@@ -218,16 +219,15 @@ class LossMonitor(Callback):
         i = self._n % self._size
         self._buf[i] = self._buf[i + self._size] = v
         self._n += 1
-        if self._ref_n < 10:
-            self._ref_sum += v
-            self._ref_n += 1
+        if self._ref is None:
+            self._ref = v
         ema = self._ema
         ema = v if ema != ema else ema + self.smoothing * (v - ema)
         self._ema = ema
         if ema < self._min:
             self._min, self._min_step = ema, step
-        if ema > self._max:
-            self._max, self._max_step = ema, step
+        if v > self._max:
+            self._max, self._max_step = v, step
         if step == 0 and self.check_initial:
             self._check_initial(state, v)
         if step % self.every == 0:
@@ -337,8 +337,8 @@ class LossMonitor(Callback):
         values = {"loss/train_smoothed": self._ema}
         if v > 0:
             values["loss/train_log10"] = math.log10(v)
-        ref = self._ref_sum / self._ref_n
-        if ref > 0:
+        ref = self._ref
+        if ref is not None and ref > 0:
             self._check_divergence(state, step, ref)
             if self._n >= self._plateau_n:
                 self._check_plateau(state, step, ref)
@@ -392,16 +392,17 @@ class LossMonitor(Callback):
         progress = (first - last) / first if first > 0 else math.nan
         self.window_progress = progress
         span = self._plateau_n * self.check_every
-        above_floor = last > self.plateau_floor * ref
-        raw = progress < self.plateau_threshold and above_floor
+        # Judged only above the floor, and not while the window holds a divergence (a loss
+        # that rose is the divergence's alert, not a plateau).
+        judged = last > self.plateau_floor * ref and step - self._diverged_at > span
+        raw = progress < self.plateau_threshold and judged
         active = self._condition("plateau", step, raw,
-                                 progress < 2 * self.plateau_threshold and above_floor)
+                                 progress < 2 * self.plateau_threshold and judged)
         if not active:
             state.alerts.update(
                 "loss.plateau", False, step=step, value=progress,
-                message=f"the training loss is improving again ({progress:+.1%} over "
-                        f"{span} steps)" if above_floor else
-                        f"the training loss is down to {last:.4g}")
+                message=f"the training loss is moving again ({progress:+.1%} over "
+                        f"{span} steps, now {last:.4g})")
             return
         head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
                 f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
@@ -412,7 +413,7 @@ class LossMonitor(Callback):
             suggestion = ("raise the learning rate 3–10× (check update_ratio/ for ratios far "
                           "below 1e-3) and check that the parameters are being updated")
         elif last >= 0.9 * ref:
-            reading = (f"it jumped to {self._max:.4g} (smoothed, step {self._max_step}) and came "
+            reading = (f"it jumped to {self._max:.4g} (step {self._max_step}) and came "
                        f"back to about its initial value {ref:.4g}: a too-high learning rate "
                        f"probably killed the units (dead ReLUs)")
             suggestion = "lower the learning rate about 10× and restart from a fresh init"

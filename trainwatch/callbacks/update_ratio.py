@@ -17,14 +17,17 @@ How a tensor is judged, on each scheduled step (every ``every`` steps):
 * It is out of band when above ``high`` (or below ``low``); with value hysteresis (``margin``)
   it is back in band only below ``high / (1 + margin)`` (above ``low * (1 + margin)``).
 * ``update_ratio.high`` / ``update_ratio.low`` fire when the smoothed ratio has been out of band
-  for ``patience`` consecutive checks (default 10, i.e. 100 steps: the first few dozen steps of
-  a healthy run often sit a little above 1e-2), or for ``severe_patience`` checks (default 2)
-  when it is more than ``severe_factor`` (10×) beyond the band edge (a learning rate orders of
-  magnitude off is reported within a few dozen steps). Each condition fires once per episode
-  (see :class:`~trainwatch.alerts.AlertManager`).
+  for ``patience`` consecutive checks (default 20, i.e. 200 steps: the first ~100 steps of a
+  healthy run often sit up to 3× above 1e-2; the demo's do), or for ``severe_patience``
+  checks (default 2) when it is more than ``severe_factor`` (10×) beyond the band edge (a
+  learning rate orders of magnitude off is reported within a few dozen steps). Each
+  condition fires once per episode (see :class:`~trainwatch.alerts.AlertManager`).
 * ``update_ratio.frozen``: ``‖Δθ‖ == 0`` while ``‖θ‖ > 0`` at ``frozen_patience`` consecutive
-  checks. When every tensor is frozen at once (``optimizer.step()`` had no effect) one alert
-  without a tensor is raised instead of one per tensor.
+  checks. A frozen check brings no new ratio, so the smoothed ratio stands for the band rules
+  (plain SGD with a learning rate 500× too high kills every ReLU within ten steps: the one
+  measured ratio still fires ``high``, and ``frozen`` follows). When every tensor is frozen
+  at once (``optimizer.step()`` had no effect) one alert without a tensor is raised instead
+  of one per tensor.
 * ``update_ratio.zero_weight`` (info): ``‖θ‖ == 0`` after the step at ``frozen_patience``
   consecutive checks; no ratio is computed (never a division by zero).
 
@@ -151,7 +154,7 @@ class UpdateRatioMonitor(Callback):
         smoothing: EMA weight of the newest ``log10`` ratio, in (0, 1] (default 0.3; 1 means
             no smoothing). Ignored when ``window`` is given.
         window: smooth with the mean of the last ``window`` checks instead (default None).
-        patience: consecutive out-of-band checks before ``high``/``low`` fire (default 10).
+        patience: consecutive out-of-band checks before ``high``/``low`` fire (default 20).
         severe_factor: how far beyond the band edge (a factor, > 1) counts as severe (default
             10).
         severe_patience: consecutive severe checks before firing (default 2).
@@ -296,6 +299,7 @@ class UpdateRatioMonitor(Callback):
         values: dict[str, float] = {}
         frozen: list[str] = []
         updated: list[str] = []
+        still_zero = 0  # tensors that are all zeros and did not move either
         for name, n in norms.items():
             if self._skipped(name):
                 continue
@@ -313,6 +317,9 @@ class UpdateRatioMonitor(Callback):
                 continue  # non-finite: LossMonitor's concern; no evidence either way
             self._check_zero_weight(state, step, name, n, track, w == 0.0)
             if w == 0.0:
+                still_zero += u == 0.0
+                if u != 0.0:
+                    updated.append(name)
                 continue
             if u == 0.0:
                 self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = 0.0
@@ -320,6 +327,10 @@ class UpdateRatioMonitor(Callback):
                     track.frozen_since = step
                 track.frozen_streak += 1
                 frozen.append(name)
+                if track.judged and not math.isnan(self._level(track)):
+                    # No new evidence about the ratio: the smoothed value stands, so a
+                    # too-high ratio that killed the tensor's units is still reported.
+                    self._check_band(state, step, name, n, track)
                 continue
             track.frozen_streak = 0
             updated.append(name)
@@ -336,7 +347,7 @@ class UpdateRatioMonitor(Callback):
             self._absorb(track, math.log10(ratio))
             if track.judged:
                 self._check_band(state, step, name, n, track)
-        self._check_frozen(state, step, frozen, updated)
+        self._check_frozen(state, step, frozen, updated, still_zero)
         low, high = self.band
         if low is not None:
             values[f"{LOG10_PREFIX}band_low"] = math.log10(low)
@@ -421,10 +432,10 @@ class UpdateRatioMonitor(Callback):
                 "suggestion": suggestion}
 
     def _check_frozen(self, state: RunState, step: int, frozen: list[str],
-                      updated: list[str]) -> None:
+                      updated: list[str], still_zero: int) -> None:
         code = "update_ratio.frozen"
-        measured = len(frozen) + len(updated)
-        all_frozen = len(frozen) > 1 and not updated
+        measured = len(frozen) + len(updated) + still_zero
+        all_frozen = measured > 1 and frozen and not updated
         if all_frozen:
             if self._all_frozen_streak == 0:
                 self._all_frozen_since = step

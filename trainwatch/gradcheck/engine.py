@@ -12,33 +12,40 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
    round-off the check stops with ``nondeterministic=True`` and blames no tensor.
 3. **Precision and noise.** The loss is evaluated at 6 points ``θ ± k·s·u`` (k = 1, 2, 3, u a
    random unit direction) for two tiny scales s; the residual of a cubic fit through the 7
-   values (the smaller of the two) is the loss's round-off noise σ. A returned ``np.float32``, or values that all fit in float32's 24
-   bits, mean the loss is computed in float32: then the step is ``h_float32`` and the
-   thresholds ``thresholds_float32``, and the report says so. Differences ``|a-n|`` smaller
-   than ``noise_factor · √2·σ / step`` are round-off, not error (tiny true gradients such as a
-   bias in front of a normalisation, whose true gradient is 0, pass).
+   values is the loss's round-off noise σ (pooled over the scales when they agree; else the
+   smaller: a kink crossed on the way inflates the larger scale only). A returned
+   ``np.float32``, or values that all fit in float32's 24 bits (or a noise above
+   1e-9·max(1, |loss|)), mean the loss is computed in float32: then the step is
+   ``h_float32`` and the thresholds ``thresholds_float32``, and the report says so.
+   Differences ``|a-n|`` smaller than ``noise_factor · √2·σ / step`` are round-off, not error
+   (tiny true gradients such as a bias in front of a normalisation, whose true gradient is 0,
+   pass).
 4. **Probes, per tensor.** ``coordinates`` sampled entries (the entry with the largest analytic
    magnitude plus a seeded random sample; all entries of a small tensor) and ``directions``
    random unit directions ``d`` covering every entry at once: ``(J(θ+h·d) - J(θ-h·d)) / 2h``
    is compared with ``g·d``. Directions are Gaussian with every ``|d_i| >= 0.1/√n`` (Chainer's
    floor), so one wrong entry ``e`` shifts ``g·d`` by at least ``0.1·e/√n`` while ``|g·d|`` is
-   about ``‖g‖/√n``: the relative error is about ``0.1·e/‖g‖``, far above the "correct"
-   threshold even in a 10⁶-entry tensor when ``e`` is the size of a typical entry.
+   about ``‖g‖/√n``: the relative error is at least about ``0.1·e/‖g‖``, i.e. ``0.1/√n`` when
+   ``e`` is the size of a typical entry: 1e-4 for n = 10⁶, far above the "correct" threshold
+   (1e-7). Directions are drawn afresh from ``seed`` at every check.
 5. **Localisation.** A direction that is not "correct" is bisected: the direction restricted
    to each half of the flattened tensor (rows first) is probed and the worse half kept, down
-   to one entry (``4·log2(n)`` evaluations), which is then judged as a coordinate.
+   to one entry (``4·log2(n)`` evaluations), which is then judged as a coordinate (skipped
+   once a coordinate of the tensor already fails).
 6. **Before condemning.** A probe that would be "suspicious" or "wrong" is retried at
    ``h·retry_factors`` (h=1e-4 and 1e-6 by default, KNOWLEDGE §1); the best step is kept.
 7. **Kinks.** With a signature (``loss_fn`` returns ``(loss, signature)``), a probe whose
    signatures at θ+h and θ-h differ is retried at h/10 and otherwise set aside. Without one, a
-   failing probe is set aside when, at every step tried, the one-sided differences
-   ``(J(θ+h)-J(θ))/h`` and ``(J(θ)-J(θ-h))/h`` differ by as much as the disagreement itself:
-   at a smooth point they differ by ``h·|J''|`` (vanishing with h), across a kink by the slope
-   jump (not vanishing).
+   probe that fails at every step tried is set aside when the estimates at the steps do not
+   follow the smooth ``n(s) = t + c·s²`` law, or when at every step the one-sided differences
+   ``(J(θ+h)-J(θ))/h`` and ``(J(θ)-J(θ-h))/h`` differ by as much as the disagreement itself
+   (smooth: they differ by ``h·|J''|``, vanishing with h; across a kink by the slope jump).
+   A correct gradient whose estimates agree with each other but not with it is a bug.
 
 The verdict of a tensor is its worst probe on the KNOWLEDGE §1 ladder (see
 :mod:`trainwatch.gradcheck.report`). Cost: ``2·(coordinates + directions)`` evaluations per
-tensor, plus ``repeats + 12`` (+12 for a float32 loss), plus retries, bisection and kink steps only where needed.
+tensor, plus ``repeats + 12`` (+12 for a float32 loss), plus retries, bisection and kink
+steps only where needed.
 """
 
 from __future__ import annotations
@@ -367,6 +374,7 @@ class Session:
         self.thresholds = options.thresholds
         self.nondeterministic = False
         self.finite = True
+        self._probe_values: list[float] = []  # loss values seen by the noise probe
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -653,6 +661,10 @@ class Session:
         shape = self.work[name].shape
         size = grad.size
         noise_floor = self._allowance(2 * self.h)
+        if size == 0:
+            return TensorCheck(name, "correct", 0.0, 0.0, (), math.nan, math.nan, 0, 0,
+                               ["empty tensor: nothing to check"], shape=shape,
+                               noise_floor=noise_floor)
         bad = np.flatnonzero(~np.isfinite(grad))
         if bad.size:
             index = tuple(int(i) for i in np.unravel_index(bad[0], shape))
@@ -734,6 +746,13 @@ class Session:
                            for p in checked):
             notes.append(f"gradient below the round-off noise floor (~{noise_floor:.1e}): the "
                          "check cannot see errors here; scale the loss up to check it")
+        directions = [p for p in checked if p.kind == "direction"]
+        if directions and all(max(abs(p.analytic), abs(p.numerical)) < 4 * p.allowance
+                              for p in directions):
+            notes.append("the random-direction probes are at the round-off noise floor "
+                         f"(|g·d| ~ {abs(directions[0].analytic):.1e}, noise allowance "
+                         f"{directions[0].allowance:.1e}): a bug confined to a few entries "
+                         "would go unseen; a float64 loss checks much more tightly")
         if verdict in ("suspicious", "wrong"):
             notes.extend(_bug_pattern(checked, thresholds))
         coordinates = [p.index for p in probes if p.kind == "coordinate"]

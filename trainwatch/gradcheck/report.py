@@ -42,12 +42,15 @@ class TensorCheck:
     Attributes:
         name: the tensor's key in ``params``.
         verdict: one of :data:`VERDICTS`.
-        max_rel_error: largest relative error ``|a-n| / max(|a|, |n|)`` over the probes that
-            were not set aside, after subtracting the round-off noise allowance from ``|a-n|``
-            (NaN if every probe was set aside).
+        max_rel_error: relative error ``|a-n| / max(|a|, |n|)`` of the worst probe not set
+            aside, after subtracting the round-off noise allowance from ``|a-n|`` (NaN if every
+            probe was set aside). The worst probe is the one with the worst verdict level;
+            within that level a coordinate is preferred to a direction (an entry located by
+            bisection says more than the diluted direction that led to it), then the largest
+            error.
         norm_rel_error: normwise ``‖a-n‖ / (‖a‖+‖n‖)`` over the same probes (same allowance).
-        worst_index: index of the worst coordinate in the tensor; ``()`` when the worst probe
-            was a random direction (then ``worst_kind == "direction"``).
+        worst_index: index of the worst probe's entry in the tensor; ``()`` when the worst
+            probe was a random direction (then ``worst_kind == "direction"``).
         worst_analytic: analytic value of the worst probe (an entry of the gradient, or the
             directional derivative ``g·d`` for a direction).
         worst_numerical: centered-difference value of the same probe.

@@ -9,7 +9,7 @@ in their input's dtype. Images are NCHW: (batch, channels, height, width).
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 RngLike = np.random.Generator | int | None
 
@@ -26,8 +26,23 @@ def _positive_int(name: str, value: int) -> int:
 
 
 def _windows(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
-    """Strided view of every (kh, kw) window of NCHW ``x``: shape (N, C, Ho, Wo, kh, kw)."""
-    return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    """Strided (read-only) view of every (kh, kw) window of NCHW ``x``:
+    shape (N, C, Ho, Wo, kh, kw)."""
+    n, c, h, w = x.shape
+    sn, sc, sh, sw = x.strides
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    return as_strided(x, (n, c, ho, wo, kh, kw),
+                      (sn, sc, sh * stride, sw * stride, sh, sw), writeable=False)
+
+
+def _pad(x: np.ndarray, p: int, dtype: np.dtype) -> np.ndarray:
+    """``x`` (NCHW) zero-padded by ``p`` pixels on each side, as ``dtype``."""
+    if p == 0:
+        return np.ascontiguousarray(x, dtype=dtype)
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dtype)
+    out[:, :, p:p + h, p:p + w] = x
+    return out
 
 
 class Layer:
@@ -152,7 +167,7 @@ class Conv2D(Layer):
         if x.ndim != 4 or x.shape[1] != in_channels:
             raise ValueError(f"Conv2D: expected input (N, {in_channels}, H, W), got {x.shape}")
         p = self.padding
-        xp = np.pad(x.astype(weight.dtype, copy=False), ((0, 0), (0, 0), (p, p), (p, p)))
+        xp = _pad(x, p, weight.dtype)
         if xp.shape[2] < kh or xp.shape[3] < kw:
             raise ValueError(f"Conv2D: padded input {xp.shape[2:]} smaller than kernel {kh, kw}")
         windows = _windows(xp, kh, kw, self.stride)  # (N, C, Ho, Wo, kh, kw)

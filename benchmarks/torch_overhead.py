@@ -1,0 +1,328 @@
+"""Training-time overhead of watching a PyTorch loop: the same loop bare and watched, in one run.
+
+    python benchmarks/torch_overhead.py [--epochs 10] [--repeats 5] [--gpu-steps 300]
+
+CPU: the digits CNN of ``examples/torch_existing_loop.py`` (batch 32, SGD with momentum,
+validation every epoch). GPU (when ``torch.cuda.is_available()``): a ResNet-18-sized CNN
+(11.2M parameters, 62 tensors) on random 3x224x224 data, batch 64, SGD with momentum.
+
+"bare" is the loop without trainwatch; "watched" is the same loop with ``watch(...)`` and the
+default callbacks writing TensorBoard files to a temporary folder (no progress bar: it only
+adds terminal output; a variant with it is shown too). Runs are interleaved (the order rotates
+every repetition) and the median over repetitions of the mean step time (the whole run,
+validation and every scheduled measurement included, divided by its steps) is reported, so
+machine noise hits every variant alike. The median single-step time shows the idle steps.
+
+Host reads: a separate pass counts the calls, made by trainwatch code, of the tensor methods
+that copy device memory to the host (``item``, ``tolist``, ``cpu``, ``__float__``,
+``__int__``, ``__bool__``, ``__array__``); on a GPU each one is a synchronisation. On a GPU,
+``torch.cuda.set_sync_debug_mode("warn")`` also counts every synchronising CUDA call, bare
+and watched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trainwatch.callbacks import default_callbacks
+from trainwatch.data import load_digits, train_val_split
+from trainwatch.torch import watch
+
+# -- models and data ------------------------------------------------------------------------------
+
+
+def digits_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+class Block(nn.Module):
+    """ResNet basic block."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                      nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.down is None else self.down(x)))
+
+
+def resnet18(classes: int = 1000) -> nn.Module:
+    """ResNet-18's layout (torchvision's resnet18 without the dependency)."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                               nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    c = 64
+    for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(c, width, stride), Block(width, width, 1)]
+        c = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)]
+    return nn.Sequential(*layers)
+
+
+class Workload:
+    """One training setup: model factory, batches, validation, device."""
+
+    def __init__(self, name: str, make: Callable[[], nn.Module], batches, val, device,
+                 epochs: int, lr: float):
+        self.name, self.make, self.batches, self.val = name, make, batches, val
+        self.device, self.epochs, self.lr = device, epochs, lr
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * len(self.batches)
+
+
+def digits_workload(epochs: int) -> Workload:
+    x, y = load_digits(images=True)
+    (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.2, seed=0)
+    xt, yt = torch.tensor(xt, dtype=torch.float32), torch.tensor(yt)
+    order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
+    batches = [(xt[order[i:i + 32]], yt[order[i:i + 32]]) for i in range(0, len(xt), 32)]
+    val = (torch.tensor(xv, dtype=torch.float32), torch.tensor(yv))
+    return Workload("CPU, digits CNN (batch 32)", digits_cnn, batches, val,
+                    torch.device("cpu"), epochs, 0.05)
+
+
+def resnet_workload(device: torch.device, steps: int, batch: int, size: int) -> Workload:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n_batches = 8  # distinct random batches, cycled
+    batches = [(torch.randn(batch, 3, size, size, generator=g).to(device),
+                torch.randint(0, 1000, (batch,), generator=g).to(device))
+               for _ in range(n_batches)]
+    epochs = max(1, steps // n_batches)
+    val = (batches[0][0][:16], batches[0][1][:16])
+    return Workload(f"{device.type.upper()}, ResNet-18 ({batch}x3x{size}x{size})", resnet18,
+                    batches, val, device, epochs, 0.01)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def callbacks_of(mode: str) -> list:
+    """The callbacks of a variant: the defaults, none (hooks and the loss curve only: a
+    MetricLogger is always added), or one default callback alone ("only <Name>")."""
+    if mode.startswith("only "):
+        name = mode[len("only "):]
+        return [cb for cb in default_callbacks() if type(cb).__name__ == name]
+    if mode == "hooks only":
+        return []
+    return default_callbacks()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(work: Workload, mode: str, step_times: list[float] | None = None) -> float:
+    """Train once; returns the wall time of the whole run (seconds)."""
+    torch.manual_seed(0)
+    model = work.make().to(work.device)
+    criterion = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=work.lr, momentum=0.9, weight_decay=1e-4)
+    with contextlib.ExitStack() as stack:
+        watcher = None
+        if mode != "bare":
+            logdir = stack.enter_context(tempfile.TemporaryDirectory())
+            progress = mode == "watched + progress bar"
+            if progress:
+                stack.enter_context(contextlib.redirect_stderr(open("/dev/null", "w")))  # noqa: SIM115
+            watcher = watch(model, opt, criterion, logdir=logdir, callbacks=callbacks_of(mode),
+                            progress=progress)
+            stack.callback(watcher.close)
+        xv, yv = work.val
+        sync(work.device)
+        start = time.perf_counter()
+        for _ in range(work.epochs):
+            model.train()
+            for xb, yb in work.batches:
+                t0 = time.perf_counter() if step_times is not None else 0.0
+                out = model(xb)
+                loss = criterion(out, yb)
+                if watcher is not None:
+                    watcher.loss(loss, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step_times is not None:
+                    step_times.append(time.perf_counter() - t0)
+            model.eval()
+            with torch.no_grad():
+                val_out = model(xv)
+                val_acc = (val_out.argmax(1) == yv).float().mean().item()
+            if watcher is not None:
+                watcher.epoch_end({"val_accuracy": val_acc})
+        sync(work.device)
+        return time.perf_counter() - start
+
+
+# -- host reads -----------------------------------------------------------------------------------
+
+_READS = ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__array__")
+
+
+def _from_trainwatch() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("trainwatch"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def count_host_reads(log: list[str]):
+    originals = {name: getattr(torch.Tensor, name) for name in _READS}
+
+    def counting(name, fn):
+        def wrapper(self, *args, **kwargs):
+            if _from_trainwatch():
+                log.append(name)
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(torch.Tensor, name, counting(name, fn))
+    try:
+        yield log
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def reads_per_step(work: Workload) -> dict[str, float]:
+    """Run watched once, counting trainwatch's host reads per step (epoch ends apart)."""
+    log: list[str] = []
+    per_step: list[int] = []
+    torch.manual_seed(0)
+    model = work.make().to(work.device)
+    criterion = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=work.lr, momentum=0.9)
+    with tempfile.TemporaryDirectory() as logdir, count_host_reads(log):
+        watcher = watch(model, opt, criterion, logdir=logdir, callbacks=default_callbacks(),
+                        progress=False)
+        epoch_reads = 0
+        for _ in range(work.epochs):
+            model.train()
+            for xb, yb in work.batches:
+                before = len(log)
+                loss = criterion(model(xb), yb)
+                watcher.loss(loss, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                per_step.append(len(log) - before)
+            before = len(log)
+            model.eval()
+            with torch.no_grad():
+                val_acc = (model(work.val[0]).argmax(1) == work.val[1]).float().mean().item()
+            watcher.epoch_end({"val_accuracy": val_acc})
+            epoch_reads += len(log) - before
+        watcher.close()
+    busy = [n for n in per_step if n]
+    return {"steps": len(per_step), "reads": sum(per_step),
+            "per_step": sum(per_step) / len(per_step),
+            "steps_with_reads": len(busy), "max_on_a_step": max(per_step),
+            "median_on_busy": statistics.median(busy) if busy else 0,
+            "per_epoch_end": epoch_reads / work.epochs}
+
+
+def cuda_syncs(work: Workload, mode: str) -> int:
+    """Synchronising CUDA calls of one run, counted by torch's sync debug mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run(work, mode)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def bench(work: Workload, repeats: int, modes: list[str]) -> None:
+    print(f"\n== {work.name}: {work.steps} steps per run, {repeats} repetitions, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for mode in modes:  # warm-up: imports, allocator, cuDNN autotuning
+        run(work, mode)
+    totals: dict[str, list[float]] = {m: [] for m in modes}
+    steps: dict[str, list[float]] = {m: [] for m in modes}
+    for rep in range(repeats):
+        order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+        for mode in order:
+            totals[mode].append(run(work, mode, steps[mode]) / work.steps)
+    base = statistics.median(totals["bare"])
+    base_step = statistics.median(steps["bare"])
+    print(f"{'variant':<34}{'ms/step (median run)':>22}{'ratio':>8}"
+          f"{'median step ms':>16}{'ratio':>8}")
+    for mode in modes:
+        mean = statistics.median(totals[mode])
+        single = statistics.median(steps[mode])
+        print(f"{mode:<34}{mean * 1e3:>22.3f}{mean / base:>8.3f}"
+              f"{single * 1e3:>16.3f}{single / base_step:>8.3f}")
+    r = reads_per_step(work)
+    print(f"trainwatch host reads: {r['reads']} over {r['steps']} steps "
+          f"({r['per_step']:.3f} per step); {r['steps_with_reads']} steps with any "
+          f"(median {r['median_on_busy']}, max {r['max_on_a_step']} on one step); "
+          f"{r['per_epoch_end']:.1f} per epoch end")
+    if work.device.type == "cuda":
+        bare, watched = cuda_syncs(work, "bare"), cuda_syncs(work, "watched")
+        print(f"CUDA synchronisations per run (sync debug mode): bare {bare}, watched "
+              f"{watched} ({(watched - bare) / work.steps:.3f} extra per step)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10, help="CPU run length (45 steps each)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--gpu-steps", type=int, default=600)
+    parser.add_argument("--gpu-batch", type=int, default=64)
+    parser.add_argument("--gpu-size", type=int, default=224)
+    parser.add_argument("--resnet-on-cpu", action="store_true",
+                        help="run the ResNet workload on the CPU (to try the GPU code path)")
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each default callback alone")
+    args = parser.parse_args()
+    modes = ["bare", "hooks only", "watched", "watched + progress bar"]
+    if args.breakdown:
+        modes += [f"only {type(cb).__name__}" for cb in default_callbacks()
+                  if type(cb).__name__ != "MetricLogger"]
+    if not args.skip_cpu:
+        bench(digits_workload(args.epochs), args.repeats, modes)
+    if torch.cuda.is_available() or args.resnet_on_cpu:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.backends.cudnn.benchmark = True
+        bench(resnet_workload(device, args.gpu_steps, args.gpu_batch, args.gpu_size),
+              args.repeats, [m for m in modes if m != "watched + progress bar"])
+    else:
+        print("\n(no CUDA device: the GPU workload was skipped)")
+
+
+if __name__ == "__main__":
+    main()

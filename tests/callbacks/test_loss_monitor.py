@@ -1,0 +1,281 @@
+"""LossMonitor: non-finite values, divergence, plateau, noise, the expected initial loss."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainwatch import Callback, Trainer, nn
+from trainwatch.callbacks.loss_monitor import LossMonitor
+from trainwatch.callbacks.update_ratio import UpdateRatioMonitor
+from trainwatch.data import load_digits, train_val_split
+from trainwatch.outputs.memory import MemoryOutput
+
+SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
+LOSS_CODES = ("loss.nonfinite", "loss.divergence", "loss.plateau", "loss.noise", "loss.initial")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits()
+    (xt, yt), _ = train_val_split(x, y, val_fraction=0.2, seed=0)
+    return xt[:960], yt[:960]
+
+
+def mlp(seed=0, scale=None, l2=0.0):
+    return nn.Sequential([nn.Dense(64, 32, rng=seed, weight_scale=scale), nn.ReLU(),
+                          nn.Dense(32, 10, rng=seed + 1, weight_scale=scale)], l2=l2)
+
+
+def train(model, opt, callbacks, data, *, epochs=2, batch_size=32, logdir=None,
+          loss=None):
+    mem = MemoryOutput()
+    trainer = Trainer(model, loss or nn.SoftmaxCrossEntropy(), opt, callbacks=callbacks,
+                      progress=False, outputs=[mem], logdir=logdir, raise_errors=True)
+    trainer.fit(*data, epochs=epochs, batch_size=batch_size)
+    return trainer, mem
+
+
+def fired(trainer, code=None):
+    return [a for a in trainer.monitor.alerts.history
+            if (code is None and a.code.startswith("loss.") or a.code == code)
+            and not a.resolved]
+
+
+class Inject(Callback):
+    """Writes NaN into one entry of a tensor's weights before the forward pass of ``step``,
+    or into its gradient right after that step's backward pass (``gradient=True``)."""
+
+    order = -100
+
+    def __init__(self, model, name, step, *, gradient=False):
+        source = model.named_gradients() if gradient else model.named_parameters()
+        self.array, self.step, self.gradient = source[name], step, gradient
+
+    def on_batch_begin(self, state):
+        if state.step == self.step and not self.gradient:
+            self.array.flat[0] = np.nan
+
+    def on_backward_end(self, state):
+        if state.step == self.step and self.gradient:
+            self.array.flat[0] = np.nan
+
+
+class SetLR(Callback):
+    def __init__(self, opt, step, lr):
+        self.opt, self.step, self.lr = opt, step, lr
+
+    def on_step_begin(self, state):
+        if state.step == self.step:
+            self.opt.lr = self.lr  # training's own hyper-parameter: the test's doing
+
+
+# -- non-finite ------------------------------------------------------------------------------------
+
+
+def test_nan_weight_gives_one_critical_alert_a_clean_stop_and_readable_logs(digits, tmp_path):
+    model = mlp()
+    monitor = LossMonitor()
+    trainer, _ = train(model, nn.Momentum(model, lr=0.05),
+                       [Inject(model, "fc2.weight", 25), monitor, UpdateRatioMonitor()], digits,
+                       epochs=3, logdir=tmp_path)
+    alerts = fired(trainer, "loss.nonfinite")
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert (a.severity.value, a.tensor, a.step) == ("critical", "fc2.weight", 25)
+    assert "nan" in a.message and "fc2.weight" in a.message and "stops" in a.message
+    assert a.suggestion
+    state = trainer.monitor.state
+    assert state.stop_requested and "fc2.weight" in state.stop_reason
+    assert state.step == 26  # the batch of step 25 finished, nothing after it
+    assert len(trainer.history["train_loss"]) == 1  # stopped inside the first epoch
+    lines = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(d["code"], d["tensor"]) for d in lines if d["code"] == "loss.nonfinite"] == [
+        ("loss.nonfinite", "fc2.weight")]
+    ea = EventAccumulator(str(tmp_path), size_guidance=SIZE)
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("loss/train_log10")] == [0, 10, 20]
+    assert ea.Scalars("update_ratio/fc1.weight")
+
+
+def test_without_stopping_the_alert_still_fires_once(digits):
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=0.05),
+                       [Inject(model, "fc1.weight", 12), LossMonitor(stop_on_nonfinite=False)],
+                       digits, epochs=2)
+    assert [(a.tensor, a.step) for a in fired(trainer, "loss.nonfinite")] == [("fc1.weight", 12)]
+    assert trainer.monitor.step == 60 and not trainer.monitor.state.stop_requested
+
+
+def test_nan_gradient_with_finite_loss_is_named(digits):
+    model = mlp()
+    inject = Inject(model, "fc2.bias", 20, gradient=True)
+    trainer, _ = train(model, nn.SGD(model, lr=0.05), [inject, LossMonitor()], digits)
+    alerts = fired(trainer, "loss.nonfinite")
+    assert [(a.tensor, a.step) for a in alerts] == [("fc2.bias", 20)]
+    assert "gradient of fc2.bias" in alerts[0].message
+    assert "still finite" in alerts[0].message
+    assert trainer.monitor.step == 21
+
+
+def test_nan_in_the_data_is_blamed_on_the_inputs(digits):
+    x, y = digits[0].copy(), digits[1]
+    x[5, 3] = np.nan
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=0.05), [LossMonitor()], (x, y), epochs=1)
+    alerts = fired(trainer, "loss.nonfinite")
+    assert len(alerts) == 1 and alerts[0].tensor == "inputs"
+    assert "inputs contain NaN" in alerts[0].message
+    assert trainer.monitor.step == alerts[0].step + 1
+
+
+# -- divergence, plateau, noise --------------------------------------------------------------------
+
+
+def test_divergence_after_a_learning_rate_jump(digits):
+    model = mlp()
+    opt = nn.SGD(model, lr=0.1)
+    trainer, mem = train(model, opt, [SetLR(opt, 150, 5.0), LossMonitor()], digits, epochs=8)
+    alerts = fired(trainer)
+    assert [a.code for a in alerts] == ["loss.divergence"]  # no plateau/noise on top of it
+    a = alerts[0]
+    assert 150 < a.step <= 180
+    assert a.value > 3 and "× its running minimum" in a.message
+    assert "learning rate is probably too high" in a.suggestion
+    smoothed = dict(mem.scalars_log["loss/train_smoothed"])
+    assert smoothed[a.step] > 3 * min(v for s, v in smoothed.items() if s <= 150)
+
+
+def test_healthy_run_raises_no_loss_alert(digits):
+    model = mlp()
+    trainer, mem = train(model, nn.Momentum(model, lr=0.05), [LossMonitor()], digits, epochs=8)
+    assert fired(trainer) == []
+    assert mem.scalars_log["loss/window_progress"]  # the rules did run
+    assert mem.scalars_log["loss/relative_spread"]
+
+
+def test_plateau_of_a_too_low_learning_rate(digits):
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=1e-6), [LossMonitor()], digits, epochs=8)
+    alerts = fired(trainer)
+    assert [a.code for a in alerts] == ["loss.plateau"]
+    a = alerts[0]
+    assert a.step == 210  # 200-step window full at step 199, checked at 200 and 210
+    assert "progress over the last 200 steps" in a.message
+    assert "learning rate that is too low" in a.message
+    assert "raise the learning rate" in a.suggestion
+
+
+def test_plateau_after_a_too_high_learning_rate_killed_the_units(digits):
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=5.0), [LossMonitor()], digits, epochs=8)
+    plateau = fired(trainer, "loss.plateau")
+    assert len(plateau) == 1
+    assert "killed the units" in plateau[0].message
+
+
+def test_noise_of_a_tiny_batch(digits):
+    model = mlp()
+    trainer, _ = train(model, nn.Momentum(model, lr=0.05), [LossMonitor()], digits, epochs=1,
+                       batch_size=4)
+    noise = fired(trainer, "loss.noise")
+    assert len(noise) == 1
+    a = noise[0]
+    assert 100 <= a.step <= 130  # judged once the window is past the warm-up
+    assert a.value > 0.3 and "batch size 4" in a.message
+    assert "larger batch" in a.suggestion
+
+
+# -- the initial loss ------------------------------------------------------------------------------
+
+
+def test_initial_loss_far_off_for_weights_100x_too_large(digits):
+    model = mlp(scale=100 * math.sqrt(2 / 64))
+    monitor = LossMonitor()
+    trainer, _ = train(model, nn.SGD(model, lr=1e-9), [monitor], digits, epochs=1)
+    alerts = fired(trainer, "loss.initial")
+    assert len(alerts) == 1 and alerts[0].step == 0
+    assert alerts[0].value == monitor.initial_loss > 100
+    assert monitor.expected_initial == pytest.approx(math.log(10))
+    assert "ln 10" in alerts[0].message and "initialis" not in alerts[0].message
+    assert "weights" in alerts[0].suggestion
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (nn.SoftmaxCrossEntropy(), math.log(10)),
+    (nn.MulticlassSVM(), 9.0),
+], ids=["softmax", "svm"])
+def test_initial_loss_of_a_normal_init_passes(digits, loss, expected):
+    model = mlp()
+    monitor = LossMonitor()
+    trainer, _ = train(model, nn.SGD(model, lr=0.05), [monitor], digits, epochs=1, loss=loss)
+    assert monitor.expected_initial == pytest.approx(expected)
+    assert monitor.initial_loss == pytest.approx(expected, rel=0.2)
+    assert fired(trainer, "loss.initial") == []
+
+
+def test_initial_loss_is_checked_without_regularisation(digits):
+    # l2=50 makes the total loss at step 0 several times ln 10; the data loss is fine.
+    model = mlp(l2=50.0)
+    monitor = LossMonitor()
+    trainer, _ = train(model, nn.SGD(model, lr=1e-4), [monitor], digits, epochs=1)
+    assert trainer.monitor.state.reg_loss is not None
+    assert fired(trainer, "loss.initial") == []
+    assert monitor.initial_loss < 3
+
+
+def test_expected_initial_loss_can_be_given(digits):
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=0.05),
+                       [LossMonitor(expected_initial_loss=0.5)], digits, epochs=1)
+    alerts = fired(trainer, "loss.initial")
+    assert len(alerts) == 1 and "given as expected_initial_loss" in alerts[0].message
+
+
+# -- outputs, cost, arguments ----------------------------------------------------------------------
+
+
+def test_loss_is_logged_on_a_log_scale_on_scheduled_steps(digits):
+    model = mlp()
+    trainer, mem = train(model, nn.SGD(model, lr=0.05), [LossMonitor(every=5)], digits, epochs=1)
+    logged = mem.scalars_log["loss/train_log10"]
+    assert [s for s, _ in logged] == list(range(0, 30, 5))
+    raw = dict(mem.scalars_log["loss/train"]) if "loss/train" in mem.scalars_log else {}
+    for s, v in logged:
+        if s in raw:
+            assert v == pytest.approx(math.log10(raw[s]))
+    assert mem.layouts["loss"]["training loss, log10"][1] == [r"^loss/train_log10$"]
+
+
+def test_watching_does_not_change_training(digits):
+    def run(callbacks):
+        model = mlp()
+        train(model, nn.Momentum(model, lr=0.05), callbacks, digits, epochs=1)
+        return model.named_parameters()
+
+    plain, watched = run([]), run([LossMonitor(every=1)])
+    for k in plain:
+        np.testing.assert_array_equal(plain[k], watched[k])
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    ({"every": 0}, "every"),
+    ({"every": 10, "check_every": 3}, "every"),
+    ({"check_every": 0}, "check_every"),
+    ({"stop_on_nonfinite": "yes"}, "stop_on_nonfinite"),
+    ({"smoothing": 0}, "smoothing"),
+    ({"warmup": -1}, "warmup"),
+    ({"divergence_factor": 1.0}, "divergence_factor"),
+    ({"plateau_window": 3}, "plateau_window"),
+    ({"plateau_threshold": 0}, "plateau_threshold"),
+    ({"noise_window": 2}, "noise_window"),
+    ({"noise_threshold": -1}, "noise_threshold"),
+    ({"patience": 0}, "patience"),
+    ({"expected_initial_loss": 0}, "expected_initial_loss"),
+    ({"initial_tolerance": float("nan")}, "initial_tolerance"),
+])
+def test_arguments_are_validated(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        LossMonitor(**kwargs)

@@ -1,0 +1,413 @@
+"""Engine behaviour: options, non-interference, report format, probes statistics, kinks,
+retries, depth allowance, precision, nondeterminism."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from trainwatch.gradcheck import (
+    DEFAULTS,
+    VERDICTS,
+    GradCheckReport,
+    TensorCheck,
+    check_gradients,
+)
+from trainwatch.gradcheck.engine import level, unit_direction
+
+from .test_zoo import (
+    make_factor_two_loss_gradient,
+    make_float32_returns_float32,
+    make_reg_wrong_factor,
+    make_relu_kinks_signature,
+    make_tanh_mlp,
+    make_unseeded_dropout,
+)
+
+
+def quadratic(n: int = 50, seed: int = 0, scale: float = 1.0):
+    """J(w) = 0.5·Σ c_i w_i² + Σ s_i w_i (float64): gradient c·w + s, exact centered
+    differences up to round-off; ``scale`` scales c and s (and so the gradient)."""
+    rng = np.random.default_rng(seed)
+    c = scale * rng.uniform(0.5, 2.0, n)
+    s = scale * rng.standard_normal(n)
+    w = rng.standard_normal(n)
+
+    def loss_fn(p):
+        return float(0.5 * np.sum(c * p["w"] ** 2) + np.sum(s * p["w"]))
+
+    return loss_fn, {"w": w}, {"w": c * w + s}
+
+
+# ------------------------------------------------------------------------------------------
+# options and inputs
+
+
+def test_option_values_are_validated_with_the_argument_named():
+    case = make_tanh_mlp()
+    run = lambda **kw: check_gradients(case.loss_fn, case.params, case.grads, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"^h: must be > 0, got 0$"):
+        run(h=0)
+    with pytest.raises(ValueError, match=r"^h_float32: must be > 0"):
+        run(h_float32=-1e-3)
+    with pytest.raises(ValueError, match=r"^coordinates: must be an integer >= 0"):
+        run(coordinates=-1)
+    with pytest.raises(ValueError, match=r"^directions: must be an integer >= 0"):
+        run(directions=1.5)
+    with pytest.raises(ValueError, match=r"^thresholds: .*decreasing"):
+        run(thresholds=(1e-4, 1e-2, 1e-7))
+    with pytest.raises(ValueError, match=r"^repeats: must be an integer >= 2"):
+        run(repeats=1)
+    with pytest.raises(ValueError, match=r"^precision: must be one of"):
+        run(precision="float8")
+    with pytest.raises(ValueError, match=r"^depth_allowance: must be >= 1"):
+        run(depth_allowance=0.5)
+    with pytest.raises(ValueError, match=r"^localize: must be True or False"):
+        run(localize="yes")
+    with pytest.raises(ValueError, match=r"^seed: must be an integer >= 0"):
+        run(seed=-3)
+    with pytest.raises(ValueError, match=r"^reg_fn, reg_grads: give both"):
+        run(reg_fn=lambda p: 0.0)
+
+
+def test_unknown_options_raise_type_error_naming_all_of_them():
+    case = make_tanh_mlp()
+    with pytest.raises(TypeError) as info:
+        check_gradients(case.loss_fn, case.params, case.grads, step=1e-5, coords=3)
+    message = str(info.value)
+    assert "'step'" in message and "'coords'" in message
+    assert "did you mean 'coordinates'" in message
+
+
+def test_inputs_are_validated():
+    case = make_tanh_mlp()
+    grads = dict(case.grads)
+    del grads["b2"]
+    with pytest.raises(ValueError, match=r"grads: keys must match params; missing \['b2'\]"):
+        check_gradients(case.loss_fn, case.params, grads)
+    bad_shape = dict(case.grads, W1=case.grads["W1"].T)
+    with pytest.raises(ValueError, match=r"grads\['W1'\]: shape"):
+        check_gradients(case.loss_fn, case.params, bad_shape)
+    with pytest.raises(ValueError, match=r"params\['n'\]: must be a floating-point array"):
+        check_gradients(lambda p: 0.0, {"n": np.arange(3)}, {"n": np.zeros(3)})
+    with pytest.raises(TypeError, match="loss_fn: must be callable"):
+        check_gradients(None, case.params, case.grads)
+    with pytest.raises(ValueError, match="loss_fn: must return a scalar"):
+        check_gradients(lambda p: p["W1"], case.params, case.grads)
+
+
+def test_defaults_are_documented_values():
+    assert DEFAULTS["h"] == 1e-5
+    assert DEFAULTS["thresholds"] == (1e-2, 1e-4, 1e-7)
+    assert DEFAULTS["retry_factors"] == (10.0, 0.1)
+    assert DEFAULTS["depth_allowance"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# non-interference
+
+
+def test_params_and_grads_are_never_modified():
+    case = make_tanh_mlp()
+    params_before = copy.deepcopy(case.params)
+    grads_before = copy.deepcopy(case.grads)
+    check_gradients(case.loss_fn, case.params, case.grads, sweep=True)
+    for name in params_before:
+        assert np.array_equal(case.params[name], params_before[name])
+        assert np.array_equal(case.grads[name], grads_before[name])
+
+
+def test_float32_params_keep_their_dtype_and_values():
+    case = make_float32_returns_float32()
+    before = {name: value.copy() for name, value in case.params.items()}
+    check_gradients(case.loss_fn, case.params, case.grads)
+    for name, value in case.params.items():
+        assert value.dtype == np.float32
+        assert np.array_equal(value, before[name])
+
+
+def test_a_loss_fn_that_writes_into_its_input_cannot_touch_the_callers_arrays():
+    loss_fn, params, grads = quadratic()
+    before = params["w"].copy()
+
+    def vandal(p):
+        value = loss_fn(p)
+        p["w"][0] = 1e9  # the engine restores its own copy; the caller's array is never passed
+        return value
+
+    check_gradients(vandal, params, grads)
+    assert np.array_equal(params["w"], before)
+
+
+# ------------------------------------------------------------------------------------------
+# the report
+
+
+def test_report_fields_and_json():
+    case = make_reg_wrong_factor()
+    report = check_gradients(case.loss_fn, case.params, case.grads, reg_fn=case.reg_fn,
+                             reg_grads=case.reg_grads, sweep=True)
+    assert isinstance(report, GradCheckReport)
+    assert list(report.params) == list(case.params)  # layer order
+    for check in list(report.params.values()) + list(report.regularization.values()):
+        assert isinstance(check, TensorCheck)
+        assert check.verdict in VERDICTS
+        assert isinstance(check.worst_index, tuple)
+        assert isinstance(check.probed, int) and check.probed >= 1
+        assert isinstance(check.kinks, int)
+        assert isinstance(check.notes, list)
+    data = report.to_dict()
+    text = json.dumps(data, allow_nan=False)
+    assert json.loads(text)["failed"] == ["W1 (regularization)"]
+    assert data["sweep"]["entries"]
+    assert report.worst().name == "W1"
+    assert report.worst() is report.regularization["W1"]
+
+
+def test_json_of_nondeterministic_and_kink_only_reports():
+    drop = make_unseeded_dropout()
+    report = check_gradients(drop.loss_fn, drop.params, drop.grads)
+    json.dumps(report.to_dict(), allow_nan=False)
+    assert report.worst() is None
+    kinks = make_relu_kinks_signature()
+    json.dumps(check_gradients(kinks.loss_fn, kinks.params, kinks.grads).to_dict(),
+               allow_nan=False)
+
+
+def test_str_is_a_table_in_layer_order():
+    case = make_factor_two_loss_gradient()
+    report = check_gradients(case.loss_fn, case.params, case.grads)
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("gradient check FAILED")
+    header = lines[1].split()
+    assert header[:3] == ["tensor", "verdict", "max"]
+    for column in ("worst", "analytic", "numerical", "probed", "kinks"):
+        assert column in lines[1]
+    positions = [text.index(f"\n{name} ") for name in case.params]
+    assert positions == sorted(positions)
+    assert "failed: W1, b1, W2, b2" in text
+    assert "notes:" in text
+
+
+def test_level_ladder():
+    thresholds = (1e-2, 1e-4, 1e-7)
+    assert level(0.0, thresholds) == "correct"
+    assert level(1e-8, thresholds) == "correct"
+    assert level(1e-5, thresholds) == "acceptable"
+    assert level(1e-3, thresholds) == "suspicious"
+    assert level(0.5, thresholds) == "wrong"
+    assert level(float("nan"), thresholds) == "wrong"
+
+
+# ------------------------------------------------------------------------------------------
+# probes
+
+
+def test_every_tensor_is_probed_small_ones_completely():
+    case = make_tanh_mlp()  # W1 5x8 (40), b1 8, W2 8x3 (24), b2 3
+    report = check_gradients(case.loss_fn, case.params, case.grads, coordinates=10)
+    assert report.params["b1"].probed == 8 and report.params["b1"].directions == 0
+    assert report.params["b2"].probed == 3
+    assert report.params["W1"].probed == 13 and report.params["W1"].directions == 3
+    assert len(report.params["W1"].coordinates) == 10
+
+
+def test_the_largest_entry_is_always_sampled_and_the_sample_follows_the_seed():
+    case = make_tanh_mlp()
+    g = case.grads["W1"]
+    largest = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g)), g.shape))
+    samples = set()
+    for seed in range(4):
+        report = check_gradients(case.loss_fn, case.params, case.grads, seed=seed,
+                                 coordinates=4)
+        coords = report.params["W1"].coordinates
+        assert largest in coords
+        samples.add(tuple(coords))
+        again = check_gradients(case.loss_fn, case.params, case.grads, seed=seed,
+                                coordinates=4)
+        assert again.params["W1"].coordinates == coords  # reproducible from the seed
+    assert len(samples) > 1  # fresh draws for each seed
+
+
+def test_unit_directions_have_a_floor():
+    d = unit_direction(np.random.default_rng(0), 10_000)
+    assert np.linalg.norm(d) == pytest.approx(1.0)
+    assert np.min(np.abs(d)) >= 0.1 / np.sqrt(10_000) * (1 - 1e-12)
+
+
+def _one_wrong_entry(n: int, seed: int, factor: float):
+    """Linear-quadratic loss over n entries, gradient entries ~0.01 (as in the anchor
+    simulation), wrong by ``factor`` in one entry of typical size."""
+    loss_fn, params, grads = quadratic(n, seed, scale=0.01)
+    g = grads["w"].copy()
+    rms = np.sqrt(np.mean(g ** 2))
+    index = int(np.argmin(np.abs(np.abs(g) - rms)))
+    g[index] *= factor
+    return loss_fn, params, {"w": g}, index
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.0])
+def test_directions_catch_one_wrong_entry_in_a_large_tensor(factor):
+    """With no coordinate samples at all, every trial must fail and locate the entry."""
+    for seed in range(25):
+        loss_fn, params, grads, index = _one_wrong_entry(20_000, seed, factor)
+        report = check_gradients(loss_fn, params, grads, seed=seed, coordinates=0)
+        check = report.params["w"]
+        assert check.verdict == "wrong", (seed, str(report))
+        assert check.worst_index == (index,)
+
+
+def test_fast_mode_rule_would_miss_what_gaussian_directions_catch():
+    """PyTorch fast gradcheck: u ~ U[0,1) normalised, |num - ana| <= atol·Σu + rtol·|ana|
+    (atol 1e-5, rtol 1e-3). For a doubled entry in 20,000 it passes most trials; ours fails
+    all of them (test above)."""
+    misses = 0
+    for seed in range(25):
+        loss_fn, params, grads, _ = _one_wrong_entry(20_000, seed, 2.0)
+        rng = np.random.default_rng(seed)
+        u = rng.random(20_000)
+        u /= np.linalg.norm(u)
+        w = params["w"]
+        h = 1e-6
+        numerical = (loss_fn({"w": w + h * u}) - loss_fn({"w": w - h * u})) / (2 * h)
+        analytic = float(grads["w"] @ u)
+        if abs(numerical - analytic) <= 1e-5 * u.sum() + 1e-3 * abs(analytic):
+            misses += 1
+    assert misses >= 20
+
+
+def test_retry_at_other_steps_before_condemning():
+    """A kink at 3e-6 from the point: h=1e-5 straddles it, h=1e-6 does not."""
+    def loss_fn(p):
+        w = p["w"]
+        return float(np.sum(np.maximum(w - 3e-6, 0.0)) + np.sum(-0.5 * w))
+
+    params = {"w": np.zeros(3)}
+    grads = {"w": np.full(3, -0.5)}
+    report = check_gradients(loss_fn, params, grads)
+    check = report.params["w"]
+    assert report.passed, str(report)
+    assert check.verdict == "correct"
+    assert any("agree at another step" in note for note in check.notes)
+
+
+def test_kinks_without_signature_are_recognised_from_several_steps():
+    """|w| at exactly w = 0 (analytic convention 1): every step gives 0."""
+    params = {"w": np.array([0.0, 1.0])}
+    grads = {"w": np.array([1.0, 1.0])}
+    report = check_gradients(lambda p: float(np.sum(np.abs(p["w"]))), params, grads)
+    check = report.params["w"]
+    assert report.passed, str(report)
+    assert check.verdict == "kink" and check.kinks == 1
+    assert any("kink" in note for note in check.notes)
+
+
+def test_kink_detection_can_be_turned_off():
+    params = {"w": np.array([0.0, 1.0])}
+    grads = {"w": np.array([1.0, 1.0])}
+    report = check_gradients(lambda p: float(np.sum(np.abs(p["w"]))), params, grads,
+                             kink_detection=False)
+    assert report.failed == ["w"]
+
+
+def test_a_real_bug_is_not_excused_as_a_kink():
+    """A smooth function with a wrong gradient: the steps agree with each other, so no kink."""
+    loss_fn, params, grads = quadratic(8)
+    grads = {"w": grads["w"] * 1.5}
+    report = check_gradients(loss_fn, params, grads)
+    assert report.params["w"].verdict == "wrong"
+    assert report.params["w"].kinks == 0
+
+
+def test_signature_straddles_are_set_aside():
+    def loss_fn(p):
+        w = p["w"]
+        return float(np.sum(np.maximum(w, 0.0))), w > 0
+
+    params = {"w": np.array([1e-8, -2e-8, 1.0, -1.0])}
+    grads = {"w": np.array([1.0, 0.0, 1.0, 0.0])}
+    report = check_gradients(loss_fn, params, grads)
+    check = report.params["w"]
+    assert report.passed
+    assert check.kinks == 2
+    assert check.verdict == "kink"
+
+
+def test_depth_allowance_loosens_the_first_tensors_most():
+    case = make_tanh_mlp()
+    grads = dict(case.grads)
+    grads["W1"] = grads["W1"] * (1 + 1e-3)  # rel error 1e-3: "suspicious"
+    grads["b2"] = grads["b2"] * (1 + 1e-3)
+    plain = check_gradients(case.loss_fn, case.params, grads)
+    assert plain.failed == ["W1", "b2"]
+    deep = check_gradients(case.loss_fn, case.params, grads, depth_allowance=100.0)
+    assert deep.params["W1"].verdict == "acceptable"  # first tensor: thresholds x100
+    assert deep.params["b2"].verdict == "suspicious"  # last tensor: thresholds x1
+    assert deep.failed == ["b2"]
+
+
+def test_each_tensor_is_checked_independently_of_the_others():
+    """Corrupting W1's gradient leaves W2's check bit-for-bit the same (same seed)."""
+    case = make_tanh_mlp()
+    clean = check_gradients(case.loss_fn, case.params, case.grads, seed=3)
+    broken = check_gradients(case.loss_fn, case.params, dict(case.grads, W1=-case.grads["W1"]),
+                             seed=3)
+    assert broken.failed == ["W1"]
+    for name in ("b1", "W2", "b2"):
+        assert broken.params[name].to_dict() == clean.params[name].to_dict()
+
+
+# ------------------------------------------------------------------------------------------
+# precision, noise, determinism
+
+
+def test_precision_can_be_forced():
+    loss_fn, params, grads = quadratic()
+    report = check_gradients(loss_fn, params, grads, precision="float32", h_float32=3e-3)
+    assert report.precision == "float32"
+    assert report.h == 3e-3
+    assert report.passed
+
+
+def test_float32_returned_by_a_float64_computation_is_not_mistaken():
+    loss_fn, params, grads = quadratic()
+    report = check_gradients(loss_fn, params, grads)
+    assert report.precision == "float64"
+    assert report.h == 1e-5
+    assert report.noise < 1e-13
+
+
+def test_nondeterministic_loss_blames_no_tensor():
+    case = make_unseeded_dropout()
+    report = check_gradients(case.loss_fn, case.params, case.grads)
+    assert report.nondeterministic and not report.passed
+    assert report.params == {} and report.failed == []
+    assert "random at a fixed point" in report.notes[0]
+    assert report.evaluations == 2
+
+
+def test_a_non_finite_loss_is_reported_not_raised():
+    report = check_gradients(lambda p: float("nan"), {"w": np.ones(2)}, {"w": np.ones(2)})
+    assert not report.passed and not report.nondeterministic
+    assert "nothing can be checked" in report.notes[0]
+
+
+def test_non_finite_analytic_gradients_are_wrong():
+    loss_fn, params, grads = quadratic()
+    g = grads["w"].copy()
+    g[7] = np.nan
+    report = check_gradients(loss_fn, params, {"w": g})
+    assert report.params["w"].verdict == "wrong"
+    assert report.params["w"].worst_index == (7,)
+    assert "non-finite" in report.params["w"].notes[0]
+
+
+def test_a_scalar_parameter_and_a_0d_loss_array_work():
+    params = {"a": np.array(2.0)}
+    report = check_gradients(lambda p: np.asarray(p["a"] ** 3), params, {"a": np.array(12.0)})
+    assert report.passed
+    assert report.params["a"].worst_index == ()
