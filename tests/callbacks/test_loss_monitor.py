@@ -112,12 +112,38 @@ def test_without_stopping_the_alert_still_fires_once(digits):
 def test_nan_gradient_with_finite_loss_is_named(digits):
     model = mlp()
     inject = Inject(model, "fc2.bias", 20, gradient=True)
-    trainer, _ = train(model, nn.SGD(model, lr=0.05), [inject, LossMonitor()], digits)
+    trainer, _ = train(model, nn.SGD(model, lr=0.05),
+                       [inject, LossMonitor(check_tensors_every=10)], digits)
     alerts = fired(trainer, "loss.nonfinite")
     assert [(a.tensor, a.step) for a in alerts] == [("fc2.bias", 20)]
     assert "gradient of fc2.bias" in alerts[0].message
     assert "still finite" in alerts[0].message
     assert trainer.monitor.step == 21
+
+
+def test_nan_gradient_is_caught_at_the_next_loss_without_periodic_checks(digits):
+    model = mlp()
+    inject = Inject(model, "fc2.bias", 20, gradient=True)
+    trainer, _ = train(model, nn.SGD(model, lr=0.05),
+                       [inject, LossMonitor(check_tensors_every=None)], digits)
+    alerts = fired(trainer, "loss.nonfinite")
+    # the step applied the NaN gradient; the next loss is NaN and the weights are named
+    assert [(a.tensor, a.step) for a in alerts] == [("fc2.bias", 21)]
+    assert "the training loss is nan" in alerts[0].message
+    assert trainer.monitor.step == 22
+
+
+def test_sparse_loss_reads_still_catch_nan(digits):
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=0.05),
+                       [Inject(model, "fc1.bias", 23), LossMonitor(every=10, check_every=5)],
+                       digits)
+    # Step 23 is not read. Its NaN loss back-propagated into every gradient and step 23 wrote
+    # NaN into every tensor, so at step 25 the first tensor in layer order is named: reading
+    # the loss every step (the default) is what names the origin.
+    assert [(a.tensor, a.step) for a in fired(trainer, "loss.nonfinite")] == [
+        ("fc1.weight", 25)]
+    assert trainer.monitor.step == 26
 
 
 def test_nan_in_the_data_is_blamed_on_the_inputs(digits):
@@ -199,7 +225,7 @@ def test_initial_loss_far_off_for_weights_100x_too_large(digits):
     assert len(alerts) == 1 and alerts[0].step == 0
     assert alerts[0].value == monitor.initial_loss > 100
     assert monitor.expected_initial == pytest.approx(math.log(10))
-    assert "ln 10" in alerts[0].message and "initialis" not in alerts[0].message
+    assert "ln 10" in alerts[0].message and "initialisation" in alerts[0].message
     assert "weights" in alerts[0].suggestion
 
 
@@ -242,10 +268,11 @@ def test_loss_is_logged_on_a_log_scale_on_scheduled_steps(digits):
     trainer, mem = train(model, nn.SGD(model, lr=0.05), [LossMonitor(every=5)], digits, epochs=1)
     logged = mem.scalars_log["loss/train_log10"]
     assert [s for s, _ in logged] == list(range(0, 30, 5))
-    raw = dict(mem.scalars_log["loss/train"]) if "loss/train" in mem.scalars_log else {}
-    for s, v in logged:
-        if s in raw:
-            assert v == pytest.approx(math.log10(raw[s]))
+    raw = dict(mem.scalars_log["loss/train"])  # MetricLogger's, every 10 steps
+    both = [(v, raw[s]) for s, v in logged if s in raw]
+    assert len(both) == 3
+    for v, loss in both:
+        assert v == pytest.approx(math.log10(loss))
     assert mem.layouts["loss"]["training loss, log10"][1] == [r"^loss/train_log10$"]
 
 
@@ -264,6 +291,7 @@ def test_watching_does_not_change_training(digits):
     ({"every": 0}, "every"),
     ({"every": 10, "check_every": 3}, "every"),
     ({"check_every": 0}, "check_every"),
+    ({"check_tensors_every": 0}, "check_tensors_every"),
     ({"stop_on_nonfinite": "yes"}, "stop_on_nonfinite"),
     ({"smoothing": 0}, "smoothing"),
     ({"warmup": -1}, "warmup"),

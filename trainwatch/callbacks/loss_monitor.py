@@ -8,7 +8,9 @@ KNOWLEDGE §2–3 turned into alerts:
   the batch itself produced it). Training stops after the current batch by default
   (``stop_on_nonfinite``) and the outputs are flushed, so the logs stay readable.
   The loss is checked every ``check_every`` steps (cheap); weights and gradients, which take
-  a full pass over the parameters, every ``every`` steps and whenever the loss is non-finite.
+  a full pass over the parameters, whenever the loss is non-finite and, after the backward
+  pass, every ``check_tensors_every`` steps (a NaN weight or gradient almost always makes the
+  next loss NaN, where it is caught anyway; the periodic pass catches the rest).
 * ``loss.divergence`` (warning): after ``warmup`` steps, the smoothed loss (EMA, weight
   ``smoothing``) is more than ``divergence_factor`` times its running minimum, and above it by
   at least 1 % of the initial loss (so a loss near zero does not diverge by rounding).
@@ -92,12 +94,12 @@ class LossMonitor(Callback):
     * ``loss/relative_spread``: the noise measure (fraction of the loss level).
 
     Args:
-        every: steps between rule evaluations, log points and weight/gradient finiteness
-            checks (default 10); a multiple of ``check_every``.
+        every: steps between rule evaluations and log points (default 10); a multiple of
+            ``check_every``.
         check_every: steps between loss reads (default 1).
         stop_on_nonfinite: stop training when anything is non-finite (default True).
-        check_tensors: also check weights and gradients for NaN/Inf every ``every`` steps
-            (default True).
+        check_tensors_every: also check weights and gradients for NaN/Inf after the backward
+            pass every this many steps (default 100; None: only when the loss is non-finite).
         smoothing: EMA weight of the newest loss for divergence, in (0, 1] (default 0.1).
         warmup: steps before divergence is judged (default 50); noise is judged once its whole
             window lies after the warm-up (the steep first drop is not noise).
@@ -131,7 +133,7 @@ class LossMonitor(Callback):
         *,
         check_every: int = 1,
         stop_on_nonfinite: bool = True,
-        check_tensors: bool = True,
+        check_tensors_every: int | None = 100,
         smoothing: float = 0.1,
         warmup: int = 50,
         divergence_factor: float = 3.0,
@@ -151,11 +153,12 @@ class LossMonitor(Callback):
             raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
                              f"got {every!r}")
         for name, flag in (("stop_on_nonfinite", stop_on_nonfinite),
-                           ("check_tensors", check_tensors), ("check_initial", check_initial)):
+                           ("check_initial", check_initial)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: must be True or False, got {flag!r}")
         self.stop_on_nonfinite = stop_on_nonfinite
-        self.check_tensors = check_tensors
+        self.check_tensors_every = (None if check_tensors_every is None else
+                                    _count("check_tensors_every", check_tensors_every))
         self.check_initial = check_initial
         self.smoothing = _positive("smoothing", smoothing, most=1.0)
         self.warmup = _count("warmup", warmup, minimum=0)
@@ -234,7 +237,8 @@ class LossMonitor(Callback):
             self._analyse(state, step, v)
 
     def on_backward_end(self, state: RunState) -> None:
-        if state.step % self.every or not self.check_tensors or self._nonfinite_seen:
+        every = self.check_tensors_every
+        if every is None or state.step % every or self._nonfinite_seen:
             return
         culprit = state.backend.first_nonfinite()
         if culprit is not None:
@@ -303,7 +307,8 @@ class LossMonitor(Callback):
                           "into the inputs, that the loss is averaged correctly, and that the "
                           "reported loss is the one being minimised")
         message = (f"initial loss {value:.4g} on the first batch ({which}) is {off} "
-                   f"{expected:.4g} ({how}); tolerance ×{1 + tol:g}")
+                   f"{expected:.4g} ({how}; tolerance ×{1 + tol:g}): the initialisation or "
+                   f"the loss is probably wrong")
         state.alerts.fire("loss.initial", "warning", message, state.step, value=value,
                           suggestion=suggestion)
 

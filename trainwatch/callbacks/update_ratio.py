@@ -112,10 +112,8 @@ class _Track:
     log_ema: float = math.nan
     window: deque | None = None
     measured: int = 0
-    zero_init: bool = False
     direction: str | None = None  # current out-of-band side ("high"/"low") or None
     streak: int = 0  # consecutive checks on that side
-    max_streak: int = 0
     severe_streak: int = 0
     since: int = 0  # step the current out-of-band streak began
     firing: str | None = None
@@ -317,6 +315,7 @@ class UpdateRatioMonitor(Callback):
                 continue  # non-finite: LossMonitor's concern; no evidence either way
             self._check_zero_weight(state, step, name, n, track, w == 0.0)
             if w == 0.0:
+                track.frozen_streak = 0
                 still_zero += u == 0.0
                 if u != 0.0:
                     updated.append(name)
@@ -340,8 +339,7 @@ class UpdateRatioMonitor(Callback):
             if u == w:
                 # The tensor was exactly zero before this step (Δθ is all of θ): the ratio is
                 # 1 by construction and says nothing about the learning rate.
-                if first:
-                    track.zero_init = True
+                if first:  # zero-initialised: judged like a bias
                     track.judged = self.include_biases or self._overridden(name)
                 continue
             self._absorb(track, math.log10(ratio))
@@ -396,7 +394,6 @@ class UpdateRatioMonitor(Callback):
         if side is not None:
             track.streak += 1
             track.severe_streak = track.severe_streak + 1 if severe else 0
-        track.max_streak = max(track.max_streak, track.streak)
         if track.firing != latched:
             track.firing = None
         if track.firing is None and side is not None and (

@@ -200,6 +200,10 @@ class GradCheckReport:
         lines = [head]
         if self.params:
             lines += format_table(self.params)
+            lines.append(f"(max rel err: |a-n| beyond the round-off allowance, over "
+                         f"max(|a|,|n|); correct < {self.thresholds[2]:g} <= acceptable "
+                         f"<= {self.thresholds[1]:g} < suspicious <= {self.thresholds[0]:g} "
+                         "< wrong)")
         if self.regularization is not None:
             lines += ["", "regularization term:"] + format_table(self.regularization)
         if self.failed:

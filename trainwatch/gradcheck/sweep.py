@@ -22,10 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from trainwatch.gradcheck.engine import (
     LossFn,
@@ -35,6 +34,9 @@ from trainwatch.gradcheck.engine import (
     _validate_inputs,
 )
 from trainwatch.gradcheck.report import json_number
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.figure import Figure
 
 #: the steps swept, largest first
 DEFAULT_STEPS: tuple[float, ...] = tuple(10.0 ** -k for k in range(1, 11))
@@ -105,6 +107,8 @@ class SweepResult:
     def figure(self) -> Figure:
         """Log-log relative error vs h, one line per entry (``matplotlib.figure.Figure``,
         no pyplot, so it works headless). The x axis runs from large to small h."""
+        from matplotlib.figure import Figure
+
         fig = Figure(figsize=(7.0, 4.5))
         ax = fig.add_subplot(1, 1, 1)
         steps = np.asarray(self.steps, dtype=float)
