@@ -39,7 +39,7 @@ def bare(model: str, epochs: int, lr: float) -> float:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for _ in range(epochs):
-        for xb, yb in minibatches(x, y, 32, rng):
+        for xb, yb in minibatches(x, y, 64, rng):
             scores = net.forward(xb, training=True)
             loss.forward(scores, yb)
             net.regularization_loss()
@@ -58,7 +58,7 @@ def watched(model: str, epochs: int, lr: float, callbacks, progress: bool) -> fl
         trainer = Trainer(net, nn.SoftmaxCrossEntropy(), nn.Momentum(net, lr=lr, momentum=0.9),
                           callbacks=callbacks(), logdir=logdir, progress=progress)
         start = time.perf_counter()
-        trainer.fit(x, y, epochs=epochs, batch_size=32, validation_data=val, seed=0)
+        trainer.fit(x, y, epochs=epochs, batch_size=64, validation_data=val, seed=0)
         return time.perf_counter() - start
 
 

@@ -57,9 +57,9 @@ def run_demo(logdir: str = "runs/demo", model: str = "cnn", epochs: int = 20,
     (x_train, y_train), (x_val, y_val) = train_val_split(x, y, val_fraction=0.2, seed=seed)
     net = build_model(model, seed)
     trainer = Trainer(net, nn.SoftmaxCrossEntropy(), nn.Momentum(net, lr=lr, momentum=0.9),
-                      callbacks=default_callbacks(), logdir=logdir, progress=progress)
+                      callbacks=default_callbacks(figures=True), logdir=logdir, progress=progress)
     start = time.perf_counter()
-    history = trainer.fit(x_train, y_train, epochs=epochs, batch_size=32,
+    history = trainer.fit(x_train, y_train, epochs=epochs, batch_size=64,
                           validation_data=(x_val, y_val), seed=seed)
     seconds = time.perf_counter() - start
     return DemoResult(logdir, history["val_accuracy"][-1], seconds, trainer)

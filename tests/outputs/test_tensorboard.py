@@ -395,3 +395,17 @@ def test_flush_returns_quickly(out):
     t0 = time.perf_counter()
     out.flush()
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_encode_png_round_trips_through_pillow():
+    import io
+
+    from PIL import Image
+
+    from trainwatch.outputs.tensorboard import encode_png
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7, 1), (9, 4, 3), (6, 4, 4)]:
+        pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels))))
+        np.testing.assert_array_equal(decoded.reshape(shape), pixels)
