@@ -18,12 +18,12 @@ shared with :class:`~trainwatch.outputs.memory.MemoryOutput`, so both validate a
 from __future__ import annotations
 
 import atexit
-import struct
 import itertools
 import logging
 import os
 import queue
 import signal
+import struct
 import threading
 import time
 import zlib
