@@ -37,6 +37,10 @@ class NumpyBackend(Backend):
     def loss_kind(self) -> str | None:
         return getattr(self.loss_fn, "kind", None)
 
+    def expected_initial_loss(self, num_classes: int) -> float | None:
+        expected = getattr(self.loss_fn, "expected_initial_loss", None)
+        return None if expected is None else expected(num_classes)
+
     # -- parameters and gradients ------------------------------------------------------------
 
     def parameter_names(self) -> list[str]:

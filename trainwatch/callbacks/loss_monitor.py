@@ -322,7 +322,9 @@ class LossMonitor(Callback):
         if callable(method) and classes is not None:
             value = method(classes)
             if value is not None:
-                return float(value), f"{kind or 'the loss'} over {classes} classes"
+                how = (EXPECTED_INITIAL[kind][1].format(c=classes) if kind in EXPECTED_INITIAL
+                       else f"{kind or 'the loss'} over {classes} classes")
+                return float(value), how
         if kind in EXPECTED_INITIAL:
             fn, how = EXPECTED_INITIAL[kind]
             if kind == "sigmoid_bce":

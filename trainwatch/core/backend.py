@@ -56,6 +56,11 @@ class Backend(ABC):
         ``"sigmoid_bce"`` or ``"mse"``; None when unknown."""
         return None
 
+    def expected_initial_loss(self, num_classes: int) -> float | None:
+        """The loss expected with small random weights and no regularisation (KNOWLEDGE §2:
+        ln C for softmax over C classes, C − 1 for the multiclass SVM); None when unknown."""
+        return None
+
     # -- parameters and gradients ------------------------------------------------------------
 
     @abstractmethod

@@ -337,6 +337,8 @@ class TensorBoardOutput(Output):
         self._closed = False
         self._warned_closed = False
         self._warned_tags: set[str] = set()
+        self._pending: list[Any] = []  # scalar values of step _pending_step, not yet queued
+        self._pending_step = -1
         self._barriers: dict[int, threading.Event] = {}
         self._barrier_ok = self._hook_writer_thread()
         _install_process_hooks()
@@ -394,7 +396,18 @@ class TensorBoardOutput(Output):
                                        "(warned once per tag)", k, v)
             if not vals:
                 return
-        self._file_writer.add_summary(self._Summary(value=vals), int(step))
+        step = int(step)
+        if step != self._pending_step:
+            self._emit_pending()
+            self._pending_step = step
+        self._pending.extend(vals)
+
+    def _emit_pending(self) -> None:
+        """Write the buffered scalars of one step as a single event (callbacks writing at the
+        same step share one queue item: ~40 µs saved per call)."""
+        if self._pending:
+            self._file_writer.add_summary(self._Summary(value=self._pending), self._pending_step)
+            self._pending = []
 
     def histogram(self, tag: str, values: np.ndarray | HistogramData, step: int) -> None:
         """Raw values (64 buckets, finite entries, subsampled above 1e5) or HistogramData."""
@@ -496,6 +509,7 @@ class TensorBoardOutput(Output):
         """Barrier: returns once everything written so far is in the file and fsynced."""
         if self._closed or os.getpid() != self._pid:
             return
+        self._emit_pending()
         if not self._barrier_ok:
             self.writer.flush()
             return
@@ -513,6 +527,7 @@ class TensorBoardOutput(Output):
             _open_writers.pop(id(self), None)
         if os.getpid() != self._pid:  # a forked child must not touch its parent's file
             return
+        self._emit_pending()
         efw = self._file_writer.event_writer
         if self._barrier_ok and efw._worker is not None and not efw._worker.is_alive():
             logger.warning("trainwatch: %r: the writer thread is dead; closing the file", self)

@@ -64,8 +64,8 @@ class Watcher:
         self._in_step = False
         self._epoch_open = False
         self._backward_reported = False
-        self._loss_sum: torch.Tensor | float | None = None
-        self._loss_count = 0
+        self._losses: list[Any] = []  # this epoch's reported losses (detached), summed lazily
+        self._loss_partial: list[Any] = []  # partial sums of 1024 losses each
         self._closed = False
         self._await_output = False
         self._predictions: Any = None
@@ -103,7 +103,7 @@ class Watcher:
         # keep the batch's outputs (detached: no graph, no copy) as its predictions
         if self._await_output and not is_suspended():
             self._await_output = False
-            self._predictions = output.detach() if isinstance(output, torch.Tensor) else output
+            self._predictions = output
         return None
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -138,14 +138,14 @@ class Watcher:
         value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
         if predictions is None:
             predictions = self._predictions
-        elif isinstance(predictions, torch.Tensor):
+        if isinstance(predictions, torch.Tensor):
             predictions = predictions.detach()
         self.monitor.loss_computed(value, predictions)
-        if self._loss_sum is None:
-            self._loss_sum = value.clone() if isinstance(value, torch.Tensor) else value
-        else:
-            self._loss_sum += value
-        self._loss_count += 1
+        losses = self._losses
+        losses.append(value)
+        if len(losses) == 1024:  # fold on the device (no transfer) to bound memory
+            self._loss_partial.append(_sum(losses))
+            losses.clear()
         return loss
 
     def backward_end(self) -> None:
@@ -165,9 +165,12 @@ class Watcher:
         if self._closed:
             return
         values = {k: float(v) for k, v in (metrics or {}).items()}
-        if "train_loss" not in values and self._loss_count:
-            values["train_loss"] = float(self._loss_sum) / self._loss_count
-        self._loss_sum, self._loss_count = None, 0
+        count = 1024 * len(self._loss_partial) + len(self._losses)
+        if "train_loss" not in values and count:
+            total = _sum(self._loss_partial + [_sum(self._losses)] if self._losses
+                         else self._loss_partial)
+            values["train_loss"] = float(total) / count  # the epoch's one read of the losses
+        self._losses, self._loss_partial = [], []
         if not self._epoch_open:
             self.monitor.epoch_begin()
         if any(k.startswith("val_") for k in values):
@@ -216,6 +219,15 @@ class Watcher:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self.close(exc)
         return False
+
+
+def _sum(values: list[Any]) -> Any:
+    """Sum of floats and/or 0-d tensors, on the tensors' device (no host transfer)."""
+    tensors = [v.reshape(()).to(torch.float64) for v in values if isinstance(v, torch.Tensor)]
+    total: Any = sum(float(v) for v in values if not isinstance(v, torch.Tensor))
+    if tensors:
+        total = torch.stack(tensors).sum() + total
+    return total
 
 
 def watch(
