@@ -200,9 +200,11 @@ def test_activation_capture_is_off_until_asked_and_matches_autograd():
         np.testing.assert_allclose(a, o.detach().numpy(), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(grads[name], o.grad.numpy(), rtol=1e-5, atol=1e-8)
 
-    # capture off: another step records nothing new
+    # capture off: no hook is left on the model and another step records nothing new
     backend.capture_activations(True)
+    assert all(m._forward_hooks for m in model)
     backend.capture_activations(False)
+    assert all(not m._forward_hooks for m in model.modules())
     train_step(backend, x, y)
     assert backend.activations() == {}
 
@@ -330,3 +332,16 @@ def test_scalars_to_host_reads_many_losses_at_once():
     values = [torch.tensor(1.5), 2, torch.tensor(0.25, dtype=torch.float64), torch.tensor([3.0])]
     assert backend.scalars_to_host(values) == [1.5, 2.0, 0.25, 3.0]
     assert backend.scalars_to_host([]) == []
+
+
+def test_device_and_host_histogram_paths_agree():
+    # the masked path (no host read: what runs on a GPU) and the CPU short path
+    from trainwatch.torch.backend import _histogram_row, _histogram_row_host
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(5000, generator=g), torch.rand(3, 7, generator=g, dtype=torch.float64),
+             torch.full((4, 4), -2.5), torch.tensor([1.0, float("nan"), -3.0, float("inf")])]
+    for t in cases:
+        fast, masked = _histogram_row_host(t, 16), _histogram_row(t, 16)
+        assert torch.equal(fast[5:], masked[5:]), t
+        torch.testing.assert_close(fast[:5], masked[:5], rtol=1e-5, atol=1e-4)

@@ -49,6 +49,7 @@ class Watcher:
         callbacks: Iterable[Callback] | None = None,
         epochs: int | None = None,
         steps_per_epoch: int | None = None,
+        figures: bool = False,
         **monitor_kwargs: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -59,6 +60,10 @@ class Watcher:
         self.model = model
         self.optimizer = optimizer
         self.backend = TorchBackend(model, loss_fn, optimizer)
+        if callbacks is None:
+            from trainwatch.callbacks import default_callbacks
+
+            callbacks = default_callbacks(figures=figures)
         self.monitor = Monitor(self.backend, logdir=logdir, callbacks=callbacks,
                                **monitor_kwargs)
         self._in_step = False
@@ -248,7 +253,9 @@ def watch(
             validation; None switches those off).
         logdir: folder for TensorBoard files and ``alerts.jsonl`` (None: nothing on disk).
         callbacks: None (default) for :func:`~trainwatch.callbacks.default_callbacks`.
-        **monitor_kwargs: ``epochs``, ``steps_per_epoch`` (progress bar) and the
+        **monitor_kwargs: ``figures`` (with the default callbacks, also draw the
+            activation-distribution figure, as the demo does; default False), ``epochs``,
+            ``steps_per_epoch`` (progress bar) and the
             :class:`~trainwatch.Monitor` options (``outputs``, ``progress``, ``log_every``,
             ``alert_sinks``, ``raise_errors``).
 
