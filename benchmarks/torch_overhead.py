@@ -36,6 +36,7 @@ from torch import nn
 
 from trainwatch.callbacks import default_callbacks
 from trainwatch.data import load_digits, train_val_split
+from trainwatch.torch import backend as backend_module
 from trainwatch.torch import watch
 
 # -- models and data ------------------------------------------------------------------------------
@@ -213,7 +214,17 @@ def count_host_reads(log: list[str]):
 
 
 def reads_per_step(work: Workload) -> dict[str, float]:
-    """Run watched once, counting trainwatch's host reads per step (epoch ends apart)."""
+    """Run watched once, counting trainwatch's host reads per step (epoch ends apart). CPU
+    tensors are bucketed by the device path here, the one a GPU runs (on a CPU, histograms
+    take a short path that reads a few values per tensor: free there, no synchronisation)."""
+    backend_module.CPU_SHORT_PATH = False
+    try:
+        return _reads_per_step(work)
+    finally:
+        backend_module.CPU_SHORT_PATH = True
+
+
+def _reads_per_step(work: Workload) -> dict[str, float]:
     log: list[str] = []
     per_step: list[int] = []
     torch.manual_seed(0)

@@ -195,10 +195,11 @@ def test_warmup_steps_and_loss_drop_both_hold_before_the_first_check(digits):
 def test_a_reused_callback_starts_its_schedule_and_reports_afresh(digits):
     check = GradientCheck(every=6, warmup_steps=4)
     fit(mlp(), [check], digits, epochs=2)
-    first = [step for step, _ in check.reports]
+    first = list(check.reports)
     fit(mlp(), [check], digits, epochs=2)
-    assert first == [4, 10, 16]
-    assert [step for step, _ in check.reports] == first
+    assert [step for step, _ in first] == [4, 10, 16]
+    assert [step for step, _ in check.reports] == [4, 10, 16]
+    assert all(new is not old for (_, new), (_, old) in zip(check.reports, first))
 
 
 def test_checks_the_first_examples_of_the_current_batch(digits):
