@@ -9,7 +9,7 @@ demo's training-time overhead of ``GradientCheck()`` at its defaults.
    at initialisation and after 100 training steps (the callback's warm-up), and a
    784-1024-256-10 ReLU MLP (1,068,810 parameters) on random 784-d inputs. Median over
    ``--repeats`` checks, each with its own seed.
-2. The demo's training (20 epochs × 45 steps of the digits CNN, Momentum, per-epoch
+2. The demo's training (20 epochs × 23 steps of 64 digits for the CNN, Momentum, per-epoch
    validation, a TensorBoard log) through ``Trainer`` with ``callbacks=[GradientCheck()]``
    against the same with ``callbacks=[]``, and the plain numpy loop of
    ``benchmarks/overhead.py`` (``bare``) for reference; runs interleaved, medians, ratio.
@@ -47,6 +47,7 @@ from trainwatch.demo import build_model  # noqa: E402
 
 BUDGET = 0.02
 LR = 0.05  # the demo's learning rate
+BATCH = 64  # the demo's batch size (trainwatch.demo.run_demo, benchmarks/overhead.py)
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -62,7 +63,7 @@ def demo_backend(steps: int) -> tuple[NumpyBackend, np.ndarray, np.ndarray]:
     net = build_model("cnn", 0)
     loss, opt = nn.SoftmaxCrossEntropy(), nn.Momentum(net, lr=LR, momentum=0.9)
     rng = np.random.default_rng(0)
-    batches = (batch for _ in iter(int, 1) for batch in minibatches(x, y, 32, rng))
+    batches = (batch for _ in iter(int, 1) for batch in minibatches(x, y, BATCH, rng))
     for _ in range(steps):
         xb, yb = next(batches)
         loss.forward(net.forward(xb, training=True), yb)
@@ -164,7 +165,7 @@ def trainer_run(epochs: int, callbacks: Callable[[], list]) -> Callable[[], None
             trainer = Trainer(net, nn.SoftmaxCrossEntropy(),
                               nn.Momentum(net, lr=LR, momentum=0.9), callbacks=callbacks(),
                               logdir=logdir, progress=False)
-            trainer.fit(x, y, epochs=epochs, batch_size=32, validation_data=val, seed=0)
+            trainer.fit(x, y, epochs=epochs, batch_size=BATCH, validation_data=val, seed=0)
         for cb in trainer.monitor.callbacks:
             if isinstance(cb, TimedGradientCheck):
                 run.inside.append((len(cb.reports), cb.cpu))
@@ -189,7 +190,9 @@ def training_overhead(epochs: int, repeats: int) -> None:
             times[name].append(timed(fn))
     defaults = GradientCheck()
     checks = watched_run.inside[-1][0]
-    print(f"\ndemo training: cnn, {epochs} epochs x 45 steps, {repeats} interleaved runs each; "
+    steps = epochs * -(-len(data("cnn")[0][0]) // BATCH)
+    print(f"\ndemo training: cnn, {epochs} epochs, {steps} steps of {BATCH}, {repeats} "
+          "interleaved runs each; "
           f"GradientCheck() defaults: every={defaults.every}, "
           f"warmup_steps={defaults.warmup_steps}, examples={defaults.examples}, "
           f"{defaults.options} -> {checks} check(s) per run")
@@ -210,8 +213,8 @@ def training_overhead(epochs: int, repeats: int) -> None:
     share = inside / base[1]
     idle = idle_cost()
     print(f"  CPU of GradientCheck's work on its scheduled steps: {inside * 1e3:.1f} ms per run; "
-          f"idle steps: {idle * 1e9:.0f} ns each, {idle * 900 * 1e3:.2f} ms per run")
-    share = (inside + idle * 900) / base[1]
+          f"idle steps: {idle * 1e9:.0f} ns each, {idle * steps * 1e3:.2f} ms per run")
+    share = (inside + idle * steps) / base[1]
     print(f"  => {share:.2%} of the run without it; budget {BUDGET:.0%}: "
           + ("within" if share <= BUDGET else "OVER"))
     print("  (the whole-run differences carry the run-to-run noise of ~1 s of training on a "

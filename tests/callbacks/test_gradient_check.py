@@ -273,7 +273,7 @@ def test_a_tensor_with_only_kinks_writes_no_error_value(digit_images):
     assert mem.steps("gradcheck/max_rel_error/conv1.weight") == [0]
 
 
-# -- planted bug versus correct tricky models ------------------------------------------------------
+# -- planted bug versus correct tricky models -----------------------------------------------------
 
 
 def test_a_planted_bug_alerts_critical_once_per_tensor_per_episode(digits):

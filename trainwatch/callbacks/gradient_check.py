@@ -143,7 +143,8 @@ class GradientCheck(Callback):
         }})
 
     def on_loss_computed(self, state: RunState) -> None:
-        if self._first_loss is None and self.warmup_loss_drop is not None:
+        if self._first_loss is None and self.warmup_loss_drop is not None and (
+                state.loss is not None):
             self._first_loss = float(state.loss)
 
     def on_backward_end(self, state: RunState) -> None:
@@ -172,8 +173,8 @@ class GradientCheck(Callback):
     # -- the check ------------------------------------------------------------------------------
 
     def _loss_has_fallen(self, state: RunState) -> bool:
-        if self.warmup_loss_drop is None:
-            return True
+        if self.warmup_loss_drop is None or state.loss is None:
+            return True  # no loss to watch (a loop that does not report it): steps only
         loss = float(state.loss)
         return (self._first_loss is not None and math.isfinite(loss)
                 and loss <= self._first_loss * (1.0 - self.warmup_loss_drop))
