@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.dashboard.screenshots import Expected, TensorBoardServer, event_runs, expected_tags
 from trainwatch.demo import DemoResult, run_demo
 
-DEMO_EPOCHS = 3
+DEMO_EPOCHS = 6
 
 
 @dataclass
@@ -27,7 +27,7 @@ class DemoRun:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """The demo (CNN, 3 epochs) run once into a temporary logdir."""
+    """The demo (CNN, 6 epochs, ~140 steps) run once into a temporary logdir."""
     logdir = str(tmp_path_factory.mktemp("dashboard") / "demo")
     result = run_demo(logdir=logdir, epochs=DEMO_EPOCHS, progress=False)
     accumulators = {}

@@ -70,7 +70,7 @@ class GradientCheck(Callback):
 
     Args:
         every: steps between checks (default 1000).
-        warmup_steps: no check before this global step (default 100; KNOWLEDGE §1: never at
+        warmup_steps: no check before this global step (default 50; KNOWLEDGE §1: never at
             iteration 0, let the network train a little first).
         warmup_loss_drop: also wait until the batch loss has fallen by this fraction of the
             first batch's loss (e.g. 0.1; the loss is then read every 10th step), or None
@@ -93,7 +93,7 @@ class GradientCheck(Callback):
         seconds: wall-clock seconds spent checking in the current run.
     """
 
-    def __init__(self, every: int = 1000, *, warmup_steps: int = 100,
+    def __init__(self, every: int = 1000, *, warmup_steps: int = 50,
                  warmup_loss_drop: float | None = None, examples: int = 3, seed: int = 0,
                  stop_on_failure: bool = False, sweep_on_failure: bool = True,
                  **options: Any):
