@@ -6,7 +6,7 @@ demo's training-time overhead of ``GradientCheck()`` at its defaults.
 1. One check, through ``NumpyBackend.check_gradients`` on 3 examples, as the callback runs it
    (its periodic probes: 3 coordinates + 2 directions per tensor) and with the engine's
    one-off defaults (10 + 3): the demo CNN (``trainwatch.demo.build_model("cnn", 0)``, digits)
-   at initialisation and after 100 training steps (the callback's warm-up), and a
+   at initialisation and after the callback's warm-up (``warmup_steps`` steps), and a
    784-1024-256-10 ReLU MLP (1,068,810 parameters) on random 784-d inputs. Median over
    ``--repeats`` checks, each with its own seed.
 2. The demo's training (20 epochs × 23 steps of 64 digits for the CNN, Momentum, per-epoch
@@ -89,8 +89,9 @@ def check(backend: NumpyBackend, x: np.ndarray, y: np.ndarray, seed: int,
 
 
 def one_check(repeats: int) -> None:
+    warmup = GradientCheck().warmup_steps
     setups = {"demo CNN at init": lambda: demo_backend(0),
-              "demo CNN after 100 steps": lambda: demo_backend(100),
+              f"demo CNN after {warmup} steps": lambda: demo_backend(warmup),
               "MLP 784-1024-256-10": mlp_backend}
     probes = {"periodic (callback default)": PERIODIC_PROBES,
               "one-off (engine default)": {}}
