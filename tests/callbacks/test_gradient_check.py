@@ -479,3 +479,23 @@ def test_an_interrupt_inside_a_check_leaves_the_model_untouched(digits):
     assert all(p.dtype == np.float32 for p in model.named_parameters().values())
     assert check.reports == []
     assert mem.closed  # the run was closed properly on the way out
+
+
+# -- the periodic probes against the engine's zoo ------------------------------------------------
+
+
+def test_the_periodic_probes_still_catch_every_planted_bug_of_the_zoo():
+    """The callback's cheaper default (2 coordinates + 1 direction per tensor) against the
+    engine's zoo of tricky-but-correct models and planted bugs."""
+    from tests.gradcheck.test_zoo import BUGGY, CORRECT, PASSING, _run
+
+    for seed in range(3):
+        for make in CORRECT:
+            report = _run(make(), seed, **PERIODIC_PROBES)
+            assert report.passed, (make.__name__, seed, str(report))
+        for make in BUGGY:
+            case = make()
+            report = _run(case, seed, **PERIODIC_PROBES)
+            assert report.failed == case.wrong, (make.__name__, seed, str(report))
+            assert all(check.verdict in PASSING for name, check in report.params.items()
+                       if name not in case.wrong), (make.__name__, seed)

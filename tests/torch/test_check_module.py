@@ -371,3 +371,70 @@ def test_maxpool_tie_is_set_aside_by_the_signature():
                           kink_detection=False)
     assert report.passed, str(report)
     assert report.params["0.weight"].kinks >= 1
+
+
+class FunctionalNet(nn.Module):
+    """Kinks in functional code: F.relu, a clamp, a maxout (torch.max over a dim)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 8)
+        self.fc2 = nn.Linear(8, 12)
+        self.out = nn.Linear(6, 10)
+
+    def forward(self, x):
+        h = torch.nn.functional.relu(self.fc1(x)).clamp(max=3.0)
+        return self.out(self.fc2(h).view(-1, 6, 2).max(dim=2).values)
+
+
+@pytest.mark.parametrize("where", ["relu", "clamp", "maxout"])
+def test_kinks_in_functional_code_are_set_aside(where):
+    torch.manual_seed(1)
+    model = FunctionalNet().double()
+    x, y = digits(3)
+    with torch.no_grad():
+        h = model.fc1(x[:1])[0]
+        if where == "relu":  # unit 2 exactly at 0 on example 0
+            model.fc1.bias[2] -= h[2]
+        elif where == "clamp":  # unit 5 exactly at the clamp's bound
+            model.fc1.bias[5] += 3.0 - h[5]
+        else:  # the two candidates of maxout unit 1 tie on example 0
+            z = model.fc2(torch.relu(model.fc1(x[:1])).clamp(max=3.0))[0]
+            model.fc2.bias[3] += z[2] - z[3]
+    report = check_module(model, nn.CrossEntropyLoss(), x, y, kink_detection=False)
+    assert report.passed, str(report)
+    assert sum(c.kinks for c in report.params.values()) >= 1
+
+
+def test_kink_patterns_of_torch_calls():
+    from trainwatch.torch.gradcheck import KinkRecorder
+
+    x = torch.tensor([[-1.0, 0.5, 2.0, 7.0]])
+    rec = KinkRecorder(0)
+    with rec:
+        torch.relu(x)
+        nn.functional.leaky_relu(x.clone(), 0.1, True)  # in place
+        nn.functional.hardtanh(x)
+        x.clamp(min=0.0, max=2.0)
+        torch.abs(x)
+        torch.maximum(x, torch.zeros_like(x))
+        x.max(dim=1)
+        torch.topk(x, 2)
+        _ = x > 1
+        nn.functional.max_pool1d(x.view(1, 1, 4), 2)
+        nn.functional.multi_margin_loss(x, torch.tensor([1]))
+        torch.tanh(x)  # smooth: nothing recorded
+    parts = [p.tolist() for p in rec.parts]
+    assert parts == [
+        [[False, True, True, True]], [[False, True, True, True]],
+        [[1, 0, 2, 2]], [[1, 0, 2, 2]], [[False, True, True, True]],
+        [[False, True, True, True]], [3], [[3, 2]], [[False, False, True, True]],
+        [[[1, 3]]], [[False, True, True, True]],
+    ]
+    prints = rec.fingerprints()
+    assert len(prints) == len(parts) and all(p.dtype == torch.float64 for p in prints)
+    again = KinkRecorder(0)
+    again.parts = list(rec.parts)
+    assert [float(p) for p in again.fingerprints()] == [float(p) for p in prints]
+    again.parts[0] = torch.tensor([[False, False, True, True]])
+    assert float(again.fingerprints()[0]) != float(prints[0])

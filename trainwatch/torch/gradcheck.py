@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 from trainwatch.torch.backend import model_device, suspended
 
@@ -51,80 +53,144 @@ def _float64_copy(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64, copy=True) if t.is_floating_point() else t.clone()
 
 
-class _Kinks:
-    """Forward hooks that record, per evaluation, which side of each kink every unit is on:
-    ReLU-like signs, Hardtanh/ReLU6 clip sides and max-pool winners; plus the hinge pattern
-    of a multiclass margin loss and the sign pattern of an L1 loss."""
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
 
-    def __init__(self, model: nn.Module, loss_fn: Any):
-        self.parts: list[torch.Tensor] = []
-        self.loss_fn = loss_fn
-        self.handles = []
-        for module in model.modules():
-            hook = self._hook_for(module)
-            if hook is not None:
-                self.handles.append(module.register_forward_hook(hook))
 
-    def _hook_for(self, module: nn.Module):
-        parts = self.parts
-        if isinstance(module, nn.Hardtanh):  # also ReLU6
-            def hook(m, inputs, out):
-                parts.append((out > m.min_val).to(torch.int8) + (out >= m.max_val).to(torch.int8))
-            return hook
-        if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.RReLU)):
-            def hook(m, inputs, out):
-                parts.append(out > 0)
-            return hook
-        pools = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d,
-                 nn.MaxPool3d: F.max_pool3d}
-        for cls, fn in pools.items():
-            if isinstance(module, cls):
-                def hook(m, inputs, out, fn=fn):
-                    if isinstance(out, tuple):
-                        parts.append(out[1])
-                        return
-                    _, idx = fn(inputs[0], m.kernel_size, m.stride, m.padding, m.dilation,
-                                ceil_mode=m.ceil_mode, return_indices=True)
-                    parts.append(idx)
-                return hook
-        adaptive = {nn.AdaptiveMaxPool1d: F.adaptive_max_pool1d,
-                    nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d,
-                    nn.AdaptiveMaxPool3d: F.adaptive_max_pool3d}
-        for cls, fn in adaptive.items():
-            if isinstance(module, cls):
-                def hook(m, inputs, out, fn=fn):
-                    if isinstance(out, tuple):
-                        parts.append(out[1])
-                        return
-                    parts.append(fn(inputs[0], m.output_size, return_indices=True)[1])
-                return hook
+def _with_indices(fn: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The winners' indices of a max-pool call given the arguments of its plain form."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.arguments["return_indices"] = True
+    return fn(*bound.args, **bound.kwargs)[1]
+
+
+_COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
+                          "greater_equal", "less_equal", "not_equal", "__gt__", "__lt__",
+                          "__ge__", "__le__", "__eq__", "__ne__"})
+_STEPS = frozenset({"floor", "ceil", "round", "trunc", "fix", "sign", "sgn", "argmax", "argmin"})
+_RECTIFIERS = frozenset({"relu", "leaky_relu", "elu", "selu", "celu", "rrelu", "prelu"})
+_INDEXED = frozenset({"sort", "topk", "kthvalue", "cummax", "cummin", "mode"})
+_POOLS = {f"{kind}max_pool{d}d": getattr(F, f"{kind}max_pool{d}d_with_indices")
+          for kind in ("", "adaptive_") for d in (1, 2, 3)}
+
+
+def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor | None:
+    """Which side of its kinks a torch call's inputs are on, as a tensor (None: no kink).
+
+    Covers rectifiers (sign of the input), clamps (below / inside / above), ``abs``,
+    ``maximum``/``minimum``/``max``/``min`` and ``amax``/``amin`` (the winners), max-pooling
+    (the winners' indices), sorting and top-k (the order), comparisons and step functions
+    (their outputs), and the hinge/L1 losses (active terms, signs)."""
+    base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
         return None
+    inplace = out is x  # an in-place call returns its (overwritten) input
+    if base in _RECTIFIERS:
+        # rectifiers with positive slopes keep the sign, so an overwritten input still tells
+        return out > 0 if inplace else x > 0
+    if base == "threshold":
+        return (out if inplace else x) > _arg(args, kwargs, 1, "threshold")
+    if base in ("hardshrink", "softshrink"):
+        lambd = _arg(args, kwargs, 1, "lambd", 0.5)
+        return (x > lambd).to(torch.int8) - (x < -lambd).to(torch.int8)
+    if base in ("hardtanh", "relu6", "clamp", "clip", "clamp_min", "clamp_max"):
+        if base == "hardtanh":
+            lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+        elif base == "relu6":
+            lo, hi = 0.0, 6.0
+        elif base == "clamp_min":
+            lo, hi = _arg(args, kwargs, 1, "min"), None
+        elif base == "clamp_max":
+            lo, hi = None, _arg(args, kwargs, 1, "max")
+        else:
+            lo, hi = _arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")
+        side = torch.zeros(out.shape, dtype=torch.int8, device=out.device)
+        if lo is not None:
+            side = side + (out <= lo).to(torch.int8)
+        if hi is not None:
+            side = side + 2 * (out >= hi).to(torch.int8)
+        return side
+    if base in ("hardsigmoid", "hardswish"):
+        return (x > -3).to(torch.int8) + (x >= 3).to(torch.int8)
+    if base == "abs" and not inplace:
+        return x > 0
+    if base in ("maximum", "minimum", "fmax", "fmin"):
+        return x > args[1]
+    if base in ("max", "min"):
+        other = kwargs.get("other", args[1] if len(args) > 1 else None)
+        if isinstance(other, torch.Tensor):
+            return x > other
+        if isinstance(out, tuple):  # (values, indices) along a dim
+            return out[1]
+        return x.reshape(-1).argmax() if base == "max" else x.reshape(-1).argmin()
+    if base in ("amax", "amin"):
+        dim = _arg(args, kwargs, 1, "dim", ())
+        ref = x.amax(dim=dim, keepdim=True) if base == "amax" else x.amin(dim=dim, keepdim=True)
+        return x == ref
+    if base in _INDEXED and isinstance(out, tuple):
+        return out[1]
+    if base in _COMPARISONS or base in _STEPS:
+        return out if isinstance(out, torch.Tensor) else None
+    if base in _POOLS:
+        return out[1] if isinstance(out, tuple) else _with_indices(_POOLS[base], args, kwargs)
+    if base == "multi_margin_loss" and x.ndim == 2:
+        target = args[1]
+        margin = _arg(args, kwargs, 3, "margin", 1.0)
+        return margin - x.gather(1, target.reshape(-1, 1).long()) + x > 0
+    if base == "hinge_embedding_loss":
+        return _arg(args, kwargs, 2, "margin", 1.0) - x > 0
+    if base == "margin_ranking_loss":
+        x2, target = args[1], args[2]
+        return -target * (x - x2) + _arg(args, kwargs, 3, "margin", 0.0) > 0
+    if base == "l1_loss":
+        return x > args[1]
+    return None
 
-    def loss_signature(self, outputs: Any, targets: Any) -> None:
-        loss_fn = self.loss_fn
-        if not isinstance(outputs, torch.Tensor):
-            return
-        if isinstance(loss_fn, nn.MultiMarginLoss) and outputs.ndim == 2:
-            picked = outputs.gather(1, targets.reshape(-1, 1).long())
-            self.parts.append(loss_fn.margin - picked + outputs > 0)
-        elif isinstance(loss_fn, nn.L1Loss) and isinstance(targets, torch.Tensor):
-            self.parts.append(outputs > targets)
+
+class KinkRecorder(TorchFunctionMode):
+    """While active, records the kink pattern of every torch call (see :func:`kink_pattern`),
+    whether it comes from a module (``nn.ReLU``, ``nn.MaxPool2d``, ``nn.MultiMarginLoss``) or
+    from functional code (``F.relu``, ``x.clamp(min=0)``, ``torch.max``, ``x > 0``).
+
+    :meth:`signature` reduces the patterns to one float64 fingerprint each (a dot product
+    with fixed random weights, computed where the tensors live), so a changed pattern
+    changes its fingerprint and only a short vector travels to the host.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.parts: list[torch.Tensor] = []
+        self._weights: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._generator = torch.Generator().manual_seed(seed)  # private: no global state
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name and name not in ("__get__", "__getitem__", "size", "dim"):
+            pattern = kink_pattern(name, args, kwargs, out)
+            if pattern is not None:
+                self.parts.append(pattern.detach())
+        return out
 
     def reset(self) -> None:
         self.parts.clear()
 
-    def signature(self) -> np.ndarray:
-        if not self.parts:
-            return np.zeros(0, dtype=np.int64)
-        device = self.parts[0].device
-        flat = torch.cat([p.reshape(-1).to(device=device, dtype=torch.int64)
-                          for p in self.parts])
-        return flat.cpu().numpy()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+    def fingerprints(self) -> list[torch.Tensor]:
+        """One float64 0-d tensor per recorded pattern (on its device)."""
+        prints = []
+        for i, part in enumerate(self.parts):
+            flat = part.reshape(-1).to(torch.float64)
+            key = (i, flat.numel(), flat.device)
+            w = self._weights.get(key)
+            if w is None:
+                w = torch.rand(flat.numel(), generator=self._generator, dtype=torch.float64)
+                w = self._weights[key] = (w + 0.5).to(flat.device)
+            prints.append(torch.dot(flat, w))
+        return prints
 
 
 @contextlib.contextmanager
@@ -159,9 +225,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
 
     Runs in float64 on copies of the parameters and buffers, whatever the model's dtype and
     device, in the model's current mode (training mode: dropout active with masks fixed by
-    ``seed``, BatchNorm on batch statistics, its running statistics untouched). Kinks of
-    ReLU-like modules, max-pool modules and hinge/L1 losses are tracked exactly; other
-    non-differentiable points are left to the engine's step-size tests.
+    ``seed``, BatchNorm on batch statistics, its running statistics untouched). Kinks are
+    tracked exactly through every torch call of the forward and the loss (rectifiers,
+    clamps, max/min, max-pooling, sorting, comparisons, hinge and L1 losses: see
+    :func:`kink_pattern`), modules and functional code alike: a probe whose ±h evaluations
+    fall on different sides of a kink is retried at a smaller step or set aside.
 
     Args:
         model: the module; it comes back untouched (parameters, buffers, ``.grad`` fields,
@@ -197,18 +265,15 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     if isinstance(loss_fn, nn.Module):
         criterion = copy.deepcopy(loss_fn).to(torch.float64)
 
-    kinks = _Kinks(model, criterion)
+    kinks = KinkRecorder(seed)
     np_state, py_state = np.random.get_state(), random.getstate()
 
     def evaluate(params: dict[str, torch.Tensor]) -> torch.Tensor:
         _seed_everything(seed, device, np_state, py_state)
-        kinks.reset()
         state = {**params, **frozen, **{n: b.clone() for n, b in buffers.items()}}
-        outputs = functional_call(model, state, (x,))
-        loss = criterion(outputs, t)
+        loss = criterion(functional_call(model, state, (x,)), t)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn: must return a scalar tensor")
-        kinks.loss_signature(outputs, t)
         return loss.reshape(())
 
     def numerical_loss(params: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
@@ -218,9 +283,13 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
             if not a.flags.writeable or not a.flags.c_contiguous:
                 a = np.array(a)
             tensors[n] = torch.as_tensor(a, device=device)
-        with torch.no_grad():
-            value = float(evaluate(tensors))
-        return value, kinks.signature()
+        kinks.reset()
+        with torch.no_grad(), kinks:
+            loss = evaluate(tensors)
+        # the loss and the kink fingerprints in one transfer
+        values = torch.stack([loss.to(torch.float64)]
+                             + [f.to(loss.device) for f in kinks.fingerprints()]).tolist()
+        return values[0], np.asarray(values[1:], dtype=np.float64)
 
     try:
         with suspended(), _pinned_random_state(device), torch.enable_grad():
@@ -233,4 +302,4 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
             del loss, grads, leaves
             return check_gradients(numerical_loss, base, analytic, seed=seed, **options)
     finally:
-        kinks.remove()
+        kinks.reset()
