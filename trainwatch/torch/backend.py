@@ -123,6 +123,11 @@ def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
+def acc_dtype(device: torch.device) -> torch.dtype:
+    """float64 for accumulating on ``device``, float32 where float64 is missing (Apple MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _stack(scalars: Sequence[torch.Tensor], device: torch.device,
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Stack 0-d tensors that may differ in dtype or device into one vector."""
@@ -330,7 +335,7 @@ class TorchBackend(Backend):
         out = [float("nan") if isinstance(v, torch.Tensor) else float(v) for v in values]
         if tensors:
             stacked = _stack([v.detach().reshape(()) for _, v in tensors], self._device,
-                             torch.float64)
+                             acc_dtype(self._device))
             for (i, _), f in zip(tensors, stacked.tolist()):
                 out[i] = f
         return out
@@ -417,10 +422,13 @@ class TorchBackend(Backend):
         names, tensors = self._histogram_sources(which)
         if not tensors:
             return {}
+        rows_device = torch.device("cpu") if self._device.type == "mps" else self._device
         with torch.no_grad():
+            if self._device.type == "mps":  # no float64 there: bucket on the host
+                tensors = [t.detach().cpu() for t in tensors]
             rows = [(_histogram_row_host(t.detach(), bins)
                      if CPU_SHORT_PATH and t.device.type == "cpu"
-                     else _histogram_row(t.detach(), bins)).to(self._device) for t in tensors]
+                     else _histogram_row(t.detach(), bins)).to(rows_device) for t in tensors]
             table = torch.stack(rows).cpu().numpy()
         return {name: _histogram_data(row, bins) for name, row in zip(names, table)}
 
@@ -436,8 +444,9 @@ class TorchBackend(Backend):
         flags = [(m, m.training) for m in model.modules()]
         n = len(inputs)
         devices = [self._device.index or 0] if self._device.type == "cuda" else []
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
-        correct = torch.zeros((), dtype=torch.float64, device=self._device)
+        acc = acc_dtype(self._device)
+        loss_sum = torch.zeros((), dtype=acc, device=self._device)
+        correct = torch.zeros((), dtype=acc, device=self._device)
         try:
             with suspended(), torch.no_grad(), torch.random.fork_rng(devices=devices):
                 model.eval()
@@ -448,8 +457,8 @@ class TorchBackend(Backend):
                     out = _call(model, xb)
                     m = len(yb)
                     if self.loss_fn is not None:
-                        loss_sum += self.loss_fn(out, yb).detach().double() * m
-                    correct += _correct(out, yb).double()
+                        loss_sum += self.loss_fn(out, yb).detach().to(acc) * m
+                    correct += _correct(out, yb).to(acc)
         finally:
             for m, flag in flags:
                 m.training = flag

@@ -4,14 +4,21 @@ The check runs in float64 on copies: ``torch.func.functional_call`` evaluates th
 float64 copies of its parameters and buffers, so the model itself (its parameters, buffers,
 ``.grad`` fields and training flag) is never written. Dropout draws the same masks in the
 analytic pass and in every numerical evaluation (the random generators are re-seeded before
-each one inside a fork, then restored). The probes, thresholds, kink handling and the report
-come from the numpy engine :func:`trainwatch.gradcheck.check_gradients`.
+each one inside a fork, then restored). Every numerical evaluation runs under a
+:class:`KinkRecorder` (a ``TorchFunctionMode``) that notes which side of each kink the
+forward pass is on, functional code included, and hands the engine a short fingerprint of
+it with the loss, in one device-to-host transfer. The probes, thresholds and the report come
+from the numpy engine :func:`trainwatch.gradcheck.check_gradients`.
+
+Cost: per evaluation one forward pass of the few examples in float64, plus (off the CPU) the
+upload of the parameters: the engine hands over all of them at every evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import random
 from collections.abc import Callable, Iterator
@@ -59,9 +66,14 @@ def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) 
     return args[index] if len(args) > index else default
 
 
+@functools.cache
+def _signature(fn: Callable) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
 def _with_indices(fn: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """The winners' indices of a max-pool call given the arguments of its plain form."""
-    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound = _signature(fn).bind(*args, **kwargs)
     bound.arguments["return_indices"] = True
     return fn(*bound.args, **bound.kwargs)[1]
 
@@ -252,6 +264,8 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
     device = model_device(model)
+    if device.type == "mps":  # no float64 there: check on the CPU
+        device = torch.device("cpu")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("model: has no parameter that requires a gradient")

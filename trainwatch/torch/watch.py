@@ -28,7 +28,7 @@ from torch import nn
 from trainwatch.core.callback import Callback
 from trainwatch.core.monitor import Monitor
 from trainwatch.core.state import RunState
-from trainwatch.torch.backend import TorchBackend, is_suspended
+from trainwatch.torch.backend import TorchBackend, acc_dtype, is_suspended
 
 
 class Watcher:
@@ -105,7 +105,8 @@ class Watcher:
         return None
 
     def _forward_post(self, module: nn.Module, args: tuple, output: Any) -> None:
-        # keep the batch's outputs (detached: no graph, no copy) as its predictions
+        # keep the batch's outputs as its predictions (a reference: loss() hands callbacks a
+        # detached view, never a copy)
         if self._await_output and not is_suspended():
             self._await_output = False
             self._predictions = output
@@ -228,7 +229,8 @@ class Watcher:
 
 def _sum(values: list[Any]) -> Any:
     """Sum of floats and/or 0-d tensors, on the tensors' device (no host transfer)."""
-    tensors = [v.reshape(()).to(torch.float64) for v in values if isinstance(v, torch.Tensor)]
+    tensors = [v.reshape(()).to(acc_dtype(v.device)) for v in values
+               if isinstance(v, torch.Tensor)]
     total: Any = sum(float(v) for v in values if not isinstance(v, torch.Tensor))
     if tensors:
         total = torch.stack(tensors).sum() + total
