@@ -1,11 +1,13 @@
 """Training-time overhead of watching: the demo's training, bare and watched, in one run.
 
-    python benchmarks/overhead.py [--model cnn|mlp] [--epochs 5] [--repeats 5]
+    python benchmarks/overhead.py [--model cnn|mlp] [--epochs 20] [--pairs 15] [--each]
 
 "bare" is a plain numpy loop with no trainwatch at all (same network, data order,
-optimizer, per-epoch validation). Each watched variant is the same training through
-trainwatch's Trainer. Runs are interleaved and the median over repeats is reported, so
-machine noise hits every variant alike. Prints the ratio watched / bare per variant.
+optimizer, per-epoch validation). "watched" is the same training through trainwatch's
+Trainer with the default callbacks, TensorBoard logs and alerts.jsonl (no progress bar).
+The machine's speed drifts over seconds, so runs are taken in adjacent pairs (bare, watched)
+and the median of the per-pair ratios is reported, with its quartiles. ``--each`` also
+measures every default callback alone (each with the always-on MetricLogger).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from trainwatch.callbacks import default_callbacks
 from trainwatch.data import load_digits, minibatches, train_val_split
 from trainwatch.demo import build_model
 
+BATCH = 64  # as the demo
+
 
 def data(model: str):
     x, y = load_digits(images=(model == "cnn"))
@@ -33,13 +37,14 @@ def data(model: str):
 
 
 def bare(model: str, epochs: int, lr: float) -> float:
+    """Seconds of the demo's training written as a plain numpy loop."""
     (x, y), (xv, yv) = data(model)
     net = build_model(model, 0)
     loss, opt = nn.SoftmaxCrossEntropy(), nn.Momentum(net, lr=lr, momentum=0.9)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for _ in range(epochs):
-        for xb, yb in minibatches(x, y, 64, rng):
+        for xb, yb in minibatches(x, y, BATCH, rng):
             scores = net.forward(xb, training=True)
             loss.forward(scores, yb)
             net.regularization_loss()
@@ -51,44 +56,53 @@ def bare(model: str, epochs: int, lr: float) -> float:
     return time.perf_counter() - start
 
 
-def watched(model: str, epochs: int, lr: float, callbacks, progress: bool) -> float:
+def watched(model: str, epochs: int, lr: float, callbacks) -> float:
+    """Seconds of the same training through Trainer with ``callbacks()``."""
     (x, y), val = data(model)
     net = build_model(model, 0)
     with tempfile.TemporaryDirectory() as logdir:
         trainer = Trainer(net, nn.SoftmaxCrossEntropy(), nn.Momentum(net, lr=lr, momentum=0.9),
-                          callbacks=callbacks(), logdir=logdir, progress=progress)
+                          callbacks=callbacks(), logdir=logdir, progress=False)
         start = time.perf_counter()
-        trainer.fit(x, y, epochs=epochs, batch_size=64, validation_data=val, seed=0)
+        trainer.fit(x, y, epochs=epochs, batch_size=BATCH, validation_data=val, seed=0)
         return time.perf_counter() - start
+
+
+def paired_ratio(run_bare, run_watched, pairs: int) -> tuple[float, float, float]:
+    """Median and quartiles of watched/bare over adjacent pairs."""
+    ratios = []
+    for i in range(pairs):
+        if i % 2:  # alternate which goes first
+            w, b = run_watched(), run_bare()
+        else:
+            b, w = run_bare(), run_watched()
+        ratios.append(w / b)
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    return med, q1, q3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="cnn", choices=("cnn", "mlp"))
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--each", action="store_true", help="also each callback alone")
     args = parser.parse_args()
 
-    variants = {
-        "bare": lambda: bare(args.model, args.epochs, args.lr),
-        "trainer, no callbacks": lambda: watched(args.model, args.epochs, args.lr, list, False),
-        "default callbacks": lambda: watched(args.model, args.epochs, args.lr,
-                                             default_callbacks, False),
-        "default callbacks + progress bar": lambda: watched(args.model, args.epochs, args.lr,
-                                                            default_callbacks, True),
-    }
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for fn in variants.values():  # warm-up: imports, caches
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            times[name].append(fn())
-    base = statistics.median(times["bare"])
-    print(f"{args.model}, {args.epochs} epochs, median of {args.repeats} interleaved runs")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:34s} {med:7.3f} s   x{med / base:.3f}")
+    run_bare = lambda: bare(args.model, args.epochs, args.lr)  # noqa: E731
+    variants = {"trainer + MetricLogger only": list, "default callbacks": default_callbacks}
+    if args.each:
+        for cls in (type(cb) for cb in default_callbacks()[1:]):
+            variants[cls.__name__] = (lambda cls=cls: [cls()])
+    run_bare(), watched(args.model, args.epochs, args.lr, default_callbacks)  # warm-up
+    base = statistics.median(run_bare() for _ in range(3))
+    print(f"{args.model}, {args.epochs} epochs of batch {BATCH}, bare {base:.3f} s; "
+          f"watched/bare, median [quartiles] of {args.pairs} adjacent pairs")
+    for name, callbacks in variants.items():
+        med, q1, q3 = paired_ratio(run_bare, lambda c=callbacks: watched(
+            args.model, args.epochs, args.lr, c), args.pairs)
+        print(f"  {name:30s} x{med:.3f}  [{q1:.3f}, {q3:.3f}]")
 
 
 if __name__ == "__main__":

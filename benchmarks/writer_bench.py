@@ -16,6 +16,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from trainwatch.outputs import ConsoleOutput, MemoryOutput, TensorBoardOutput
 
 TAGS = [f"group{i % 3}/metric{i}" for i in range(10)]
@@ -41,25 +43,31 @@ def main() -> None:
     rows: list[tuple[str, float]] = []
 
     with tempfile.TemporaryDirectory() as d:
-        for max_queue in (10, 100):
-            out = TensorBoardOutput(f"{d}/batched{max_queue}", max_queue=max_queue)
-            rows.append((f"TensorBoardOutput.scalars, 10 values (max_queue={max_queue})",
-                         time_per_call(lambda s, o=out: o.scalars(values, s), n)))
-            t0 = time.perf_counter()
-            out.flush()
-            rows.append((f"  then flush() barrier (max_queue={max_queue})",
-                         time.perf_counter() - t0))
-            out.close()
+        out = TensorBoardOutput(f"{d}/batched")
+        rows.append(("TensorBoardOutput.scalars, 10 values (one event per step)",
+                     time_per_call(lambda s: out.scalars(values, s + 1), n)))
+        data = np.random.default_rng(0).normal(size=4096)
+        rows.append(("TensorBoardOutput.histogram, 4096 values",
+                     time_per_call(lambda s: out.histogram("h", data, s), max(n // 10, 200))))
+        t0 = time.perf_counter()
+        out.flush()
+        rows.append(("  then flush() barrier (fsync)", time.perf_counter() - t0))
+        out.close()
 
-            each = TensorBoardOutput(f"{d}/each{max_queue}", max_queue=max_queue).writer
+        from tensorboardX import SummaryWriter
 
-            def add_each(step: int, w=each) -> None:
-                for k, v in values.items():
-                    w.add_scalar(k, v, step)
+        each = SummaryWriter(f"{d}/each", flush_secs=2)
 
-            rows.append((f"10 x SummaryWriter.add_scalar (max_queue={max_queue})",
-                         time_per_call(add_each, max(n // 5, 200))))
-            each.close()
+        def add_each(step: int, w=each) -> None:
+            for k, v in values.items():
+                w.add_scalar(k, v, step)
+
+        rows.append(("10 x tensorboardX SummaryWriter.add_scalar",
+                     time_per_call(add_each, max(n // 5, 200))))
+        rows.append(("tensorboardX SummaryWriter.add_histogram, 4096 values",
+                     time_per_call(lambda s: each.add_histogram("h", data, s, bins=64),
+                                   max(n // 10, 200))))
+        each.close()
 
     bar = ConsoleOutput(file=io.StringIO(), total=10**9)
     bar.start()

@@ -37,15 +37,22 @@ class HistogramData:
     def from_values(cls, values: np.ndarray, bins: int = 64) -> HistogramData:
         """Bucket the finite entries of ``values`` into ``bins`` equal-width buckets."""
         v = np.asarray(values, dtype=np.float64).ravel()
-        v = v[np.isfinite(v)]
+        total = float(v.sum())
+        if not np.isfinite(total):  # only then pay for a mask
+            v = v[np.isfinite(v)]
+            total = float(v.sum())
         if v.size == 0:
             return cls(np.zeros(1), np.array([0.0, 1e-12]), 0.0, 0.0, 0, 0.0, 0.0)
         lo, hi = float(v.min()), float(v.max())
         if hi <= lo:
             hi = lo + 1e-12 * max(1.0, abs(lo))
-        counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
-        return cls(counts.astype(np.float64), edges, lo, hi, int(v.size), float(v.sum()),
-                   float(np.dot(v, v)))
+        # equal-width buckets by index arithmetic + bincount: ~10x cheaper than np.histogram
+        # on the small arrays a layer produces; the last edge is inclusive, as np.histogram's.
+        index = ((v - lo) * (bins / (hi - lo))).astype(np.intp)
+        np.minimum(index, bins - 1, out=index)
+        counts = np.bincount(index, minlength=bins).astype(np.float64)
+        edges = np.linspace(lo, hi, bins + 1)
+        return cls(counts, edges, lo, hi, int(v.size), total, float(np.dot(v, v)))
 
 
 class Output(ABC):
