@@ -68,6 +68,37 @@ def watched(model: str, epochs: int, lr: float, callbacks) -> float:
         return time.perf_counter() - start
 
 
+HOOK_METHODS = ("train_begin", "epoch_begin", "batch_begin", "loss_computed", "backward_end",
+                "step_begin", "step_end", "validation_end", "epoch_end", "train_end")
+
+
+def time_in_hooks(model: str, epochs: int, lr: float, callbacks) -> tuple[float, float]:
+    """(seconds inside trainwatch's hook calls, seconds of the whole fit) for one watched run:
+    a steadier measure than the end-to-end ratio on a machine whose speed drifts."""
+    from trainwatch.core.monitor import Monitor
+
+    spent = [0.0]
+    originals = {name: getattr(Monitor, name) for name in HOOK_METHODS}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(Monitor, name, timed(fn))
+    try:
+        total = watched(model, epochs, lr, callbacks)
+    finally:
+        for name, fn in originals.items():
+            setattr(Monitor, name, fn)
+    return spent[0], total
+
+
 def paired_ratio(run_bare, run_watched, pairs: int) -> tuple[float, float, float]:
     """Median and quartiles of watched/bare over adjacent pairs."""
     ratios = []
@@ -102,7 +133,10 @@ def main() -> None:
     for name, callbacks in variants.items():
         med, q1, q3 = paired_ratio(run_bare, lambda c=callbacks: watched(
             args.model, args.epochs, args.lr, c), args.pairs)
-        print(f"  {name:30s} x{med:.3f}  [{q1:.3f}, {q3:.3f}]")
+        inside = statistics.median(time_in_hooks(args.model, args.epochs, args.lr, callbacks)[0]
+                                   for _ in range(3))
+        print(f"  {name:30s} x{med:.3f}  [{q1:.3f}, {q3:.3f}]   in hooks: {inside * 1e3:6.1f} ms"
+              f" = {inside / base:.1%} of bare")
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ class HistogramMonitor(Callback):
     below ``vanishing_ratio`` / rises above ``exploding_ratio``.
 
     Args:
-        every: steps between measurements (default 100).
+        every: steps between measurements (default 200).
         bins: histogram buckets (default 64).
         which: histograms to write, any of ``"activations"``, ``"activation_gradients"``,
             ``"weights"``, ``"gradients"`` (default all four); statistics and alerts are
@@ -231,7 +231,7 @@ class HistogramMonitor(Callback):
 
     def __init__(
         self,
-        every: int = 100,
+        every: int = 200,
         *,
         bins: int = 64,
         which: Iterable[str] = ("activations", "activation_gradients", "weights", "gradients"),

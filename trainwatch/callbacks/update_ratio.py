@@ -17,7 +17,7 @@ How a tensor is judged, on each scheduled step (every ``every`` steps):
 * It is out of band when above ``high`` (or below ``low``); with value hysteresis (``margin``)
   it is back in band only below ``high / (1 + margin)`` (above ``low * (1 + margin)``).
 * ``update_ratio.high`` / ``update_ratio.low`` fire when the smoothed ratio has been out of band
-  for ``patience`` consecutive checks (default 20, i.e. 200 steps: the first ~100 steps of a
+  for ``patience`` consecutive checks (default 10, i.e. 200 steps: the first ~100 steps of a
   healthy run often sit up to 3× above 1e-2; the demo's do), or for ``severe_patience``
   checks (default 2) when it is more than ``severe_factor`` (10×) beyond the band edge (a
   learning rate orders of magnitude off is reported within a few dozen steps). Each
@@ -146,13 +146,13 @@ class UpdateRatioMonitor(Callback):
     module docstring for the exact rules.
 
     Args:
-        every: measure every this many optimizer steps (default 10).
+        every: measure every this many optimizer steps (default 20).
         band: healthy ``(low, high)`` ratio (default ``(1e-4, 1e-2)`` around KNOWLEDGE's 1e-3);
             either side may be None for no bound.
         smoothing: EMA weight of the newest ``log10`` ratio, in (0, 1] (default 0.3; 1 means
             no smoothing). Ignored when ``window`` is given.
         window: smooth with the mean of the last ``window`` checks instead (default None).
-        patience: consecutive out-of-band checks before ``high``/``low`` fire (default 20).
+        patience: consecutive out-of-band checks before ``high``/``low`` fire (default 10).
         severe_factor: how far beyond the band edge (a factor, > 1) counts as severe (default
             10).
         severe_patience: consecutive severe checks before firing (default 2).
@@ -172,12 +172,12 @@ class UpdateRatioMonitor(Callback):
 
     def __init__(
         self,
-        every: int = 10,
+        every: int = 20,
         band: tuple[float | None, float | None] = (1e-4, 1e-2),
         *,
         smoothing: float = 0.3,
         window: int | None = None,
-        patience: int = 20,
+        patience: int = 10,
         severe_factor: float = 10.0,
         severe_patience: int = 2,
         frozen_patience: int = 2,
