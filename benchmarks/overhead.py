@@ -122,7 +122,11 @@ def main() -> None:
     args = parser.parse_args()
 
     run_bare = lambda: bare(args.model, args.epochs, args.lr)  # noqa: E731
-    variants = {"trainer + MetricLogger only": list, "default callbacks": default_callbacks}
+    from trainwatch import LossMonitor, UpdateRatioMonitor
+
+    variants = {"trainer + MetricLogger only": list,
+                "LossMonitor + UpdateRatioMonitor": lambda: [LossMonitor(), UpdateRatioMonitor()],
+                "default callbacks": default_callbacks}
     if args.each:
         for cls in (type(cb) for cb in default_callbacks()[1:]):
             variants[cls.__name__] = (lambda cls=cls: [cls()])

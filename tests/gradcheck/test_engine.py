@@ -411,3 +411,15 @@ def test_a_scalar_parameter_and_a_0d_loss_array_work():
     report = check_gradients(lambda p: np.asarray(p["a"] ** 3), params, {"a": np.array(12.0)})
     assert report.passed
     assert report.params["a"].worst_index == ()
+
+
+def test_zero_probes_is_a_configuration_error_naming_both_options():
+    import numpy as np
+    import pytest
+
+    from trainwatch.gradcheck import check_gradients
+
+    params = {"w": np.ones(3)}
+    with pytest.raises(ValueError, match="coordinates, directions"):
+        check_gradients(lambda p: float(np.sum(p["w"] ** 2)), params, {"w": 2 * params["w"]},
+                        coordinates=0, directions=0)

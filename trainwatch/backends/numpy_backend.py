@@ -166,8 +166,11 @@ class NumpyBackend(Backend):
                     live[k][...] = v
                 return float(model.regularization_loss())
 
+            # only the tensors L2 applies to (biases would be "checked" at a true gradient 0)
+            weights = [id(w) for w in model.weights()]
             reg_options = {"reg_fn": reg_loss,
-                           "reg_grads": {k: total[k] - data_grads[k] for k in total}}
+                           "reg_grads": {k: total[k] - data_grads[k] for k in total
+                                         if id(live[k]) in weights}}
         return check_gradients(data_loss, params, data_grads, seed=seed, **reg_options, **options)
 
     # -- state -----------------------------------------------------------------------------------

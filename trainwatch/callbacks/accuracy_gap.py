@@ -208,8 +208,8 @@ class AccuracyGapMonitor(Callback):
         if state.inputs is None or state.targets is None:
             return
         need = self.subset - self._train_seen
-        xb = np.array(state.inputs[:need], copy=True)
-        yb = np.array(state.targets[:need], copy=True)
+        xb = state.backend.to_host(state.inputs[:need])
+        yb = state.backend.to_host(state.targets[:need])
         self._train_parts.append((xb, yb))
         self._train_seen += len(xb)
         if self._train_seen >= self.subset:

@@ -105,7 +105,8 @@ def filter_grid(filters: np.ndarray, *, min_size: int = 24, max_filters: int = 2
         raise ValueError(f"filters: expected (n >= 1, 1 or 3, h, w), got shape {f.shape}")
     n, c, h, w = f.shape
     scale = max(1, math.ceil(min_size / max(h, w)))
-    tiles = np.rint(normalise_filters(f) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+    unit = np.nan_to_num(normalise_filters(f))  # NaN weights show black, without a warning
+    tiles = np.rint(unit * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
     th, tw = h * scale, w * scale
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

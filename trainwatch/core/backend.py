@@ -167,6 +167,10 @@ class Backend(ABC):
         """One optimizer step (gradients are zeroed by the next :meth:`backward`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
 
+    def to_host(self, x: Any) -> np.ndarray:
+        """A host numpy copy of a batch (inputs or targets) from the training loop."""
+        return np.array(x, copy=True)
+
     @staticmethod
     def accuracy(predictions: Any, targets: Any) -> float:
         """Fraction of rows whose arg-max class equals the target (numpy arrays)."""

@@ -139,6 +139,9 @@ class Options:
             raise TypeError(f"unknown option(s) {', '.join(hints)}; "
                             f"known options: {', '.join(DEFAULTS)}")
         v = {**DEFAULTS, **options}
+        if v["coordinates"] == 0 and v["directions"] == 0:
+            raise ValueError("coordinates, directions: at least one probe per tensor is needed, "
+                             "got 0 and 0")
         return cls(
             h=_positive("h", v["h"]),
             h_float32=_positive("h_float32", v["h_float32"]),

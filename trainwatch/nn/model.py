@@ -97,7 +97,7 @@ class Sequential:
         """``0.5 * l2 * sum(W²)`` over all weights (biases excluded)."""
         if not self.l2:
             return 0.0
-        total = sum(float(np.sum(w**2)) for w in self._weights())
+        total = sum(float(np.sum(w**2)) for w in self.weights())
         return 0.5 * self.l2 * total
 
     def kink_signature(self) -> np.ndarray:
@@ -136,7 +136,8 @@ class Sequential:
         """Total number of scalar parameters."""
         return sum(p.size for p in self.named_parameters().values())
 
-    def _weights(self) -> list[np.ndarray]:
+    def weights(self) -> list[np.ndarray]:
+        """The weight tensors (live), the ones L2 regularisation applies to (not biases)."""
         return [lay.params["weight"] for lay in self.layers.values() if "weight" in lay.params]
 
     # -- state -----------------------------------------------------------------------------------

@@ -328,6 +328,11 @@ class TorchBackend(Backend):
                 return f"{name} (gradient)"
         return None
 
+    def to_host(self, x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy().copy()
+        return np.array(x, copy=True)
+
     def scalars_to_host(self, values: Sequence[Any]) -> list[float]:
         """Python floats of many 0-d tensors (or numbers) in one transfer, e.g. the losses of
         the last N steps kept on the device."""
