@@ -12,6 +12,11 @@ from trainwatch.callbacks.update_ratio import UpdateRatioMonitor, is_bias
 from trainwatch.data import load_digits, minibatches, train_val_split
 from trainwatch.outputs.memory import MemoryOutput
 
+
+def every10(**kwargs) -> UpdateRatioMonitor:
+    """The monitor measuring every 10 steps: the schedule these tests' step numbers assume."""
+    return UpdateRatioMonitor(every=10, **kwargs)
+
 SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
 WEIGHTS = ("fc1.weight", "fc2.weight")
 
@@ -45,7 +50,7 @@ def fired(trainer, prefix="update_ratio."):
 
 def test_too_high_learning_rate_fires_high_early_once_per_tensor(digits):
     model = mlp()
-    trainer, _ = train(model, nn.SGD(model, lr=5.0), [UpdateRatioMonitor(every=10)], digits, epochs=3)
+    trainer, _ = train(model, nn.SGD(model, lr=5.0), [every10()], digits, epochs=3)
     alerts = fired(trainer)
     high = [a for a in alerts if a.code == "update_ratio.high"]
     assert sorted(a.tensor for a in high) == sorted(WEIGHTS)  # once per tensor, biases unjudged
@@ -61,7 +66,7 @@ def test_too_high_learning_rate_fires_high_early_once_per_tensor(digits):
 
 def test_too_low_learning_rate_fires_low(digits):
     model = mlp()
-    trainer, _ = train(model, nn.SGD(model, lr=1e-6), [UpdateRatioMonitor(every=10)], digits)
+    trainer, _ = train(model, nn.SGD(model, lr=1e-6), [every10()], digits)
     alerts = fired(trainer)
     assert sorted((a.code, a.tensor) for a in alerts) == [
         ("update_ratio.low", "fc1.weight"), ("update_ratio.low", "fc2.weight")]
@@ -78,7 +83,7 @@ def test_too_low_learning_rate_fires_low(digits):
 ], ids=["adam", "momentum"])
 def test_sensible_learning_rates_fire_nothing(digits, make_opt):
     model = mlp()
-    monitor = UpdateRatioMonitor(every=10)
+    monitor = every10()
     trainer, mem = train(model, make_opt(model), [monitor], digits, epochs=4)
     assert fired(trainer) == []
     ratios = [v for t in WEIGHTS for _, v in mem.scalars_log[f"update_ratio/{t}"]]
@@ -87,7 +92,7 @@ def test_sensible_learning_rates_fire_nothing(digits, make_opt):
 
 def test_window_smoothing_gives_the_same_verdicts(digits):
     model = mlp()
-    trainer, _ = train(model, nn.SGD(model, lr=1e-6), [UpdateRatioMonitor(every=10, window=3)], digits)
+    trainer, _ = train(model, nn.SGD(model, lr=1e-6), [every10(window=3)], digits)
     assert sorted(a.tensor for a in fired(trainer)) == sorted(WEIGHTS)
 
 
@@ -96,13 +101,13 @@ def test_mild_excursion_needs_the_full_patience(digits):
     # ``patience`` checks in a row fire it.
     model = mlp()
     trainer, _ = train(model, nn.SGD(model, lr=1e-3),
-                       [UpdateRatioMonitor(every=10, patience=5)], digits, epochs=2)
+                       [every10(patience=5)], digits, epochs=2)
     low = [a for a in fired(trainer) if a.tensor == "fc1.weight"]
     assert [a.code for a in low] == ["update_ratio.low"]
     assert low[0].step == 40  # checks at steps 0, 10, 20, 30, 40
     assert "(40 steps, 5 checks)" in low[0].message
     model = mlp()
-    trainer, _ = train(model, nn.SGD(model, lr=1e-3), [UpdateRatioMonitor(every=10)], digits, epochs=2)
+    trainer, _ = train(model, nn.SGD(model, lr=1e-3), [every10()], digits, epochs=2)
     assert [a for a in fired(trainer) if a.tensor == "fc1.weight"] == []  # 60 steps < 200
 
 
@@ -198,7 +203,7 @@ class ZeroGrad(Callback):
 def test_tensor_missing_from_the_optimizer_is_frozen(digits):
     model = mlp()
     trainer, mem = train(model, SkippingSGD(model, 0.05, ["fc1.weight"]),
-                         [UpdateRatioMonitor(every=10)], digits, epochs=1)
+                         [every10()], digits, epochs=1)
     frozen = fired(trainer, "update_ratio.frozen")
     assert [(a.tensor, a.step) for a in frozen] == [("fc1.weight", 10)]  # 2 checks: 0, 10
     a = frozen[0]
@@ -211,7 +216,7 @@ def test_tensor_missing_from_the_optimizer_is_frozen(digits):
 def test_tensor_without_gradient_is_frozen_with_that_reading(digits):
     model = mlp()
     trainer, _ = train(model, nn.SGD(model, lr=0.05), [ZeroGrad(model, "fc2.weight"),
-                                                       UpdateRatioMonitor(every=10)], digits, epochs=1)
+                                                       every10()], digits, epochs=1)
     frozen = fired(trainer, "update_ratio.frozen")
     assert [a.tensor for a in frozen] == ["fc2.weight"]
     assert "gradient is exactly zero" in frozen[0].message
@@ -224,7 +229,7 @@ def test_optimizer_with_no_effect_is_one_alert_not_one_per_tensor(digits):
             self.t += 1
 
     model = mlp()
-    trainer, _ = train(model, NoStep(model, 0.1), [UpdateRatioMonitor(every=10)], digits, epochs=1)
+    trainer, _ = train(model, NoStep(model, 0.1), [every10()], digits, epochs=1)
     frozen = fired(trainer, "update_ratio.frozen")
     assert [(a.tensor, a.step) for a in frozen] == [(None, 10)]
     assert "all 4 have ‖Δθ‖ = 0" in frozen[0].message
@@ -234,7 +239,7 @@ def test_optimizer_with_no_effect_is_one_alert_not_one_per_tensor(digits):
 def test_zero_weight_is_reported_never_divided(digits):
     model = mlp()  # biases start at zero; fc1.bias is never updated, so it stays zero
     trainer, mem = train(model, SkippingSGD(model, 0.05, ["fc1.bias"]),
-                         [UpdateRatioMonitor(every=10)], digits, epochs=1)
+                         [every10()], digits, epochs=1)
     zero = fired(trainer, "update_ratio.zero_weight")
     assert [(a.tensor, a.severity.value) for a in zero] == [("fc1.bias", "info")]
     assert "‖θ‖ = 0" in zero[0].message
@@ -253,7 +258,7 @@ def test_frozen_condition_resolves_when_updates_resume(digits):
 
     model = mlp()
     opt = SkippingSGD(model, 0.05, ["fc1.weight"])
-    trainer, _ = train(model, opt, [Unfreeze(opt), UpdateRatioMonitor(every=10)], digits, epochs=3)
+    trainer, _ = train(model, opt, [Unfreeze(opt), every10()], digits, epochs=3)
     events = [(a.code, a.tensor, a.step, a.resolved) for a in trainer.monitor.alerts.history]
     # fires at the 2nd frozen check; clears after 3 checks with updates (30, 40, 50)
     assert events == [("update_ratio.frozen", "fc1.weight", 10, False),
@@ -266,7 +271,7 @@ def test_frozen_condition_resolves_when_updates_resume(digits):
 
 def test_biases_are_measured_but_not_judged_by_default(digits):
     model = mlp()
-    trainer, mem = train(model, nn.SGD(model, lr=1e-6), [UpdateRatioMonitor(every=10)], digits)
+    trainer, mem = train(model, nn.SGD(model, lr=1e-6), [every10()], digits)
     assert "update_ratio/fc1.bias" in mem.scalars_log
     assert all(a.tensor in WEIGHTS for a in fired(trainer))
     # A zero-initialised bias moves by ~1/t of itself whatever the learning rate.
@@ -275,7 +280,7 @@ def test_biases_are_measured_but_not_judged_by_default(digits):
 
 def test_overrides_and_include_biases(digits):
     model = mlp()
-    monitor = UpdateRatioMonitor(every=10, overrides={"fc1.*": (1e-9, 1e-6), "fc2.bias": (1e-9, 1e-6)})
+    monitor = every10(overrides={"fc1.*": (1e-9, 1e-6), "fc2.bias": (1e-9, 1e-6)})
     trainer, _ = train(model, nn.SGD(model, lr=1e-6), [monitor], digits)
     got = sorted((a.code, a.tensor) for a in fired(trainer))
     # fc1.weight (~6e-8) is inside its own band; fc1.bias matches the override, so it is judged
@@ -287,14 +292,14 @@ def test_overrides_and_include_biases(digits):
 
     model = mlp()
     trainer, _ = train(model, nn.SGD(model, lr=5.0),
-                       [UpdateRatioMonitor(every=10, include_biases=True)], digits, epochs=1)
+                       [every10(include_biases=True)], digits, epochs=1)
     assert "fc2.bias" in {a.tensor for a in fired(trainer)}
 
 
 def test_exclude_skips_tensors_entirely(digits):
     model = mlp()
     trainer, mem = train(model, SkippingSGD(model, 0.05, ["fc1.weight"]),
-                         [UpdateRatioMonitor(every=10, exclude=["fc1.*"])], digits, epochs=1)
+                         [every10(exclude=["fc1.*"])], digits, epochs=1)
     assert not any("fc1." in tag for tag in mem.scalars_log)
     assert fired(trainer) == []
 
@@ -309,7 +314,7 @@ def test_is_bias():
 
 def test_tensorboard_tags_and_log_scale_chart(digits, tmp_path):
     model = mlp()
-    train(model, nn.SGD(model, lr=0.1), [UpdateRatioMonitor(every=10)], digits, epochs=1,
+    train(model, nn.SGD(model, lr=0.1), [every10()], digits, epochs=1,
           logdir=tmp_path)
     ea = EventAccumulator(str(tmp_path), size_guidance=SIZE)
     ea.Reload()
