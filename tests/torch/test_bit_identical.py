@@ -18,16 +18,6 @@ from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
 from trainwatch.torch import watch  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (on a loaded 2-core
-    machine, waits of a scheduler time slice per op). Nothing asserted depends on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 #: every callback trainwatch has, scheduled often: (module, class, options)
 FREQUENT = [
     ("trainwatch.callbacks.gradient_check", "GradientCheck", {"every": 5, "warmup_steps": 2,

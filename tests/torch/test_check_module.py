@@ -13,16 +13,6 @@ from trainwatch.data import load_digits  # noqa: E402
 from trainwatch.gradcheck import GradCheckReport  # noqa: E402
 from trainwatch.torch import TorchBackend, check_module  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (on a loaded 2-core
-    machine, waits of a scheduler time slice per op). Nothing asserted depends on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # -- custom autograd Functions, with and without planted bugs -----------------------------------
 
 

@@ -25,16 +25,6 @@ from trainwatch.outputs import MemoryOutput  # noqa: E402
 from trainwatch.torch import Watcher, watch  # noqa: E402
 from trainwatch.torch import backend as backend_module  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (on a loaded 2-core
-    machine, waits of a scheduler time slice per op). Nothing asserted depends on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
 
 
