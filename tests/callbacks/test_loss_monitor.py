@@ -307,3 +307,47 @@ def test_watching_does_not_change_training(digits):
 def test_arguments_are_validated(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         LossMonitor(**kwargs)
+
+
+def test_losses_on_an_accelerator_are_read_in_one_transfer_per_evaluation():
+    """A backend whose host reads are syncs gets the losses in batches of ``every`` steps,
+    and the rules see the same values as with per-step reads."""
+    from trainwatch.backends.numpy_backend import NumpyBackend
+
+    class SyncCountingBackend(NumpyBackend):
+        host_reads_cheap = False
+        transfers: list[int] = []
+
+        def scalars_to_host(self, values):
+            self.transfers.append(len(values))
+            return [getattr(v, "value", v) for v in values]
+
+    class DeviceScalar:  # a loss that refuses float(): reading it must go through the backend
+        def __init__(self, value):
+            self.value = value
+
+        def __float__(self):
+            raise AssertionError("a device scalar was read outside scalars_to_host")
+
+    import trainwatch as tw
+    from trainwatch import nn as twnn
+
+    losses = [2.3 * 0.99 ** k for k in range(40)]
+    results = {}
+    for cheap in (True, False):
+        model = twnn.Sequential([twnn.Dense(4, 3)], seed=0)
+        backend = SyncCountingBackend(model, twnn.SoftmaxCrossEntropy(), twnn.SGD(model, lr=0.1))
+        backend.host_reads_cheap = cheap
+        backend.transfers = []
+        monitor = LossMonitor(every=10, warmup=5, plateau_window=8, noise_window=5)
+        mon = tw.Monitor(backend, callbacks=[monitor], progress=False, raise_errors=True)
+        with mon.run():
+            for k, value in enumerate(losses):
+                mon.batch_begin(np.zeros((2, 4)), np.zeros(2, dtype=int))
+                mon.loss_computed(value if cheap or k == 0 else DeviceScalar(value))
+                mon.step_end()
+        # (MetricLogger reads one loss every 10 steps through the same call: leave those out)
+        results[cheap] = (monitor._ema, monitor._n, [n for n in backend.transfers if n > 1])
+    assert results[True][:2] == results[False][:2]
+    assert results[True][2] == []
+    assert results[False][2] == [10, 10, 10, 9]  # steps 1-10, 11-20, 21-30, and 31-39 at the end

@@ -83,8 +83,10 @@ class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
 
-    Per step it reads the loss as a float (on a GPU that is a host sync: raise
-    ``check_every``) and appends it to a preallocated ring buffer; every ``every`` steps it
+    Per step it reads the loss as a float and appends it to a preallocated ring buffer; on
+    an accelerator (``backend.host_reads_cheap`` False) the losses stay on the device and
+    are read in one transfer every ``every`` steps, so a NaN loss is seen (and training
+    stopped) up to ``every`` steps later; every ``every`` steps it
     evaluates the rules and writes:
 
     * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
@@ -190,6 +192,7 @@ class LossMonitor(Callback):
         self._max_step = 0
         self._ref: float | None = None  # the first finite loss: the reference "initial" value
         self._nonfinite_seen = False
+        self._unread: list[tuple[int, Any]] = []  # (step, loss) not yet read to the host
         self._diverged_at = -math.inf  # the last step a divergence was firing
         self._streaks = {"divergence": 0, "plateau": 0, "noise": 0}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
@@ -215,7 +218,29 @@ class LossMonitor(Callback):
         step = state.step
         if step % self.check_every or state.loss is None:
             return
-        v = float(state.loss)
+        if step == 0 or state.backend.host_reads_cheap:
+            self._ingest(state, step, float(state.loss))
+            return
+        # On an accelerator, reading a loss is a host sync: keep the scalars where they are
+        # and read the ones since the last evaluation in one transfer, every ``every`` steps.
+        self._unread.append((step, state.loss))
+        if step % self.every == 0:
+            self._read_unread(state)
+
+    def on_train_end(self, state: RunState) -> None:
+        self._read_unread(state)
+
+    def _read_unread(self, state: RunState) -> None:
+        unread, self._unread = self._unread, []
+        if unread:
+            values = state.backend.scalars_to_host([loss for _, loss in unread])
+            for (at, _), v in zip(unread, values):
+                self._ingest(state, at, v)
+                if self._nonfinite_seen:
+                    return
+
+    def _ingest(self, state: RunState, step: int, v: float) -> None:
+        """Take the loss of ``step`` into the buffer and the rules."""
         if not math.isfinite(v):
             self._nonfinite(state, step, v, None)
             return

@@ -47,10 +47,13 @@ class MetricLogger(Callback):
     def on_step_end(self, state: RunState) -> None:
         if state.step % self.every or state.loss is None:
             return
-        values = {"loss/train": float(state.loss)}
-        if state.reg_loss:
-            values["loss/data"] = float(state.data_loss)
-            values["loss/regularization"] = float(state.reg_loss)
+        tags, scalars = ["loss/train"], [state.loss]
+        if state.reg_loss is not None and state.data_loss is not None:
+            tags += ["loss/data", "loss/regularization"]
+            scalars += [state.data_loss, state.reg_loss]
+        values = dict(zip(tags, state.backend.scalars_to_host(scalars)))  # one transfer
+        if not values.get("loss/regularization", 1.0):
+            del values["loss/data"], values["loss/regularization"]  # no regularisation
         state.writer.scalars(values, state.step)
 
     def on_epoch_end(self, state: RunState) -> None:

@@ -167,6 +167,13 @@ class Backend(ABC):
         """One optimizer step (gradients are zeroed by the next :meth:`backward`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
 
+    #: whether reading a value to the host is free (numpy, a CPU tensor) or a device sync
+    host_reads_cheap: bool = True
+
+    def scalars_to_host(self, values: list[Any]) -> list[float]:
+        """Python floats of many framework scalars, in one transfer."""
+        return [float(v) for v in values]
+
     def to_host(self, x: Any) -> np.ndarray:
         """A host numpy copy of a batch (inputs or targets) from the training loop."""
         return np.array(x, copy=True)

@@ -328,6 +328,11 @@ class TorchBackend(Backend):
                 return f"{name} (gradient)"
         return None
 
+    @property
+    def host_reads_cheap(self) -> bool:
+        """Reading a CPU tensor is free; a CUDA one is a device sync."""
+        return self._device.type == "cpu"
+
     def to_host(self, x: Any) -> np.ndarray:
         if isinstance(x, torch.Tensor):
             return x.detach().cpu().numpy().copy()
