@@ -185,4 +185,4 @@ class Backend(ABC):
         targets = np.asarray(targets)
         if predictions.ndim == 1 or predictions.shape[-1] == 1:
             return float(np.mean((predictions.reshape(-1) > 0) == (targets.reshape(-1) > 0.5)))
-        return float(np.mean(np.argmax(predictions, axis=-1) == targets))
+        return np.count_nonzero(predictions.argmax(axis=-1) == targets) / max(targets.size, 1)
