@@ -159,7 +159,7 @@ def assert_identical(a, b, path="state"):
 
 
 def test_no_check_during_warmup_then_one_every_n_steps(digits):
-    check = GradientCheck(every=7, warmup_steps=5)
+    check = GradientCheck(budget=None, every=7, warmup_steps=5)
     _, mem = fit(mlp(), [check], digits, epochs=3)  # steps 0..29
     steps = [step for step, _ in check.reports]
     assert steps == [5, 12, 19, 26]
@@ -169,7 +169,7 @@ def test_no_check_during_warmup_then_one_every_n_steps(digits):
 
 def test_warmup_by_loss_drop_waits_until_the_loss_has_fallen(digits):
     recorder = Recorder(order=-1)
-    check = GradientCheck(every=15, warmup_steps=0, warmup_loss_drop=0.25)
+    check = GradientCheck(budget=None, every=15, warmup_steps=0, warmup_loss_drop=0.25)
     fit(mlp(), [recorder, check], digits, epochs=6)  # steps 0..59
     losses = recorder.losses
     target = losses[0] * (1 - 0.25)
@@ -183,7 +183,7 @@ def test_warmup_by_loss_drop_waits_until_the_loss_has_fallen(digits):
 
 def test_warmup_steps_and_loss_drop_both_hold_before_the_first_check(digits):
     recorder = Recorder(order=-1)
-    check = GradientCheck(every=100, warmup_steps=23, warmup_loss_drop=0.05)
+    check = GradientCheck(budget=None, every=100, warmup_steps=23, warmup_loss_drop=0.05)
     fit(mlp(), [recorder, check], digits, epochs=4)
     losses = recorder.losses
     candidates = [23] + list(range(30, len(losses), 10))
@@ -193,7 +193,7 @@ def test_warmup_steps_and_loss_drop_both_hold_before_the_first_check(digits):
 
 
 def test_a_reused_callback_starts_its_schedule_and_reports_afresh(digits):
-    check = GradientCheck(every=6, warmup_steps=4)
+    check = GradientCheck(budget=None, every=6, warmup_steps=4)
     fit(mlp(), [check], digits, epochs=2)
     first = list(check.reports)
     fit(mlp(), [check], digits, epochs=2)
@@ -204,7 +204,7 @@ def test_a_reused_callback_starts_its_schedule_and_reports_afresh(digits):
 
 def test_checks_the_first_examples_of_the_current_batch(digits):
     recorder = Recorder(order=-1)
-    check = GradientCheck(every=100, warmup_steps=6, examples=2)
+    check = GradientCheck(budget=None, every=100, warmup_steps=6, examples=2)
     fit(mlp(), [recorder, check], digits)
     step, report = check.reports[0]
     seen = recorder.at_backward_end[step]
@@ -220,7 +220,7 @@ def test_checks_the_first_examples_of_the_current_batch(digits):
 
 
 def test_every_tensor_is_probed_with_the_periodic_probes(digits):
-    check = GradientCheck(every=100, warmup_steps=3)
+    check = GradientCheck(budget=None, every=100, warmup_steps=3)
     fit(mlp(), [check], digits, epochs=1)
     report = check.last_report
     assert list(report.params) == MLP_TENSORS
@@ -230,7 +230,7 @@ def test_every_tensor_is_probed_with_the_periodic_probes(digits):
             assert tensor.directions == PERIODIC_PROBES["directions"], name
             assert len(tensor.coordinates) >= PERIODIC_PROBES["coordinates"], name
         assert tensor.probed >= 1 and tensor.verdict == "correct", name
-    more = GradientCheck(every=100, warmup_steps=3, coordinates=6, directions=2)
+    more = GradientCheck(budget=None, every=100, warmup_steps=3, coordinates=6, directions=2)
     fit(mlp(), [more], digits, epochs=1)
     assert more.last_report.params["fc1.weight"].directions == 2
     assert len(more.last_report.params["fc1.weight"].coordinates) == 6
@@ -240,7 +240,7 @@ def test_every_tensor_is_probed_with_the_periodic_probes(digits):
 
 
 def test_writes_per_tensor_errors_passed_and_the_report_to_tensorboard(digits, tmp_path):
-    check = GradientCheck(every=8, warmup_steps=4)
+    check = GradientCheck(budget=None, every=8, warmup_steps=4)
     fit(mlp(), [check], digits, epochs=2, logdir=tmp_path)  # checks at 4, 12
     ea = EventAccumulator(str(tmp_path), size_guidance=SIZE)
     ea.Reload()
@@ -263,7 +263,7 @@ def test_a_tensor_with_only_kinks_writes_no_error_value(digit_images):
     # at initialisation the conv bias is 0 and the digits' background pixels are 0: every
     # conv-bias probe crosses ReLU kinks, so that tensor has no finite error to write
     model = relu_cnn_with_dropout()
-    check = GradientCheck(every=100, warmup_steps=0)
+    check = GradientCheck(budget=None, every=100, warmup_steps=0)
     _, mem = fit(model, [check], digit_images, epochs=1, opt=nn.SGD(model, lr=1e-9))
     report = check.reports[0][1]
     assert report.passed
@@ -277,7 +277,7 @@ def test_a_tensor_with_only_kinks_writes_no_error_value(digit_images):
 
 
 def test_a_planted_bug_alerts_critical_once_per_tensor_per_episode(digits):
-    check = GradientCheck(every=5, warmup_steps=3)
+    check = GradientCheck(budget=None, every=5, warmup_steps=3)
     trainer, mem = fit(buggy_net(), [check], digits, epochs=2)  # checks at 3, 8, 13, 18
     assert [step for step, _ in check.reports] == [3, 8, 13, 18]
     for _, report in check.reports:
@@ -302,7 +302,7 @@ def test_a_planted_bug_alerts_critical_once_per_tensor_per_episode(digits):
 
 
 def test_the_first_failing_check_of_an_episode_draws_the_step_sweep(digits):
-    check = GradientCheck(every=5, warmup_steps=3)
+    check = GradientCheck(budget=None, every=5, warmup_steps=3)
     _, mem = fit(buggy_net(), [check], digits, epochs=2)
     assert [step for step, _ in mem.figures["gradcheck/sweep"]] == [3]
     sweep = check.reports[0][1].sweep
@@ -310,14 +310,14 @@ def test_the_first_failing_check_of_an_episode_draws_the_step_sweep(digits):
     assert {entry.name for entry in sweep.entries} == set(BUGGY_TENSORS)
     assert {entry.classification for entry in sweep.entries} == {"bug"}
     assert all(report.sweep is None for _, report in check.reports[1:])
-    quiet = GradientCheck(every=5, warmup_steps=3, sweep_on_failure=False)
+    quiet = GradientCheck(budget=None, every=5, warmup_steps=3, sweep_on_failure=False)
     _, mem = fit(buggy_net(), [quiet], digits, epochs=2)
     assert "gradcheck/sweep" not in mem.figures
     assert quiet.reports[0][1].sweep is None
 
 
 def test_the_corrected_layer_passes(digits):
-    check = GradientCheck(every=5, warmup_steps=3)
+    check = GradientCheck(budget=None, every=5, warmup_steps=3)
     trainer, _ = fit(buggy_net(buggy=False), [check], digits, epochs=2)
     assert len(check.reports) == 4
     assert all(report.passed for _, report in check.reports)
@@ -326,7 +326,7 @@ def test_the_corrected_layer_passes(digits):
 
 def test_a_correct_relu_maxpool_cnn_with_dropout_never_alerts(digit_images):
     model = relu_cnn_with_dropout()
-    check = GradientCheck(every=8, warmup_steps=6)
+    check = GradientCheck(budget=None, every=8, warmup_steps=6)
     trainer, mem = fit(model, [check], digit_images, epochs=3,
                        opt=nn.Momentum(model, lr=0.05, momentum=0.9))
     assert [step for step, _ in check.reports] == [6, 14, 22]
@@ -341,7 +341,7 @@ def test_a_correct_relu_maxpool_cnn_with_dropout_never_alerts(digit_images):
 
 def test_a_float32_model_is_checked_in_float64_and_passes(digits):
     model = mlp(dtype=np.float32)
-    check = GradientCheck(every=6, warmup_steps=4)
+    check = GradientCheck(budget=None, every=6, warmup_steps=4)
     trainer, _ = fit(model, [check], digits, epochs=2)
     assert len(check.reports) == 3
     for _, report in check.reports:
@@ -355,7 +355,7 @@ def test_a_float32_model_is_checked_in_float64_and_passes(digits):
 def test_a_random_loss_warns_once_and_blames_no_tensor(digits):
     model = nn.Sequential([nn.Dense(64, 16, rng=0), Noise(), nn.Tanh(),
                            nn.Dense(16, 10, rng=1)], seed=0)
-    check = GradientCheck(every=5, warmup_steps=3)
+    check = GradientCheck(budget=None, every=5, warmup_steps=3)
     trainer, _ = fit(model, [check], digits, epochs=2)
     assert len(check.reports) == 4
     assert all(r.nondeterministic and r.params == {} for _, r in check.reports)
@@ -366,7 +366,7 @@ def test_a_random_loss_warns_once_and_blames_no_tensor(digits):
 
 
 def test_stop_on_failure_stops_training_after_the_failing_batch(digits):
-    check = GradientCheck(every=5, warmup_steps=4, stop_on_failure=True)
+    check = GradientCheck(budget=None, every=5, warmup_steps=4, stop_on_failure=True)
     trainer, _ = fit(buggy_net(), [check], digits, epochs=3)
     assert trainer.monitor.step == 5  # steps 0..4 taken, stopped after the check at step 4
     reason = trainer.monitor.state.stop_reason
@@ -378,7 +378,7 @@ def test_stop_on_failure_stops_training_after_the_failing_batch(digits):
 def test_a_loop_that_gives_no_batch_is_told_once(digits):
     model = mlp()
     loss, opt = nn.SoftmaxCrossEntropy(), nn.SGD(model, lr=0.1)
-    check = GradientCheck(every=2, warmup_steps=1)
+    check = GradientCheck(budget=None, every=2, warmup_steps=1)
     mon = Monitor(model, loss=loss, optimizer=opt, callbacks=[check], progress=False)
     x, y = digits
     with mon.run():
@@ -421,12 +421,12 @@ def test_a_loop_that_gives_no_batch_is_told_once(digits):
 ])
 def test_invalid_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}:"):
-        GradientCheck(**kwargs)
+        GradientCheck(budget=None, **kwargs)
 
 
 def test_unknown_options_are_refused_at_construction():
     with pytest.raises(TypeError, match="'coordinate'.*did you mean 'coordinates'"):
-        GradientCheck(coordinate=5)
+        GradientCheck(budget=None, coordinate=5)
 
 
 # -- watching never changes training --------------------------------------------------------
@@ -434,7 +434,7 @@ def test_unknown_options_are_refused_at_construction():
 
 def test_model_optimizer_and_random_state_are_bit_identical_around_each_check(digits):
     before, after = Recorder(order=-10), Recorder(order=10)
-    check = GradientCheck(every=4, warmup_steps=2)
+    check = GradientCheck(budget=None, every=4, warmup_steps=2)
     model = mlp(l2=1e-3, dropout=0.3)
     fit(model, [before, check, after], digits, epochs=2, opt=nn.Adam(model, lr=1e-3))
     steps = [step for step, _ in check.reports]
@@ -451,7 +451,7 @@ def test_model_optimizer_and_random_state_are_bit_identical_around_each_check(di
 
 def test_training_is_bit_identical_with_and_without_gradient_checks(digits):
     runs = []
-    for callbacks in ([], [GradientCheck(every=3, warmup_steps=1)]):
+    for callbacks in ([], [GradientCheck(budget=None, every=3, warmup_steps=1)]):
         model = mlp(l2=1e-3, dropout=0.3)
         trainer, _ = fit(model, callbacks, digits, epochs=2, opt=nn.Adam(model, lr=1e-3))
         runs.append((trainer.backend.state_dict(), trainer.history,
@@ -466,7 +466,7 @@ def test_an_interrupt_inside_a_check_leaves_the_model_untouched(digits):
     model = nn.Sequential([nn.Dense(64, 16, rng=0, dtype=np.float32), nn.Tanh(),
                            InterruptOnFloat64(16, 10, rng=1, dtype=np.float32)], seed=0)
     recorder = Recorder(order=-1)
-    check = GradientCheck(every=5, warmup_steps=4)
+    check = GradientCheck(budget=None, every=5, warmup_steps=4)
     mem = MemoryOutput()
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), nn.Adam(model, lr=1e-3),
                       callbacks=[recorder, check], outputs=[mem], progress=False)
@@ -499,3 +499,36 @@ def test_the_periodic_probes_still_catch_every_planted_bug_of_the_zoo():
             assert report.failed == case.wrong, (make.__name__, seed, str(report))
             assert all(check.verdict in PASSING for name, check in report.params.items()
                        if name not in case.wrong), (make.__name__, seed)
+
+
+def test_budget_holds_back_checks_that_would_cost_too_much_of_the_run():
+    """With every=1 each step is due; a tiny budget lets the first check run and holds the
+    next ones back until training has run budget-times longer than the checks took."""
+    import time as _time
+
+    from trainwatch import Callback
+
+    class SlowStep(Callback):  # training time that the checks are compared against
+        def on_step_end(self, state):
+            _time.sleep(0.002)
+
+    x, y = load_digits()
+    x, y = x[:320], y[:320]
+    results = {}
+    for budget in (None, 0.05):
+        net = nn.Sequential([nn.Dense(64, 16, rng=0), nn.Tanh(), nn.Dense(16, 10, rng=1)], seed=0)
+        check = GradientCheck(every=1, warmup_steps=1, budget=budget)
+        Trainer(net, nn.SoftmaxCrossEntropy(), nn.SGD(net, lr=0.1),
+                callbacks=[check, SlowStep()], progress=False).fit(x, y, epochs=2, batch_size=32)
+        results[budget] = (len(check.reports), check.deferred, check.seconds)
+    unbounded, bounded = results[None], results[0.05]
+    assert unbounded[0] == 19 and unbounded[1] == 0  # steps 1..19: every step checked
+    assert 1 <= bounded[0] < unbounded[0] and bounded[1] > 0
+    assert bounded[1] + bounded[0] == 19  # every due step either checked or held back
+
+
+def test_budget_is_validated():
+    with pytest.raises(ValueError, match="budget"):
+        GradientCheck(budget=0)
+    with pytest.raises(ValueError, match="budget"):
+        GradientCheck(budget=1.5)

@@ -76,7 +76,8 @@ def loop(model, opt, watcher, *, epochs=2, batch=64, seed=0, on_batch=None):
 
 def frequent_callbacks():
     return [MetricLogger(every=2), UpdateRatioMonitor(every=2),
-            HistogramMonitor(every=4, figure_every=None), GradientCheck(every=6, warmup_steps=3),
+            HistogramMonitor(every=4, figure_every=None),
+            GradientCheck(every=6, warmup_steps=3, budget=None),
             FilterImages(every=4), AccuracyGapMonitor()]
 
 
@@ -234,7 +235,7 @@ def test_hook_sequence_with_accumulation_eval_and_no_grad_forwards():
 def test_gradient_check_runs_on_the_reported_batch():
     model = small_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    check = GradientCheck(every=4, warmup_steps=2, examples=2)
+    check = GradientCheck(every=4, warmup_steps=2, examples=2, budget=None)
     mem = MemoryOutput()
     with watch(model, opt, nn.CrossEntropyLoss(), callbacks=[check], outputs=[mem],
                progress=False, raise_errors=True) as w:
@@ -290,7 +291,7 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     mem = MemoryOutput()
     callbacks = [MetricLogger(every=5), UpdateRatioMonitor(every=5),
-                 HistogramMonitor(every=5, figure_every=None), GradientCheck(every=8,
+                 HistogramMonitor(every=5, figure_every=None), GradientCheck(every=8, budget=None,
                                                                              warmup_steps=4)]
     w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=callbacks, outputs=[mem],
               progress=False, raise_errors=True)

@@ -84,6 +84,11 @@ class GradientCheck(Callback):
         sweep_on_failure: at the first failing check of an episode, run the check again
             with the step-size sweep on the failing tensors and write its figure (default
             True; costs nothing while checks pass).
+        budget: the most checking may take, as a fraction of the run's wall time so far
+            (default 0.02). A check that is due but would go over (judged by the duration of
+            the previous one) waits until training has run long enough; the first check is
+            never held back. On a big model, where one check takes seconds, this spaces
+            checks out more than ``every``. None: no budget.
         **options: passed to the engine: ``coordinates`` (default 2 here), ``directions``
             (default 1 here), ``h``, ``thresholds``, ``depth_allowance``, ... (see
             :data:`trainwatch.gradcheck.DEFAULTS`). Unknown names raise TypeError, bad values
@@ -92,12 +97,13 @@ class GradientCheck(Callback):
     Attributes:
         reports: ``(step, report)`` of every check of the current run, in order.
         seconds: wall-clock seconds spent checking in the current run.
+        deferred: how many times a due check was held back by ``budget``.
     """
 
     def __init__(self, every: int = 1000, *, warmup_steps: int = 50,
                  warmup_loss_drop: float | None = None, examples: int = 3, seed: int = 0,
                  stop_on_failure: bool = False, sweep_on_failure: bool = True,
-                 **options: Any):
+                 budget: float | None = 0.02, **options: Any):
         self.every = _count("every", every, 1)
         self.warmup_steps = _count("warmup_steps", warmup_steps, 0)
         if warmup_loss_drop is not None:
@@ -112,6 +118,10 @@ class GradientCheck(Callback):
         self.seed = _count("seed", seed, 0)
         self.stop_on_failure = _flag("stop_on_failure", stop_on_failure)
         self.sweep_on_failure = _flag("sweep_on_failure", sweep_on_failure)
+        if budget is not None and not (isinstance(budget, (int, float))
+                                       and not isinstance(budget, bool) and 0 < budget <= 1):
+            raise ValueError(f"budget: must be a fraction in (0, 1] or None, got {budget!r}")
+        self.budget = None if budget is None else float(budget)
         from trainwatch.gradcheck.engine import Options
 
         self.options: dict[str, Any] = {**PERIODIC_PROBES, **options}
@@ -127,6 +137,8 @@ class GradientCheck(Callback):
         self._failing = False  # inside a failure episode (no sweep until it passes again)
         self._seconds = 0.0
         self.seconds = 0.0
+        self._started = time.perf_counter()
+        self.deferred = 0  # due checks held back by the budget
 
     @property
     def last_report(self) -> Any:
@@ -161,6 +173,10 @@ class GradientCheck(Callback):
                 "GradientCheck needs the batch, but the loop did not give it", state.step,
                 suggestion="pass the batch to Monitor.batch_begin(inputs, targets)")
             return
+        if self._over_budget():
+            self._next_check = state.step + 1
+            self.deferred += 1
+            return
         self._warm = True
         self._next_check = state.step + self.every
         report = self._check(state)
@@ -172,6 +188,14 @@ class GradientCheck(Callback):
                                f"{', '.join(report.failed)}")
 
     # -- the check ------------------------------------------------------------------------------
+
+    def _over_budget(self) -> bool:
+        """Would one more check (as long as the last) take checking past ``budget`` of the
+        run's wall time? Never true before the first check."""
+        if self.budget is None or not self.reports:
+            return False
+        elapsed = time.perf_counter() - self._started
+        return self.seconds + self._seconds > self.budget * elapsed
 
     def _loss_has_fallen(self, state: RunState) -> bool:
         if self.warmup_loss_drop is None or state.loss is None:
