@@ -99,7 +99,7 @@ class Trainer:
                            "train_accuracy": correct / max(seen, 1)}
                 if validation_data is not None:
                     val_loss, val_acc = backend.evaluate(*validation_data)
-                    metrics.update(val_loss=val_loss, val_accuracy=val_acc)
+                    metrics.update(val_loss=float(val_loss), val_accuracy=float(val_acc))
                     mon.validation_end(metrics)
                 mon.epoch_end(metrics)
                 for k, v in metrics.items():

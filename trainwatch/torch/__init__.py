@@ -7,6 +7,11 @@
 - :func:`check_module`: float64 finite-difference check of a module's parameter gradients.
 """
 
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError('trainwatch.torch needs PyTorch: pip install "trainwatch[torch]"') from exc
+
 from trainwatch.torch.backend import TorchBackend
 from trainwatch.torch.gradcheck import check_module
 from trainwatch.torch.watch import Watcher, watch
