@@ -178,6 +178,11 @@ class Backend(ABC):
         """A host numpy copy of a batch (inputs or targets) from the training loop."""
         return np.array(x, copy=True)
 
+    def count_correct(self, predictions: Any, targets: Any) -> Any:
+        """How many rows are classified right, as a framework scalar (on a GPU it stays on
+        the device: read it later with :meth:`scalars_to_host`)."""
+        return self.accuracy(predictions, targets) * len(targets)
+
     @staticmethod
     def accuracy(predictions: Any, targets: Any) -> float:
         """Fraction of rows whose arg-max class equals the target (numpy arrays)."""

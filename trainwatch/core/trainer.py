@@ -77,7 +77,9 @@ class Trainer:
         with mon.run(epochs=epochs, steps_per_epoch=steps_per_epoch):
             for epoch in range(epochs):
                 mon.epoch_begin(epoch)
-                loss_sum = correct = seen = 0.0
+                # per-batch loss and correct count stay framework scalars (on a GPU, on the
+                # device) and are read in one transfer at the end of the epoch
+                losses, corrects, sizes = [], [], []
                 for xb, yb in minibatches(x, y, batch_size, self.data_rng):
                     mon.batch_begin(xb, yb)
                     scores = backend.forward(xb, training=True)
@@ -89,14 +91,17 @@ class Trainer:
                     mon.step_begin()
                     backend.step()
                     mon.step_end()
-                    n = len(xb)
-                    loss_sum += float(data_loss) * n
-                    correct += backend.accuracy(scores, yb) * n
-                    seen += n
+                    losses.append(data_loss)
+                    corrects.append(backend.count_correct(scores, yb))
+                    sizes.append(len(xb))
                     if mon.should_stop:
                         break
-                metrics = {"train_loss": loss_sum / max(seen, 1),
-                           "train_accuracy": correct / max(seen, 1)}
+                values = backend.scalars_to_host(losses + corrects)
+                seen = max(sum(sizes), 1)
+                metrics = {
+                    "train_loss": float(np.dot(values[:len(losses)], sizes)) / seen,
+                    "train_accuracy": float(sum(values[len(losses):])) / seen,
+                }
                 if validation_data is not None:
                     val_loss, val_acc = backend.evaluate(*validation_data)
                     metrics.update(val_loss=float(val_loss), val_accuracy=float(val_acc))

@@ -544,6 +544,13 @@ class TorchBackend(Backend):
             raise ValueError("optimizer: the backend has no optimizer")
         self.optimizer.step()
 
+    def count_correct(self, predictions: Any, targets: Any) -> Any:
+        if not isinstance(predictions, torch.Tensor):
+            return Backend.count_correct(self, predictions, targets)
+        with torch.no_grad():
+            p = predictions.detach()
+            return _correct(p, as_tensor(targets, p.device, p.dtype))
+
     @staticmethod
     def accuracy(predictions: Any, targets: Any) -> float:
         """Fraction of rows whose arg-max equals the target (tensors or numpy arrays)."""
