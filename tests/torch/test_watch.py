@@ -321,6 +321,34 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     assert sum(reads_per_step) == sum(reads_per_step[s] for s in busy)
 
 
+def test_trainer_on_an_accelerator_reads_the_loss_only_on_logging_steps(monkeypatch):
+    """What a GPU sees from trainwatch's own Trainer with the loss monitors: the losses and
+    correct counts stay on the device between logging steps (read in one transfer each
+    ``every`` steps and at epoch ends)."""
+    from trainwatch import LossMonitor, Trainer
+
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap", property(lambda s: False))
+    model = small_cnn()
+    (xt, yt), _ = data(n_train=320)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.05),
+                      callbacks=[MetricLogger(every=5), LossMonitor(every=5)], progress=False,
+                      outputs=[MemoryOutput()], raise_errors=True)
+    reads = []
+    original_step_end = trainer.monitor.step_end
+
+    def step_end():
+        original_step_end()
+        reads.append(len(log))
+
+    trainer.monitor.step_end = step_end
+    with host_reads() as log:
+        trainer.fit(xt.numpy(), yt.numpy(), epochs=1, batch_size=32)
+    per_step = np.diff([0, *reads])
+    busy = {s for s, n in enumerate(per_step) if n}
+    assert busy <= {0, 5}  # 10 steps: the logging steps only (step 0 reads the first loss)
+    assert len(log) > 0
+
+
 def test_watch_validates_its_arguments():
     with pytest.raises(TypeError, match="model"):
         watch(object(), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0))
