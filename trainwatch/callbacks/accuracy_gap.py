@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
 OVERFIT_SUGGESTION = (
@@ -41,12 +42,6 @@ def _fraction(name: str, value: float, *, allow_zero: bool = True) -> float:
         bound = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name}: must be a number in {bound}, got {value!r}")
     return float(value)
-
-
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _pair(name: str, data: Any) -> tuple[Any, Any] | None:
@@ -130,12 +125,12 @@ class AccuracyGapMonitor(Callback):
         min_growth: float = 0.0,
         patience: int = 3,
     ):
-        self.every = None if every is None else _count("every", every)
+        self.every = None if every is None else count("every", every)
         self.validation_data = _pair("validation_data", validation_data)
         self.train_data = _pair("train_data", train_data)
         if self.every is not None and self.validation_data is None:
             raise ValueError("validation_data: required when every= is given (step-wise mode)")
-        self.subset = _count("subset", subset)
+        self.subset = count("subset", subset)
         self.overfit_gap = _fraction("overfit_gap", overfit_gap, allow_zero=False)
         self.underfit_accuracy = _fraction("underfit_accuracy", underfit_accuracy)
         self.underfit_gap = _fraction("underfit_gap", underfit_gap)
@@ -144,7 +139,7 @@ class AccuracyGapMonitor(Callback):
                 or not math.isfinite(min_growth) or abs(min_growth) > 1):
             raise ValueError(f"min_growth: must be a number in [-1, 1], got {min_growth!r}")
         self.min_growth = float(min_growth)
-        self.patience = _count("patience", patience)
+        self.patience = count("patience", patience)
         self.history: list[dict[str, float]] = []
         self._window: deque[dict[str, float]] = deque(maxlen=self.patience)
         self._overfit = False

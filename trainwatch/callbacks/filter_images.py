@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
 SEPARATOR = 255  # value of the separator pixels (white)
@@ -158,12 +159,6 @@ def _optional_count(name: str, value: Any) -> int | None:
     return value
 
 
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-    return value
-
-
 class FilterImages(Callback):
     """Writes the first layer's filters as an image grid, with their smoothness.
 
@@ -214,8 +209,8 @@ class FilterImages(Callback):
                                  f"integers, got {image_shape!r}")
             image_shape = tuple(int(d) for d in shape)
         self.image_shape = image_shape
-        self.min_size = _count("min_size", min_size)
-        self.max_filters = _count("max_filters", max_filters)
+        self.min_size = count("min_size", min_size)
+        self.max_filters = count("max_filters", max_filters)
         self.tensor: str | None = None
         self._pending_start = self.at_start
         self._last_step: int | None = None

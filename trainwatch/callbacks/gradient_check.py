@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count, flag
 from trainwatch.core.state import RunState
 
 #: verdict -> alert severity ("correct", "acceptable" and "kink" raise nothing)
@@ -104,8 +105,8 @@ class GradientCheck(Callback):
                  warmup_loss_drop: float | None = None, examples: int = 3, seed: int = 0,
                  stop_on_failure: bool = False, sweep_on_failure: bool = True,
                  budget: float | None = 0.02, **options: Any):
-        self.every = _count("every", every, 1)
-        self.warmup_steps = _count("warmup_steps", warmup_steps, 0)
+        self.every = count("every", every, 1)
+        self.warmup_steps = count("warmup_steps", warmup_steps, 0)
         if warmup_loss_drop is not None:
             ok = (isinstance(warmup_loss_drop, (int, float))
                   and not isinstance(warmup_loss_drop, bool) and 0.0 < warmup_loss_drop < 1.0)
@@ -114,10 +115,10 @@ class GradientCheck(Callback):
                                  f"got {warmup_loss_drop!r}")
             warmup_loss_drop = float(warmup_loss_drop)
         self.warmup_loss_drop = warmup_loss_drop
-        self.examples = _count("examples", examples, 1)
-        self.seed = _count("seed", seed, 0)
-        self.stop_on_failure = _flag("stop_on_failure", stop_on_failure)
-        self.sweep_on_failure = _flag("sweep_on_failure", sweep_on_failure)
+        self.examples = count("examples", examples, 1)
+        self.seed = count("seed", seed, 0)
+        self.stop_on_failure = flag("stop_on_failure", stop_on_failure)
+        self.sweep_on_failure = flag("sweep_on_failure", sweep_on_failure)
         if budget is not None and not (isinstance(budget, (int, float))
                                        and not isinstance(budget, bool) and 0 < budget <= 1):
             raise ValueError(f"budget: must be a fraction in (0, 1] or None, got {budget!r}")
@@ -309,13 +310,3 @@ def _suggestion(name: str, suffix: str, closest: str | None) -> str:
 # -- validation -----------------------------------------------------------------------------------
 
 
-def _count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: must be True or False, got {value!r}")
-    return value

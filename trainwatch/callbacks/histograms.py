@@ -35,6 +35,7 @@ import numpy as np
 from trainwatch.alerts.rules import Hysteresis
 from trainwatch.core.backend import LayerInfo
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.base import HistogramData
 
@@ -173,12 +174,6 @@ def _positive(name: str, value: Any, *, upper: float | None = None) -> float:
     return float(value)
 
 
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 class HistogramMonitor(Callback):
     """Every ``every`` steps: per-layer histograms and activation statistics, with alerts.
 
@@ -245,8 +240,8 @@ class HistogramMonitor(Callback):
         exploding_ratio: float = 1e3,
         figure_every: int | None = None,
     ):
-        self.every = _count("every", every)
-        self.bins = _count("bins", bins)
+        self.every = count("every", every)
+        self.bins = count("bins", bins)
         if isinstance(which, str):
             which = (which,)
         self.which = tuple(which)
@@ -259,14 +254,14 @@ class HistogramMonitor(Callback):
         self.saturation_threshold = float(t)
         self.saturated_alert = _positive("saturated_alert", saturated_alert, upper=1.0)
         self.dead_alert = _positive("dead_alert", dead_alert, upper=1.0)
-        self.dead_min_batch = _count("dead_min_batch", dead_min_batch)
-        self.dead_window = _count("dead_window", dead_window)
+        self.dead_min_batch = count("dead_min_batch", dead_min_batch)
+        self.dead_window = count("dead_window", dead_window)
         self.vanishing_ratio = _positive("vanishing_ratio", vanishing_ratio)
         self.exploding_ratio = _positive("exploding_ratio", exploding_ratio)
         if not self.vanishing_ratio < self.exploding_ratio:
             raise ValueError(f"vanishing_ratio: must be below exploding_ratio "
                              f"({exploding_ratio!r}), got {vanishing_ratio!r}")
-        self.figure_every = None if figure_every is None else _count("figure_every", figure_every)
+        self.figure_every = None if figure_every is None else count("figure_every", figure_every)
         self._saturated = Hysteresis(high=self.saturated_alert, margin=0.2)
         self._dead = Hysteresis(high=self.dead_alert, margin=0.2)
         self._ratio = Hysteresis(high=self.exploding_ratio, low=self.vanishing_ratio, margin=1.0)

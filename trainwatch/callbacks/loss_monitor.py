@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
 #: loss kind -> (expected initial loss as a function of the number of classes, explanation)
@@ -63,12 +64,6 @@ NONFINITE_SUGGESTION = (
     "lower the learning rate (or add warm-up / gradient clipping), check the data for NaN/Inf, "
     "and use numerically stable losses (log-sum-exp, no log(0))"
 )
-
-
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _positive(name: str, value: Any, *, above: float = 0.0, most: float = math.inf) -> float:
@@ -149,8 +144,8 @@ class LossMonitor(Callback):
         expected_initial_loss: float | None = None,
         initial_tolerance: float = 0.5,
     ):
-        self.every = _count("every", every)
-        self.check_every = _count("check_every", check_every)
+        self.every = count("every", every)
+        self.check_every = count("check_every", check_every)
         if self.every % self.check_every:
             raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
                              f"got {every!r}")
@@ -160,17 +155,17 @@ class LossMonitor(Callback):
                 raise ValueError(f"{name}: must be True or False, got {flag!r}")
         self.stop_on_nonfinite = stop_on_nonfinite
         self.check_tensors_every = (None if check_tensors_every is None else
-                                    _count("check_tensors_every", check_tensors_every))
+                                    count("check_tensors_every", check_tensors_every))
         self.check_initial = check_initial
         self.smoothing = _positive("smoothing", smoothing, most=1.0)
-        self.warmup = _count("warmup", warmup, minimum=0)
+        self.warmup = count("warmup", warmup, minimum=0)
         self.divergence_factor = _positive("divergence_factor", divergence_factor, above=1.0)
-        self.plateau_window = _count("plateau_window", plateau_window, minimum=4)
+        self.plateau_window = count("plateau_window", plateau_window, minimum=4)
         self.plateau_threshold = _positive("plateau_threshold", plateau_threshold, most=1.0)
         self.plateau_floor = _positive("plateau_floor", plateau_floor, most=1.0)
-        self.noise_window = _count("noise_window", noise_window, minimum=3)
+        self.noise_window = count("noise_window", noise_window, minimum=3)
         self.noise_threshold = _positive("noise_threshold", noise_threshold)
-        self.patience = _count("patience", patience)
+        self.patience = count("patience", patience)
         self.expected_initial_loss = (None if expected_initial_loss is None else
                                       _positive("expected_initial_loss", expected_initial_loss))
         self.initial_tolerance = _positive("initial_tolerance", initial_tolerance)

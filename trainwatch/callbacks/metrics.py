@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.console import ConsoleOutput
 
@@ -29,9 +30,7 @@ class MetricLogger(Callback):
     order = -100
 
     def __init__(self, every: int = 10):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every: must be an integer >= 1, got {every!r}")
-        self.every = every
+        self.every = count("every", every)
 
     def on_train_begin(self, state: RunState) -> None:
         bar = state.writer.find(ConsoleOutput)

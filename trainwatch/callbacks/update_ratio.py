@@ -51,6 +51,7 @@ from typing import Any
 from trainwatch.alerts.rules import Hysteresis
 from trainwatch.core.backend import TensorNorms
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
 RATIO_PREFIX = "update_ratio/"
@@ -60,12 +61,6 @@ NORMS_PREFIX = "update_ratio_norms/"
 _BIAS = re.compile(r"(^|[._])bias$")
 
 Band = tuple[float | None, float | None]
-
-
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _number(name: str, value: Any, *, low: float, high: float = math.inf,
@@ -187,14 +182,14 @@ class UpdateRatioMonitor(Callback):
         exclude: Iterable[str] = (),
         log_norms: bool = True,
     ):
-        self.every = _count("every", every)
+        self.every = count("every", every)
         self.band = _band("band", band)
         self.smoothing = _number("smoothing", smoothing, low=0.0, high=1.0)
-        self.window = None if window is None else _count("window", window)
-        self.patience = _count("patience", patience)
+        self.window = None if window is None else count("window", window)
+        self.patience = count("patience", patience)
         self.severe_factor = _number("severe_factor", severe_factor, low=1.0)
-        self.severe_patience = _count("severe_patience", severe_patience)
-        self.frozen_patience = _count("frozen_patience", frozen_patience)
+        self.severe_patience = count("severe_patience", severe_patience)
+        self.frozen_patience = count("frozen_patience", frozen_patience)
         self.margin = _number("margin", margin, low=0.0, low_open=False)
         if overrides is None:
             overrides = {}

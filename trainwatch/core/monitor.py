@@ -30,6 +30,7 @@ from trainwatch.alerts.manager import AlertManager
 from trainwatch.alerts.sinks import AlertSink
 from trainwatch.core.backend import Backend
 from trainwatch.core.callback import Callback, CallbackList
+from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.base import Output, OutputList
 
@@ -100,8 +101,7 @@ class Monitor:
         from trainwatch.callbacks.metrics import MetricLogger
         from trainwatch.outputs.console import ConsoleOutput
 
-        if not isinstance(log_every, int) or log_every < 1:
-            raise ValueError(f"log_every: must be an integer >= 1, got {log_every!r}")
+        count("log_every", log_every)
         self.backend = as_backend(model, loss, optimizer)
         self.logdir = None if logdir is None else os.fspath(logdir)
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from trainwatch.alerts.sinks import AlertSink
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import count
 from trainwatch.core.monitor import Monitor
 from trainwatch.data import minibatches
 from trainwatch.outputs.base import Output
@@ -65,10 +66,8 @@ class Trainer:
         Returns the history: per-epoch ``train_loss``, ``train_accuracy`` and, with
         ``validation_data``, ``val_loss`` and ``val_accuracy``.
         """
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs: must be an integer >= 1, got {epochs!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+        count("epochs", epochs)
+        count("batch_size", batch_size)
         if len(x) != len(y):
             raise ValueError(f"x, y: different lengths {len(x)} and {len(y)}")
         mon, backend = self.monitor, self.backend
