@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -38,6 +37,7 @@ from trainwatch.callbacks import default_callbacks
 from trainwatch.data import load_digits, train_val_split
 from trainwatch.torch import backend as backend_module
 from trainwatch.torch import watch
+from trainwatch.torch.host_reads import count_host_reads
 
 # -- models and data ------------------------------------------------------------------------------
 
@@ -181,37 +181,6 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
 
 # -- host reads -----------------------------------------------------------------------------------
 
-_READS = ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__array__")
-
-
-def _from_trainwatch() -> bool:
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("trainwatch"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-@contextlib.contextmanager
-def count_host_reads(log: list[str]):
-    originals = {name: getattr(torch.Tensor, name) for name in _READS}
-
-    def counting(name, fn):
-        def wrapper(self, *args, **kwargs):
-            if _from_trainwatch():
-                log.append(name)
-            return fn(self, *args, **kwargs)
-        return wrapper
-
-    for name, fn in originals.items():
-        setattr(torch.Tensor, name, counting(name, fn))
-    try:
-        yield log
-    finally:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, fn)
-
 
 def reads_per_step(work: Workload) -> dict[str, float]:
     """Run watched once, counting trainwatch's host reads per step (epoch ends apart). CPU
@@ -225,13 +194,12 @@ def reads_per_step(work: Workload) -> dict[str, float]:
 
 
 def _reads_per_step(work: Workload) -> dict[str, float]:
-    log: list[str] = []
     per_step: list[int] = []
     torch.manual_seed(0)
     model = work.make().to(work.device)
     criterion = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=work.lr, momentum=0.9)
-    with tempfile.TemporaryDirectory() as logdir, count_host_reads(log):
+    with tempfile.TemporaryDirectory() as logdir, count_host_reads() as log:
         watcher = watch(model, opt, criterion, logdir=logdir, callbacks=default_callbacks(),
                         progress=False)
         epoch_reads = 0

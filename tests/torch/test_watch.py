@@ -1,9 +1,7 @@
 """watch(): a conventional PyTorch loop, instrumented with a few lines, writes the dashboard;
 hooks are idle between scheduled steps and all removed on close."""
 
-import contextlib
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
 from trainwatch.torch import Watcher, watch  # noqa: E402
 from trainwatch.torch import backend as backend_module  # noqa: E402
+from trainwatch.torch.host_reads import count_host_reads  # noqa: E402
 
 SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
 
@@ -247,43 +246,6 @@ def test_gradient_check_runs_on_the_reported_batch():
 
 # -- no host reads on idle steps ---------------------------------------------------------------
 
-# (``numpy()`` is left out: it only works on CPU tensors, where it is no transfer)
-_READS = ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__array__")
-
-
-def _called_from_trainwatch() -> bool:
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("trainwatch"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-@contextlib.contextmanager
-def host_reads():
-    """Count the calls, made by trainwatch code, of the tensor methods that read device memory
-    from the host (each is a synchronisation on a GPU); the real methods still run. (The
-    optimizer's own reads, e.g. Adam's ``step.item()``, are not trainwatch's.)"""
-    log = []
-    originals = {name: getattr(torch.Tensor, name) for name in _READS}
-
-    def counting(name, fn):
-        def wrapper(self, *args, **kwargs):
-            if _called_from_trainwatch():
-                log.append(name)
-            return fn(self, *args, **kwargs)
-        return wrapper
-
-    for name, fn in originals.items():
-        setattr(torch.Tensor, name, counting(name, fn))
-    try:
-        yield log
-    finally:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, fn)
-
-
 def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     # what a GPU runs: histograms bucketed by the device path, whose only read is the final one
     monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
@@ -298,7 +260,7 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     (xt, yt), _ = data()
     criterion = nn.CrossEntropyLoss()
     reads_per_step = []
-    with host_reads() as log:
+    with count_host_reads() as log:
         for start in range(0, 512, 32):
             xb, yb = xt[start:start + 32], yt[start:start + 32]
             before = len(log)
@@ -341,7 +303,7 @@ def test_trainer_on_an_accelerator_reads_the_loss_only_on_logging_steps(monkeypa
         reads.append(len(log))
 
     trainer.monitor.step_end = step_end
-    with host_reads() as log:
+    with count_host_reads() as log:
         trainer.fit(xt.numpy(), yt.numpy(), epochs=1, batch_size=32)
     per_step = np.diff([0, *reads])
     busy = {s for s, n in enumerate(per_step) if n}
