@@ -117,3 +117,13 @@ def test_ema_alpha_one_is_no_smoothing():
 def test_ema_bad_alpha(alpha):
     with pytest.raises(ValueError, match="alpha"):
         EMA(alpha)
+
+
+def test_streak_counts_consecutive_holds_and_remembers_where_they_began():
+    from trainwatch.alerts import Streak
+
+    streak = Streak()
+    assert [streak.update(h, step) for step, h in enumerate([1, 1, 0, 1, 1, 1])] == [
+        1, 2, 0, 1, 2, 3]
+    assert streak.since == 3
+    assert streak.update(False, 6) == 0 and streak.count == 0

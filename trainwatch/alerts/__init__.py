@@ -2,7 +2,7 @@
 
 from trainwatch.alerts.alert import Alert, Severity
 from trainwatch.alerts.manager import AlertManager
-from trainwatch.alerts.rules import EMA, Hysteresis
+from trainwatch.alerts.rules import EMA, Hysteresis, Streak
 from trainwatch.alerts.sinks import (
     AlertSink,
     CallableSink,
@@ -26,6 +26,7 @@ __all__ = [
     "LoggingSink",
     "OutputTextSink",
     "Severity",
+    "Streak",
     "WebhookSink",
     "alert_markdown",
 ]

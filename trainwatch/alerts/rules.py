@@ -168,3 +168,24 @@ class EMA:
 
     def __repr__(self) -> str:
         return f"EMA(alpha={self.alpha!r}, value={self.value!r}, count={self.count})"
+
+
+class Streak:
+    """How many consecutive evaluations a condition has held, and since which step: the
+    patience count of a rule ("fires after N checks") and the "since step S" of its message.
+
+    ``update(holds, step)`` returns the new count (0 when the condition does not hold).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.since = 0
+
+    def update(self, holds: bool, step: int) -> int:
+        if not holds:
+            self.count = 0
+        else:
+            if self.count == 0:
+                self.since = step
+            self.count += 1
+        return self.count

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from trainwatch.alerts.rules import Streak
 from trainwatch.core.callback import Callback
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -189,9 +190,8 @@ class LossMonitor(Callback):
         self._nonfinite_seen = False
         self._unread: list[tuple[int, Any]] = []  # (step, loss) not yet read to the host
         self._diverged_at = -math.inf  # the last step a divergence was firing
-        self._streaks = {"divergence": 0, "plateau": 0, "noise": 0}
+        self._streaks = {rule: Streak() for rule in ("divergence", "plateau", "noise")}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
-        self._since = {"divergence": 0, "plateau": 0, "noise": 0}
         #: the first batch's loss and its expected value (None until checked / when unknown)
         self.initial_loss: float | None = None
         self.expected_initial: float | None = None
@@ -377,16 +377,11 @@ class LossMonitor(Callback):
 
     def _condition(self, rule: str, step: int, raw: bool, holding: bool) -> bool:
         """Debounce ``raw`` with ``patience``; once firing, stay active while ``holding``."""
-        if raw:
-            if self._streaks[rule] == 0:
-                self._since[rule] = step
-            self._streaks[rule] += 1
-        else:
-            self._streaks[rule] = 0
+        streak = self._streaks[rule].update(raw, step)
         if self._firing[rule]:
             self._firing[rule] = holding
         else:
-            self._firing[rule] = self._streaks[rule] >= self.patience
+            self._firing[rule] = streak >= self.patience
         return self._firing[rule]
 
     def _check_divergence(self, state: RunState, step: int, ref: float) -> None:
@@ -403,7 +398,8 @@ class LossMonitor(Callback):
         if active:
             message = (f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its running "
                        f"minimum {low:.4g} (step {self._min_step}), above the factor "
-                       f"{self.divergence_factor:g} since step {self._since['divergence']}")
+                       f"{self.divergence_factor:g} since step "
+                       f"{self._streaks['divergence'].since}")
         else:
             message = (f"the smoothed training loss {ema:.4g} is no longer diverging "
                        f"({ratio:.2f}× its minimum {low:.4g})")

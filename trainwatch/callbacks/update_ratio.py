@@ -45,10 +45,10 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from trainwatch.alerts.rules import Hysteresis
+from trainwatch.alerts.rules import Hysteresis, Streak
 from trainwatch.core.backend import TensorNorms
 from trainwatch.core.callback import Callback
 from trainwatch.core.checks import count
@@ -112,10 +112,8 @@ class _Track:
     severe_streak: int = 0
     since: int = 0  # step the current out-of-band streak began
     firing: str | None = None
-    frozen_streak: int = 0
-    frozen_since: int = 0
-    zero_streak: int = 0
-    zero_since: int = 0
+    frozen: Streak = field(default_factory=Streak)  # checks with ‖Δθ‖ = 0
+    zero: Streak = field(default_factory=Streak)  # checks with ‖θ‖ = 0
 
 
 class UpdateRatioMonitor(Callback):
@@ -224,8 +222,7 @@ class UpdateRatioMonitor(Callback):
         self._rules: dict[Band, Hysteresis] = {}
         self._measuring = False
         self._reported: set[tuple[str, str | None]] = set()
-        self._all_frozen_streak = 0
-        self._all_frozen_since = 0
+        self._all_frozen = Streak()  # checks where no tensor changed
 
     # -- results ------------------------------------------------------------------------------
 
@@ -310,23 +307,21 @@ class UpdateRatioMonitor(Callback):
                 continue  # non-finite: LossMonitor's concern; no evidence either way
             self._check_zero_weight(state, step, name, n, track, w == 0.0)
             if w == 0.0:
-                track.frozen_streak = 0
+                track.frozen.update(False, step)
                 still_zero += u == 0.0
                 if u != 0.0:
                     updated.append(name)
                 continue
             if u == 0.0:
                 self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = 0.0
-                if track.frozen_streak == 0:
-                    track.frozen_since = step
-                track.frozen_streak += 1
+                track.frozen.update(True, step)
                 frozen.append(name)
                 if track.judged and not math.isnan(self._level(track)):
                     # No new evidence about the ratio: the smoothed value stands, so a
                     # too-high ratio that killed the tensor's units is still reported.
                     self._check_band(state, step, name, n, track)
                 continue
-            track.frozen_streak = 0
+            track.frozen.update(False, step)
             updated.append(name)
             ratio = u / w
             self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = ratio
@@ -428,21 +423,15 @@ class UpdateRatioMonitor(Callback):
         code = "update_ratio.frozen"
         measured = len(frozen) + len(updated) + still_zero
         all_frozen = measured > 1 and frozen and not updated
-        if all_frozen:
-            if self._all_frozen_streak == 0:
-                self._all_frozen_since = step
-            self._all_frozen_streak += 1
-        else:
-            self._all_frozen_streak = 0
-        active = self._all_frozen_streak >= self.frozen_patience
+        active = self._all_frozen.update(all_frozen, step) >= self.frozen_patience
 
         def describe_all() -> dict[str, Any]:
             if not active:
                 return {"message": "parameter tensors are being updated again"}
             return {"severity": "warning", "value": 0.0,
                     "message": (f"no parameter tensor changed: all {measured} have ‖Δθ‖ = 0 "
-                                f"at {self._all_frozen_streak} checks since step "
-                                f"{self._all_frozen_since}"),
+                                f"at {self._all_frozen.count} checks since step "
+                                f"{self._all_frozen.since}"),
                     "suggestion": ("optimizer.step() has no effect: is it called, does it hold "
                                    "the model's parameters, is the learning rate > 0, are steps "
                                    "skipped (e.g. an AMP gradient scaler finding inf)?")}
@@ -455,7 +444,7 @@ class UpdateRatioMonitor(Callback):
                 "message": f"{name} is being updated again (ratio {self.ratios[name]:.2e})"})
         for name in frozen:
             track = self._tracks[name]
-            self._report(state, code, name, track.frozen_streak >= self.frozen_patience, step,
+            self._report(state, code, name, track.frozen.count >= self.frozen_patience, step,
                          lambda name=name, track=track: self._frozen_message(name, track))
 
     def _frozen_message(self, name: str, track: _Track) -> dict[str, Any]:
@@ -473,26 +462,20 @@ class UpdateRatioMonitor(Callback):
                           "(requires_grad)? If it is frozen on purpose, pass "
                           f"exclude=[{name!r}]")
         message = (f"{name} was not updated: ‖Δθ‖ = 0 with ‖θ‖ = {n.weight:.3g} at "
-                   f"{track.frozen_streak} checks since step {track.frozen_since}; {why}")
+                   f"{track.frozen.count} checks since step {track.frozen.since}; {why}")
         return {"message": message, "severity": "warning", "value": 0.0,
                 "suggestion": suggestion}
 
     def _check_zero_weight(self, state: RunState, step: int, name: str, n: TensorNorms,
                            track: _Track, zero: bool) -> None:
-        if zero:
-            if track.zero_streak == 0:
-                track.zero_since = step
-            track.zero_streak += 1
-        else:
-            track.zero_streak = 0
-        active = track.zero_streak >= self.frozen_patience
+        active = track.zero.update(zero, step) >= self.frozen_patience
 
         def describe() -> dict[str, Any]:
             if not active:
                 return {"message": f"{name} is no longer all zeros"}
             return {"severity": "info", "value": 0.0,
                     "message": (f"{name} is all zeros (‖θ‖ = 0) after the step, at "
-                                f"{track.zero_streak} checks since step {track.zero_since}: it "
+                                f"{track.zero.count} checks since step {track.zero.since}: it "
                                 f"has no update/weight ratio (‖Δθ‖ = {n.update:.3g}, "
                                 f"‖∇‖ = {n.grad:.3g})"),
                     "suggestion": ("a tensor that stays at zero gets no useful update: check "
