@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.helpers import assert_identical
 from trainwatch import nn
 from trainwatch.backends.numpy_backend import NumpyBackend
 from trainwatch.core.backend import LayerInfo
@@ -50,18 +51,6 @@ def snapshot(backend):
         "activations": {k: v.copy() for k, v in model.activations.items()},
         "activation_grads": {k: v.copy() for k, v in model.activation_grads.items()},
     }
-
-
-def assert_identical(a, b, path="state"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_identical(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape, path
-        assert a.tobytes() == b.tobytes(), path
-    else:
-        assert a == b, path
 
 
 def trained(digits, steps=3, **kwargs):

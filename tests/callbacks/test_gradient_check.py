@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.helpers import assert_identical
 from trainwatch import Callback, Monitor, Trainer, nn
 from trainwatch.callbacks.gradient_check import PERIODIC_PROBES, GradientCheck
 from trainwatch.data import load_digits
@@ -140,19 +141,6 @@ def fit(model, callbacks, data, *, epochs=2, opt=None, logdir=None, seed=0):
 def gradcheck_alerts(trainer, *, resolved=False):
     return [a for a in trainer.monitor.alerts.history
             if a.code.startswith("gradcheck.") and a.resolved == resolved]
-
-
-def assert_identical(a, b, path="state"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_identical(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape, path
-        assert np.array_equal(a, b), path
-        assert a.tobytes() == b.tobytes(), path  # bit-identical, also -0.0 and NaN payloads
-    else:
-        assert a == b, path
 
 
 # -- schedule -----------------------------------------------------------------------------------

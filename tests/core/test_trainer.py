@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.helpers import assert_identical
 from trainwatch import Callback, Trainer, default_callbacks, nn
 from trainwatch.backends.numpy_backend import NumpyBackend
 from trainwatch.data import load_digits, minibatches, train_val_split
@@ -52,18 +53,6 @@ def bare_fit(net, loss, opt, data, epochs, seed):
     return rng
 
 
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        va, vb = a[key], b[key]
-        if isinstance(va, dict):
-            assert_same_state(va, vb)
-        elif isinstance(va, np.ndarray):
-            assert va.dtype == vb.dtype and np.array_equal(va, vb), key
-        else:
-            assert va == vb, key
-
-
 def test_every_callback_on_gives_bit_identical_training(tmp_path):
     data = digits()
     net_a, loss_a, opt_a = make_net()
@@ -76,7 +65,7 @@ def test_every_callback_on_gives_bit_identical_training(tmp_path):
 
     # nothing was disabled for raising: every callback really ran
     assert not [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]
-    assert_same_state(NumpyBackend(net_a, loss_a, opt_a).state_dict(),
+    assert_identical(NumpyBackend(net_a, loss_a, opt_a).state_dict(),
                       trainer.backend.state_dict())
     assert rng_a.bit_generator.state == trainer.data_rng.bit_generator.state
     assert any(tmp_path.iterdir())
