@@ -135,10 +135,6 @@ class CallbackList:
     def __len__(self) -> int:
         return len(self.callbacks)
 
-    def find(self, kind: type) -> Callback | None:
-        """The first callback that is an instance of ``kind``, or None."""
-        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
-
     def call(self, hook: str, state: RunState) -> None:
         """Call ``hook`` on every enabled callback that overrides it."""
         for cb in self._by_hook[hook]:

@@ -137,8 +137,6 @@ class Monitor:
         self.callbacks = CallbackList(callbacks, raise_errors=raise_errors)
         self.state = RunState(backend=self.backend, writer=self.writer, alerts=self.alerts,
                               logdir=self.logdir)
-        self._step_open = False
-        self._started = False
         self._ended = False
 
     # -- hook points ---------------------------------------------------------------------------
@@ -147,7 +145,6 @@ class Monitor:
         """Call once before training."""
         self.state.epochs = epochs
         self.state.steps_per_epoch = steps_per_epoch
-        self._started = True
         self.callbacks.call("on_train_begin", self.state)
 
     def epoch_begin(self, epoch: int | None = None) -> None:
@@ -163,7 +160,6 @@ class Monitor:
         s = self.state
         s.inputs, s.targets = inputs, targets
         s.predictions = s.loss = s.data_loss = s.reg_loss = None
-        self._step_open = True
         self.callbacks.call("on_batch_begin", s)
 
     def loss_computed(self, loss: Any, predictions: Any = None, *, data_loss: Any = None,
@@ -187,7 +183,6 @@ class Monitor:
         self.callbacks.call("on_step_end", s)
         s.step += 1
         s.batch_index += 1
-        self._step_open = False
 
     def validation_end(self, metrics: Mapping[str, float]) -> None:
         """Call after validation with e.g. ``{"val_loss": .., "val_accuracy": ..}``."""
