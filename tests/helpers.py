@@ -16,3 +16,28 @@ def assert_identical(a, b, path="state"):
         assert a.tobytes() == b.tobytes(), path
     else:
         assert a == b, path
+
+
+def all_callbacks(validation_data):
+    """Every callback trainwatch has, each scheduled often and with every option that does
+    extra work switched on (figures, the step-wise gap on subsets evaluated mid-training,
+    gradient checks not held back by the time budget): for the bit-identical tests."""
+    from trainwatch import (
+        AccuracyGapMonitor,
+        FilterImages,
+        GradientCheck,
+        HistogramMonitor,
+        LossMonitor,
+        MetricLogger,
+        UpdateRatioMonitor,
+    )
+
+    return [
+        MetricLogger(every=1),
+        LossMonitor(every=2, check_tensors_every=3),
+        UpdateRatioMonitor(every=1),
+        GradientCheck(every=5, warmup_steps=2, examples=2, budget=None),
+        AccuracyGapMonitor(every=4, validation_data=validation_data, subset=64),
+        HistogramMonitor(every=3, figure_every=2),
+        FilterImages(every=4),
+    ]

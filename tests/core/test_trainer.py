@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import assert_identical
-from trainwatch import Callback, Trainer, default_callbacks, nn
+from tests.helpers import all_callbacks, assert_identical
+from trainwatch import Callback, GradientCheck, Trainer, nn
 from trainwatch.backends.numpy_backend import NumpyBackend
 from trainwatch.data import load_digits, minibatches, train_val_split
 
@@ -19,23 +20,6 @@ def make_net(seed=0):
     net = nn.Sequential([nn.Dense(64, 32, rng=seed), nn.ReLU(), nn.Dropout(0.2),
                          nn.Dense(32, 10, rng=seed + 1)], l2=1e-3, seed=seed)
     return net, nn.SoftmaxCrossEntropy(), nn.Adam(net, lr=3e-3)
-
-
-def all_callbacks():
-    """Every callback trainwatch has, switched on and scheduled often."""
-    import trainwatch.callbacks as cbmod
-
-    callbacks = default_callbacks()
-    every_step = {"GradientCheck": {"every": 7, "warmup_steps": 3},
-                  "HistogramMonitor": {"every": 5},
-                  "UpdateRatioMonitor": {"every": 1},
-                  "FilterImages": {"every": 5}}
-    for name, kwargs in every_step.items():
-        cls = getattr(cbmod, name, None)
-        if cls is not None:
-            callbacks = [cb for cb in callbacks if not isinstance(cb, cls)]
-            callbacks.append(cls(**kwargs))
-    return callbacks
 
 
 def bare_fit(net, loss, opt, data, epochs, seed):
@@ -59,12 +43,18 @@ def test_every_callback_on_gives_bit_identical_training(tmp_path):
     rng_a = bare_fit(net_a, loss_a, opt_a, data, epochs=3, seed=5)
 
     net_b, loss_b, opt_b = make_net()
-    trainer = Trainer(net_b, loss_b, opt_b, callbacks=all_callbacks(), logdir=tmp_path,
+    trainer = Trainer(net_b, loss_b, opt_b, callbacks=all_callbacks(data[1]), logdir=tmp_path,
                       progress=True)
     trainer.fit(*data[0], epochs=3, batch_size=32, validation_data=data[1], seed=5)
 
-    # nothing was disabled for raising: every callback really ran
+    # nothing was disabled for raising: every callback really ran, the checks included
     assert not [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]
+    check = next(cb for cb in trainer.monitor.callbacks if isinstance(cb, GradientCheck))
+    assert len(check.reports) >= 4
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"activations/distribution", "filters/fc1.weight"} <= set(events.Tags()["images"])
+    assert "accuracy/val_subset" in events.Tags()["scalars"]
     assert_identical(NumpyBackend(net_a, loss_a, opt_a).state_dict(),
                       trainer.backend.state_dict())
     assert rng_a.bit_generator.state == trainer.data_rng.bit_generator.state

@@ -5,7 +5,6 @@ and scheduled often, and with none: every parameter, buffer and optimizer state 
 the random state, must be bitwise equal.
 """
 
-import importlib
 
 import numpy as np
 import pytest
@@ -13,36 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from trainwatch import Trainer, default_callbacks  # noqa: E402
+from tests.helpers import all_callbacks  # noqa: E402
+from trainwatch import Trainer  # noqa: E402
 from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
 from trainwatch.torch import watch  # noqa: E402
-
-#: every callback trainwatch has, scheduled often: (module, class, options)
-FREQUENT = [
-    ("trainwatch.callbacks.gradient_check", "GradientCheck", {"every": 5, "warmup_steps": 2,
-                                                             "examples": 2}),
-    ("trainwatch.callbacks.histograms", "HistogramMonitor", {"every": 3, "figure_every": 2}),
-    ("trainwatch.callbacks.update_ratio", "UpdateRatioMonitor", {"every": 1}),
-    ("trainwatch.callbacks.filter_images", "FilterImages", {"every": 4}),
-    ("trainwatch.callbacks.metrics", "MetricLogger", {"every": 1}),
-]
-
-
-def all_callbacks(validation_data):
-    """default_callbacks(), with every known callback replaced by a frequent one."""
-    callbacks = default_callbacks()
-    frequent = [(importlib.import_module(module), name, kwargs)
-                for module, name, kwargs in FREQUENT]
-    # a step-wise accuracy gap evaluates the model (eval mode) in the middle of training
-    frequent.append((importlib.import_module("trainwatch.callbacks.accuracy_gap"),
-                     "AccuracyGapMonitor", {"every": 4, "validation_data": validation_data,
-                                            "subset": 64}))
-    for module, name, kwargs in frequent:
-        cls = getattr(module, name)
-        callbacks = [cb for cb in callbacks if not isinstance(cb, cls)]
-        callbacks.append(cls(**kwargs))
-    return callbacks
 
 
 def data():
