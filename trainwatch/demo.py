@@ -41,8 +41,9 @@ def build_model(kind: str, seed: int) -> nn.Sequential:
     model = nn.Sequential(layers, l2=1e-4, seed=seed)
     # A small positive bias keeps ReLUs fed by non-negative inputs alive at the start
     # (with zero biases about half of them never fire: trainwatch's activations.dead).
-    for name, layer in model.layers.items():
-        if layer.kind == "dense" and name != list(model.layers)[-1]:
+    *hidden, _output = model.layers.values()
+    for layer in hidden:
+        if layer.kind == "dense":
             layer.params["bias"][...] = 0.1
     return model
 
