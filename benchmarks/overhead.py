@@ -3,11 +3,17 @@
     python benchmarks/overhead.py [--model cnn|mlp] [--epochs 20] [--pairs 15] [--each]
 
 "bare" is a plain numpy loop with no trainwatch at all (same network, data order,
-optimizer, per-epoch validation). "watched" is the same training through trainwatch's
+optimizer), computing what a conventional loop reports: the epoch's training loss and
+accuracy and the validation loss and accuracy. "watched" is the same training through trainwatch's
 Trainer with the default callbacks, TensorBoard logs and alerts.jsonl (no progress bar).
 The machine's speed drifts over seconds, so runs are taken in adjacent pairs (bare, watched)
 and the median of the per-pair ratios is reported, with its quartiles. ``--each`` also
 measures every default callback alone (each with the always-on MetricLogger).
+
+The allocator is pinned first (see :func:`pin_allocator`; ``--default-malloc`` skips it): with
+glibc's dynamic thresholds the same loop flips between two speeds about 10 % apart, from run
+to run, depending on whether the validation pass's 4–6 MB of temporaries are handed back to
+the OS and faulted in again at every epoch (about 1600 page faults an epoch).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny matrices: threads only add noise
 
 import argparse
+import ctypes
 import statistics
 import tempfile
 import time
@@ -29,6 +36,20 @@ from trainwatch.data import load_digits, minibatches, train_val_split
 from trainwatch.demo import build_model
 
 BATCH = 64  # as the demo
+
+
+def pin_allocator() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds (16 MB, 256 MB), as the environment
+    variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` would, so freed
+    temporaries stay in the heap instead of being returned to the OS and faulted in again.
+    Returns False where there is no glibc (nothing pinned)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 16 << 20)
+                    and libc.mallopt(m_trim_threshold, 256 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def data(model: str):
@@ -44,15 +65,22 @@ def bare(model: str, epochs: int, lr: float) -> float:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for _ in range(epochs):
+        total = correct = 0.0
         for xb, yb in minibatches(x, y, BATCH, rng):
             scores = net.forward(xb, training=True)
-            loss.forward(scores, yb)
+            total += loss.forward(scores, yb) * len(xb)
+            correct += np.count_nonzero(scores.argmax(axis=1) == yb)
             net.regularization_loss()
             net.zero_grad()
             net.backward(loss.backward())
             opt.step()
+        history = {"train_loss": total / len(x), "train_accuracy": correct / len(x)}
+        total = correct = 0.0
         for i in range(0, len(xv), 512):
-            loss.forward(net.forward(xv[i:i + 512], training=False), yv[i:i + 512])
+            scores = net.forward(xv[i:i + 512], training=False)
+            total += loss.forward(scores, yv[i:i + 512]) * len(scores)
+            correct += np.count_nonzero(scores.argmax(axis=1) == yv[i:i + 512])
+        history.update(val_loss=total / len(xv), val_accuracy=correct / len(xv))
     return time.perf_counter() - start
 
 
@@ -119,7 +147,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--each", action="store_true", help="also each callback alone")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's dynamic malloc thresholds alone (noisier)")
     args = parser.parse_args()
+    pinned = not args.default_malloc and pin_allocator()
 
     run_bare = lambda: bare(args.model, args.epochs, args.lr)  # noqa: E731
     from trainwatch import LossMonitor, UpdateRatioMonitor
@@ -133,7 +164,8 @@ def main() -> None:
     run_bare(), watched(args.model, args.epochs, args.lr, default_callbacks)  # warm-up
     base = statistics.median(run_bare() for _ in range(3))
     print(f"{args.model}, {args.epochs} epochs of batch {BATCH}, bare {base:.3f} s; "
-          f"watched/bare, median [quartiles] of {args.pairs} adjacent pairs")
+          f"watched/bare, median [quartiles] of {args.pairs} adjacent pairs; allocator "
+          f"{'pinned' if pinned else 'as it comes'}")
     for name, callbacks in variants.items():
         med, q1, q3 = paired_ratio(run_bare, lambda c=callbacks: watched(
             args.model, args.epochs, args.lr, c), args.pairs)

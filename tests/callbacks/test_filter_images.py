@@ -121,11 +121,20 @@ def test_smoothness_is_lower_for_smooth_filters_than_for_noise():
 # -- the callback in training ---------------------------------------------------------------------
 
 
+def test_default_schedule_is_start_every_5_epochs_and_end(digits):
+    x, y = digits
+    model = nn.Sequential([nn.Dense(64, 16, rng=0), nn.ReLU(), nn.Dense(16, 10, rng=1)])
+    _, mem = train(model, [FilterImages()], x, y, epochs=7)
+    # initial weights, after epoch 5 (4 steps each), and the final ones after epoch 7
+    assert [s for s, _ in mem.images["filters/fc1.weight"]] == [0, 20, 28]
+
+
 def test_conv_first_layer_is_written_at_start_and_each_epoch(digits):
     x, y = digits
     model = nn.Sequential([nn.Conv2D(1, 16, 3, padding=1, rng=0), nn.ReLU(), nn.MaxPool2D(2),
                            nn.Flatten(), nn.Dense(256, 10, rng=1)])
-    trainer, mem = train(model, [FilterImages()], x.reshape(-1, 1, 8, 8), y, epochs=2)
+    trainer, mem = train(model, [FilterImages(every_epochs=1)], x.reshape(-1, 1, 8, 8), y,
+                         epochs=2)
     steps = [s for s, _ in mem.images["filters/conv1.weight"]]
     assert steps == [0, 4, 8]  # initial weights, then after each epoch of 4 steps
     assert mem.steps("filters/conv1.weight/smoothness") == steps
@@ -142,7 +151,7 @@ def test_dense_first_layer_on_flattened_images_and_step_schedule(digits):
     x, y = digits
     model = nn.Sequential([nn.Flatten(), nn.Dense(64, 32, rng=0), nn.ReLU(),
                            nn.Dense(32, 10, rng=1)])
-    cb = FilterImages(every=3, every_epochs=None)
+    cb = FilterImages(every=3, every_epochs=None, at_end=False)
     _, mem = train(model, [cb], x.reshape(-1, 1, 8, 8), y, epochs=2)
     assert cb.tensor == "fc1.weight"
     assert [s for s, _ in mem.images["filters/fc1.weight"]] == [0, 3, 6]
@@ -211,7 +220,7 @@ def test_images_read_back_from_tensorboard(digits, tmp_path):
 @pytest.mark.parametrize("kwargs, name", [
     ({"every": 0}, "every"),
     ({"every_epochs": -1}, "every_epochs"),
-    ({"every_epochs": None, "at_start": False}, "every_epochs"),
+    ({"every_epochs": None, "at_start": False, "at_end": False}, "every_epochs"),
     ({"layer": ""}, "layer"),
     ({"image_shape": (8,)}, "image_shape"),
     ({"image_shape": (1, 0, 8)}, "image_shape"),

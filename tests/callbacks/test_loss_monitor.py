@@ -96,7 +96,7 @@ def test_nan_weight_gives_one_critical_alert_a_clean_stop_and_readable_logs(digi
         ("loss.nonfinite", "fc2.weight")]
     ea = EventAccumulator(str(tmp_path), size_guidance=SIZE)
     ea.Reload()
-    assert [e.step for e in ea.Scalars("loss/train_log10")] == [0, 10, 20]
+    assert [e.step for e in ea.Scalars("loss/train_log10")] == [0, 20]
     assert ea.Scalars("update_ratio/fc1.weight")
 
 
@@ -188,7 +188,7 @@ def test_plateau_of_a_too_low_learning_rate(digits):
     alerts = fired(trainer)
     assert [a.code for a in alerts] == ["loss.plateau"]
     a = alerts[0]
-    assert a.step == 210  # 200-step window full at step 199, checked at 200 and 210
+    assert a.step == 220  # 200-step window full at step 199, checked at 200 and 220
     assert "progress over the last 200 steps" in a.message
     assert "learning rate that is too low" in a.message
     assert "raise the learning rate" in a.suggestion
@@ -196,7 +196,7 @@ def test_plateau_of_a_too_low_learning_rate(digits):
 
 def test_plateau_after_a_too_high_learning_rate_killed_the_units(digits):
     model = mlp()
-    trainer, _ = train(model, nn.SGD(model, lr=5.0), [LossMonitor()], digits, epochs=8)
+    trainer, _ = train(model, nn.SGD(model, lr=5.0), [LossMonitor()], digits, epochs=10)
     plateau = fired(trainer, "loss.plateau")
     assert len(plateau) == 1
     assert "killed the units" in plateau[0].message

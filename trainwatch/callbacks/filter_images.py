@@ -169,8 +169,10 @@ class FilterImages(Callback):
 
     Args:
         every: write every this-many optimizer steps (default None: never).
-        every_epochs: write at the end of every this-many epochs (default 1); None: never.
+        every_epochs: write at the end of every this-many epochs (default 5; filters change
+            slowly, and each image costs about 0.4 ms on the demo); None: never.
         at_start: also write the initial filters, before the first update (default True).
+        at_end: also write the final filters when training ends (default True).
         layer: a layer (``"conv1"``) or parameter tensor (``"conv1.weight"``) name; None
             (default) takes the first parameter tensor with 2 or more dimensions.
         image_shape: ``(H, W)`` or ``(C, H, W)`` of the input, for a dense first layer (default:
@@ -185,8 +187,9 @@ class FilterImages(Callback):
         self,
         every: int | None = None,
         *,
-        every_epochs: int | None = 1,
+        every_epochs: int | None = 5,
         at_start: bool = True,
+        at_end: bool = True,
         layer: str | None = None,
         image_shape: Sequence[int] | None = None,
         min_size: int = 24,
@@ -195,9 +198,11 @@ class FilterImages(Callback):
         self.every = _optional_count("every", every)
         self.every_epochs = _optional_count("every_epochs", every_epochs)
         self.at_start = bool(at_start)
-        if self.every is None and self.every_epochs is None and not self.at_start:
-            raise ValueError("every_epochs: with every=None and at_start=False nothing would "
-                             "ever be written")
+        self.at_end = bool(at_end)
+        if (self.every is None and self.every_epochs is None and not self.at_start
+                and not self.at_end):
+            raise ValueError("every_epochs: with every=None, at_start=False and at_end=False "
+                             "nothing would ever be written")
         if layer is not None and not (isinstance(layer, str) and layer):
             raise ValueError(f"layer: must be a layer or tensor name, got {layer!r}")
         self.layer = layer
@@ -235,6 +240,10 @@ class FilterImages(Callback):
         if every is None or (state.epoch + 1) % every:
             return
         self._write(state, state.step)
+
+    def on_train_end(self, state: RunState) -> None:
+        if self.at_end and state.step > 0:
+            self._write(state, state.step)
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ SEVERITY = {"wrong": "critical", "suspicious": "warning"}
 
 #: probes of a periodic check, where the engine's one-off defaults are 10 and 3 (see the
 #: module docstring); options given to :class:`GradientCheck` override them
-PERIODIC_PROBES: dict[str, int] = {"coordinates": 2, "directions": 1}
+PERIODIC_PROBES: dict[str, int] = {"coordinates": 1, "directions": 1}
 
 #: while warming up until the loss has fallen, the loss is read every this many steps only
 #: (on a GPU reading it is a device sync)

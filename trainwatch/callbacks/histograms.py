@@ -72,6 +72,17 @@ EXPLODING_SUGGESTION = (
 # -- statistics (public so they can be tested and reused) -------------------------------------
 
 
+def mean_std(a: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the entries of ``a`` (non-empty), from the sum and the
+    sum of squares in float64: unlike ``a.std()``, no array-sized temporaries."""
+    flat = np.asarray(a).reshape(-1)
+    if flat.dtype != np.float64:
+        flat = flat.astype(np.float64)
+    n = flat.size
+    mean = float(flat.sum()) / n
+    return mean, math.sqrt(max(float(np.dot(flat, flat)) / n - mean * mean, 0.0))
+
+
 def saturated_fraction(a: np.ndarray, kind: str, threshold: float = 0.97) -> float:
     """Fraction of the entries of ``a`` in the saturated zone of a ``tanh`` or ``sigmoid``.
 
@@ -199,7 +210,7 @@ class HistogramMonitor(Callback):
     below ``vanishing_ratio`` / rises above ``exploding_ratio``.
 
     Args:
-        every: steps between measurements (default 200).
+        every: steps between measurements (default 250).
         bins: histogram buckets (default 64).
         which: histograms to write, any of ``"activations"``, ``"activation_gradients"``,
             ``"weights"``, ``"gradients"`` (default all four); statistics and alerts are
@@ -227,7 +238,7 @@ class HistogramMonitor(Callback):
 
     def __init__(
         self,
-        every: int = 200,
+        every: int = 250,
         *,
         bins: int = 64,
         which: Iterable[str] = ("activations", "activation_gradients", "weights", "gradients"),
@@ -322,8 +333,8 @@ class HistogramMonitor(Callback):
             a = np.asarray(a)
             if a.size == 0:
                 continue
-            values[f"activations/{name}/mean"] = float(a.mean())
-            values[f"activations/{name}/std"] = float(a.std())
+            values[f"activations/{name}/mean"], values[f"activations/{name}/std"] = (
+                mean_std(a))
             kind = kinds.get(name, "other")
             if kind in SATURATING_KINDS:
                 sat = saturated_fraction(a, kind, self.saturation_threshold)

@@ -79,11 +79,11 @@ class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
 
-    Per step it reads the loss as a float and appends it to a preallocated ring buffer; on
-    an accelerator (``backend.host_reads_cheap`` False) the losses stay on the device and
-    are read in one transfer every ``every`` steps, so a NaN loss is seen (and training
-    stopped) up to ``every`` steps later; every ``every`` steps it
-    evaluates the rules and writes:
+    Per step it reads the loss as a float (checking it is finite) and queues it; every
+    ``every`` steps the queued losses go into a preallocated ring buffer. On an accelerator
+    (``backend.host_reads_cheap`` False) the losses stay on the device and are read in one
+    transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
+    ``every`` steps later. Every ``every`` steps it evaluates the rules and writes:
 
     * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
       scale; positive losses only);
@@ -92,7 +92,7 @@ class LossMonitor(Callback):
     * ``loss/relative_spread``: the noise measure (fraction of the loss level).
 
     Args:
-        every: steps between rule evaluations and log points (default 10); a multiple of
+        every: steps between rule evaluations and log points (default 20); a multiple of
             ``check_every``.
         check_every: steps between loss reads (default 1).
         stop_on_nonfinite: stop training when anything is non-finite (default True).
@@ -127,7 +127,7 @@ class LossMonitor(Callback):
 
     def __init__(
         self,
-        every: int = 10,
+        every: int = 20,
         *,
         check_every: int = 1,
         stop_on_nonfinite: bool = True,
@@ -213,13 +213,15 @@ class LossMonitor(Callback):
         step = state.step
         if step % self.check_every or state.loss is None:
             return
-        if step == 0 or state.backend.host_reads_cheap:
-            self._ingest(state, step, float(state.loss))
-            return
-        # On an accelerator, reading a loss is a host sync: keep the scalars where they are
-        # and read the ones since the last evaluation in one transfer, every ``every`` steps.
-        self._unread.append((step, state.loss))
-        if step % self.every == 0:
+        loss, urgent = state.loss, step == 0
+        if state.backend.host_reads_cheap:  # a NaN is seen on its own step
+            loss = float(loss)
+            urgent = urgent or not math.isfinite(loss)
+        # The losses since the last evaluation are taken in together, every ``every`` steps:
+        # on an accelerator in one transfer (a read is a host sync), on the CPU in one warm
+        # loop rather than a little work between every two training steps.
+        self._unread.append((step, loss))
+        if urgent or step % self.every == 0:
             self._read_unread(state)
 
     def on_train_end(self, state: RunState) -> None:
@@ -228,7 +230,9 @@ class LossMonitor(Callback):
     def _read_unread(self, state: RunState) -> None:
         unread, self._unread = self._unread, []
         if unread:
-            values = state.backend.scalars_to_host([loss for _, loss in unread])
+            values = [loss for _, loss in unread]
+            if not state.backend.host_reads_cheap:  # floats already on the CPU
+                values = state.backend.scalars_to_host(values)
             for (at, _), v in zip(unread, values):
                 self._ingest(state, at, v)
                 if self._nonfinite_seen:

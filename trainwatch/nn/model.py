@@ -147,8 +147,9 @@ class Sequential:
         return copy.deepcopy(self.rng.bit_generator.state)
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
-        """Restore the dropout Generator (the same object the Dropout layers hold)."""
-        self.rng.bit_generator.state = copy.deepcopy(state)
+        """Restore the dropout Generator (the same object the Dropout layers hold); the
+        Generator copies what it needs, so ``state`` can be restored again later."""
+        self.rng.bit_generator.state = state
 
     def state_dict(self) -> dict[str, Any]:
         """``{"params": {name: copy}, "rng_state": ...}``, all deep copies."""
@@ -169,8 +170,16 @@ class Sequential:
         self.set_rng_state(state["rng_state"])
 
     def astype(self, dtype: np.dtype | type) -> Sequential:
-        """A deep copy with parameters and gradients cast to ``dtype`` (float64 for gradchecks)."""
-        clone = copy.deepcopy(self)
+        """A deep copy with parameters and gradients cast to ``dtype`` (float64 for gradchecks).
+
+        What the last passes left behind (each layer's cached inputs and masks, captured
+        activations) is not copied: the clone starts with none."""
+        memo: dict[int, Any] = {id(self.activations): {}, id(self.activation_grads): {}}
+        for layer in self.layers.values():
+            for key, value in vars(layer).items():
+                if key.startswith("_") and isinstance(value, np.ndarray):
+                    memo[id(value)] = None
+        clone = copy.deepcopy(self, memo)
         for layer in clone.layers.values():
             for key in layer.params:
                 layer.params[key] = layer.params[key].astype(dtype)

@@ -17,6 +17,10 @@ import numpy as np
 logger = logging.getLogger("trainwatch")
 
 
+#: entries bucketed at a time by :meth:`HistogramData.from_values` (64 KB of float64)
+_CHUNK = 8192
+
+
 @dataclass(frozen=True)
 class HistogramData:
     """A histogram already reduced to counts (e.g. on a GPU), plus the moments TensorBoard shows.
@@ -36,23 +40,36 @@ class HistogramData:
     @classmethod
     def from_values(cls, values: np.ndarray, bins: int = 64) -> HistogramData:
         """Bucket the finite entries of ``values`` into ``bins`` equal-width buckets."""
-        v = np.asarray(values, dtype=np.float64).ravel()
-        total = float(v.sum())
+        v = np.asarray(values).ravel()
+        if v.dtype.kind != "f":
+            v = v.astype(np.float64)
+        total = float(v.sum(dtype=np.float64))
         if not np.isfinite(total):  # only then pay for a mask
             v = v[np.isfinite(v)]
-            total = float(v.sum())
+            total = float(v.sum(dtype=np.float64))
         if v.size == 0:
             return cls(np.zeros(1), np.array([0.0, 1e-12]), 0.0, 0.0, 0, 0.0, 0.0)
         lo, hi = float(v.min()), float(v.max())
         if hi <= lo:
             hi = lo + 1e-12 * max(1.0, abs(lo))
-        # equal-width buckets by index arithmetic + bincount: ~10x cheaper than np.histogram
-        # on the small arrays a layer produces; the last edge is inclusive, as np.histogram's.
-        index = ((v - lo) * (bins / (hi - lo))).astype(np.intp)
-        np.minimum(index, bins - 1, out=index)
-        counts = np.bincount(index, minlength=bins).astype(np.float64)
+        # Equal-width buckets by index arithmetic + bincount (~10x cheaper than np.histogram),
+        # a chunk at a time: the temporaries stay small enough for the allocator to reuse, where
+        # whole-array ones (512 KB for a conv layer's activations) are mapped fresh from the OS
+        # and page-faulted in on every call (4x the cost). The maximum lands in an extra
+        # bucket, folded into the last (its right edge is inclusive, as np.histogram's).
+        scale = bins / (hi - lo)
+        counts = np.zeros(bins + 1, dtype=np.intp)
+        sum_squares = 0.0
+        for start in range(0, v.size, _CHUNK):
+            part = v[start:start + _CHUNK].astype(np.float64)
+            sum_squares += float(np.dot(part, part))
+            part -= lo
+            part *= scale
+            counts += np.bincount(part.astype(np.intp), minlength=bins + 1)
+        counts[bins - 1] += counts[bins]
         edges = np.linspace(lo, hi, bins + 1)
-        return cls(counts, edges, lo, hi, int(v.size), total, float(np.dot(v, v)))
+        return cls(counts[:bins].astype(np.float64), edges, lo, hi, int(v.size), total,
+                   sum_squares)
 
 
 class Output(ABC):

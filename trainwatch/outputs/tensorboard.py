@@ -293,12 +293,15 @@ def encode_png(pixels: np.ndarray) -> bytes:
 class TensorBoardOutput(Output):
     """Writes TensorBoard event files in ``logdir`` (tensorboardX's protos and record format).
 
-    Events are serialised and appended in the caller's thread (~10 µs each). tensorboardX's
-    ``SummaryWriter`` instead hands every event to a writer thread through a
+    Histograms, images and texts are serialised and appended in the caller's thread.
+    tensorboardX's ``SummaryWriter`` instead hands every event to a writer thread through a
     multiprocessing queue; measured on the demo, those per-event thread hand-offs cost the
     training thread ~1 ms per histogram (GIL convoys), more than everything trainwatch
-    computes. One daemon thread wakes every ``flush_secs`` to push buffered bytes to the
-    OS, so a killed process loses at most that much.
+    computes. Scalars, the most frequent writes, are only buffered as Python floats (~1 µs a
+    call): building their protobufs call by call, between training steps, cost ~50 µs a call
+    on the demo, where in one batch it is a few µs each. One daemon thread wakes every
+    ``flush_secs``, writes the buffered scalars (one event per step) and pushes buffered bytes
+    to the OS, so a killed process loses at most that much.
 
     Args:
         logdir: the run's folder (created if missing).
@@ -340,8 +343,11 @@ class TensorBoardOutput(Output):
         self._closed = False
         self._warned_closed = False
         self._warned_tags: set[str] = set()
-        self._pending: list[Any] = []  # scalar values of step _pending_step, not yet written
-        self._pending_step = -1
+        # (wall time, step, [(tag, value)]) of the scalars not yet serialised; appended by the
+        # caller, taken by whichever thread writes them, under the lock
+        self._scalars: list[tuple[float, int, list[tuple[str, float]]]] = []
+        self._scalars_lock = threading.Lock()
+        self._serialise_lock = threading.Lock()  # one serialiser at a time; none after close
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_periodically, daemon=True,
                                          name=f"trainwatch-tb-flush{filename_suffix}")
@@ -378,43 +384,56 @@ class TensorBoardOutput(Output):
             logger.warning("trainwatch: %r is closed; further writes are ignored", self)
         return False
 
-    def _write(self, summary: Any, step: int) -> None:
-        event = self._Event(wall_time=time.time(), step=int(step), summary=summary)
+    def _write(self, summary: Any, step: int, wall_time: float | None = None) -> None:
+        event = self._Event(wall_time=time.time() if wall_time is None else wall_time,
+                            step=int(step), summary=summary)
         self._events.write_event(event)
         self._dirty = True
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        """All of a step's scalars in one event. NaN/inf are written as they are; a value
-        ``float()`` rejects is skipped (one warning per tag)."""
+        """All of a step's scalars in one event (written at the next flush, within
+        ``flush_secs``). NaN/inf are written as they are; a value ``float()`` rejects is
+        skipped (one warning per tag)."""
         if not values or not self._usable():
             return
-        value = self._Value
         try:
-            vals = [value(tag=k, simple_value=float(v)) for k, v in values.items()]
+            items = [(k, float(v)) for k, v in values.items()]
         except (TypeError, ValueError):
-            vals = []
+            items = []
             for k, v in values.items():
                 try:
-                    vals.append(value(tag=k, simple_value=float(v)))
+                    items.append((k, float(v)))
                 except (TypeError, ValueError):
                     if k not in self._warned_tags:
                         self._warned_tags.add(k)
                         logger.warning("trainwatch: scalar %r=%r is not a number; skipped "
                                        "(warned once per tag)", k, v)
-            if not vals:
+            if not items:
                 return
-        step = int(step)
-        if step != self._pending_step:
-            self._emit_pending()
-            self._pending_step = step
-        self._pending.extend(vals)
+        record = (time.time(), int(step), items)
+        with self._scalars_lock:
+            self._scalars.append(record)
 
-    def _emit_pending(self) -> None:
-        """Write the buffered scalars of one step as a single event (callbacks writing at the
-        same step share one record)."""
-        if self._pending:
-            self._write(self._Summary(value=self._pending), self._pending_step)
-            self._pending = []
+    def _write_scalars(self) -> None:
+        """Serialise the buffered scalars: one event per step (consecutive calls of one step,
+        from several callbacks, share a record)."""
+        with self._serialise_lock:
+            if self._closed:
+                return
+            with self._scalars_lock:
+                buffered, self._scalars = self._scalars, []
+            value = self._Value
+            values: list[Any] = []
+            step, wall_time = -1, 0.0
+            for when, at, items in buffered:
+                if at != step and values:
+                    self._write(self._Summary(value=values), step, wall_time)
+                    values = []
+                if not values:
+                    step, wall_time = at, when
+                values.extend(value(tag=k, simple_value=v) for k, v in items)
+            if values:
+                self._write(self._Summary(value=values), step, wall_time)
 
     def histogram(self, tag: str, values: np.ndarray | HistogramData, step: int) -> None:
         """Raw values (64 buckets, finite entries, subsampled above 1e5) or HistogramData."""
@@ -465,6 +484,8 @@ class TensorBoardOutput(Output):
 
     def _flush_periodically(self) -> None:
         while not self._stop.wait(self.flush_secs):
+            if self._scalars:
+                self._write_scalars()
             if self._dirty:
                 self._flush_to_os()
 
@@ -478,7 +499,7 @@ class TensorBoardOutput(Output):
         """Barrier: returns once everything written so far is in the file and fsynced."""
         if self._closed or os.getpid() != self._pid:
             return
-        self._emit_pending()
+        self._write_scalars()
         self._dirty = False
         self._events.flush()  # flush + fsync, under the file's lock
 
@@ -491,8 +512,8 @@ class TensorBoardOutput(Output):
         if os.getpid() != self._pid:  # a forked child must not touch its parent's file
             self._closed = True
             return
-        self._emit_pending()
+        self._write_scalars()
         self._stop.set()
-        with self._lock:
+        with self._serialise_lock, self._lock:
             self._closed = True
         self._events.close()  # flush + fsync + close
