@@ -67,6 +67,26 @@ def test_scalars_one_event_per_step_with_nonfinite_values(out, tmp_path):
         assert len(walls) == 1
 
 
+def test_buffered_scalars_reach_the_file_within_flush_secs_without_a_flush(tmp_path):
+    """Scalars are only buffered by the caller; the flusher thread serialises and writes them
+    (one event per step, calls of one step merged) within ``flush_secs``."""
+    o = TensorBoardOutput(tmp_path, flush_secs=0.2)
+    try:
+        o.scalars({"a": 1.0}, 0)
+        o.scalars({"b": 2.0}, 0)  # another caller, same step: the same event
+        o.scalars({"a": 3.0}, 5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ea = read(tmp_path)
+            if "a" in ea.Tags()["scalars"] and len(ea.Scalars("a")) == 2:
+                break
+            time.sleep(0.1)
+        assert [(e.step, e.value) for e in ea.Scalars("a")] == [(0, 1.0), (5, 3.0)]
+        assert ea.Scalars("b")[0].wall_time == ea.Scalars("a")[0].wall_time
+    finally:
+        o.close()
+
+
 def test_scalar_that_is_not_a_number_is_skipped(out, tmp_path, caplog):
     out.scalars({"good": 1.0, "bad": "not a number", "none": None}, 5)
     out.scalars({"bad": "x"}, 6)  # nothing left to write: no crash
