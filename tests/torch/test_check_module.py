@@ -301,6 +301,32 @@ def test_model_untouched_with_grads_set_and_a_watching_backend():
     assert backend.activations() == acts  # the check's forwards were not captured
 
 
+def test_small_cpu_model_is_checked_single_threaded_and_the_thread_count_restored():
+    """Small CPU models are checked with one intra-op thread (worker wake-ups dominated their
+    tiny float64 ops); the user's setting comes back, also when loss_fn raises."""
+    seen = []
+
+    def loss_fn(out, y):
+        seen.append(torch.get_num_threads())
+        return nn.functional.cross_entropy(out, y)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        report = check_module(cnn(), loss_fn, *digits(3, images=True))
+        assert report.passed and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+
+        def broken(out, y):
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            check_module(cnn(), broken, *digits(3, images=True))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_same_seed_same_report():
     a = check(cnn(), n=3, images=True, seed=5).to_dict()
     b = check(cnn(), n=3, images=True, seed=5).to_dict()
