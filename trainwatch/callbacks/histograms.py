@@ -72,17 +72,6 @@ EXPLODING_SUGGESTION = (
 # -- statistics (public so they can be tested and reused) -------------------------------------
 
 
-def mean_std(a: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the entries of ``a`` (non-empty), from the sum and the
-    sum of squares in float64: unlike ``a.std()``, no array-sized temporaries."""
-    flat = np.asarray(a).reshape(-1)
-    if flat.dtype != np.float64:
-        flat = flat.astype(np.float64)
-    n = flat.size
-    mean = float(flat.sum()) / n
-    return mean, math.sqrt(max(float(np.dot(flat, flat)) / n - mean * mean, 0.0))
-
-
 def saturated_fraction(a: np.ndarray, kind: str, threshold: float = 0.97) -> float:
     """Fraction of the entries of ``a`` in the saturated zone of a ``tanh`` or ``sigmoid``.
 
@@ -319,10 +308,13 @@ class HistogramMonitor(Callback):
         kinds = {layer.name: layer.kind for layer in self._layers}
         skipped = {name for name, kind in kinds.items() if kind in SKIPPED_KINDS}
 
+        activation_hists: dict[str, HistogramData] = {}
         for which in self.which:
             prefix = WHICH_PREFIX[which]
             per_layer = which in ("activations", "activation_gradients")
             hists: dict[str, HistogramData] = backend.histograms(which, self.bins)
+            if which == "activations":
+                activation_hists = hists
             for name, hist in hists.items():
                 if not (per_layer and name in skipped):
                     writer.histogram(prefix + name, hist, step)
@@ -333,8 +325,14 @@ class HistogramMonitor(Callback):
             a = np.asarray(a)
             if a.size == 0:
                 continue
-            values[f"activations/{name}/mean"], values[f"activations/{name}/std"] = (
-                mean_std(a))
+            # mean and std of the finite entries, from the histogram's sums (on a GPU they
+            # were reduced on the device)
+            h = activation_hists.get(name) or HistogramData.from_values(a, self.bins)
+            if h.num:
+                mean = h.sum / h.num
+                values[f"activations/{name}/mean"] = mean
+                values[f"activations/{name}/std"] = math.sqrt(
+                    max(h.sum_squares / h.num - mean * mean, 0.0))
             kind = kinds.get(name, "other")
             if kind in SATURATING_KINDS:
                 sat = saturated_fraction(a, kind, self.saturation_threshold)
