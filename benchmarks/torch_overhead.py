@@ -183,14 +183,18 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
 
 
 def reads_per_step(work: Workload) -> dict[str, float]:
-    """Run watched once, counting trainwatch's host reads per step (epoch ends apart). CPU
-    tensors are bucketed by the device path here, the one a GPU runs (on a CPU, histograms
-    take a short path that reads a few values per tensor: free there, no synchronisation)."""
+    """Run watched once, counting trainwatch's host reads per step (epoch ends apart), as a
+    GPU would see them: CPU tensors take the device paths here (on a CPU, reading a tensor
+    is free, so the backend reads losses every step and histograms take a short path that
+    reads a few values per tensor; on a GPU each read would be a synchronisation)."""
+    cheap = backend_module.TorchBackend.host_reads_cheap
     backend_module.CPU_SHORT_PATH = False
+    backend_module.TorchBackend.host_reads_cheap = property(lambda self: False)
     try:
         return _reads_per_step(work)
     finally:
         backend_module.CPU_SHORT_PATH = True
+        backend_module.TorchBackend.host_reads_cheap = cheap
 
 
 def _reads_per_step(work: Workload) -> dict[str, float]:
