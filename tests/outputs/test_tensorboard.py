@@ -87,6 +87,29 @@ def test_buffered_scalars_reach_the_file_within_flush_secs_without_a_flush(tmp_p
         o.close()
 
 
+def test_a_write_failing_in_the_flusher_thread_is_reported_by_the_next_write(tmp_path):
+    """Scalars are serialised by the flusher thread; if writing fails there, the caller's next
+    write raises it, so an OutputList reports it once (an alert in a Monitor) and skips the
+    writer from then on."""
+    o = TensorBoardOutput(tmp_path, flush_secs=0.1)
+    failures = []
+    outputs = OutputList([o], on_error=lambda out, method, exc: failures.append((method, exc)))
+
+    def disk_full(event):
+        raise OSError(28, "No space left on device")
+
+    o._events.write_event = disk_full
+    outputs.scalars({"loss": 1.0}, 0)
+    deadline = time.monotonic() + 10
+    while o._background_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outputs.scalars({"loss": 0.5}, 1)
+    outputs.scalars({"loss": 0.25}, 2)
+    assert [m for m, _ in failures] == ["scalars"]
+    assert "No space left" in str(failures[0][1]) and o.file_path in str(failures[0][1])
+    o.close()
+
+
 def test_scalar_that_is_not_a_number_is_skipped(out, tmp_path, caplog):
     out.scalars({"good": 1.0, "bad": "not a number", "none": None}, 5)
     out.scalars({"bad": "x"}, 6)  # nothing left to write: no crash

@@ -342,6 +342,7 @@ class TensorBoardOutput(Output):
         self._layout: dict[str, dict[str, list]] = {}
         self._closed = False
         self._warned_closed = False
+        self._background_error: Exception | None = None  # raised by the flusher thread
         self._warned_tags: set[str] = set()
         # (wall time, step, [(tag, value)]) of the scalars not yet serialised; appended by the
         # caller, taken by whichever thread writes them, under the lock
@@ -377,6 +378,9 @@ class TensorBoardOutput(Output):
     # -- writing ---------------------------------------------------------------------------
 
     def _usable(self) -> bool:
+        if self._background_error is not None:  # reported by the caller, once
+            exc, self._background_error = self._background_error, None
+            raise OSError(f"writing {self.file_path} failed in the background: {exc!r}") from exc
         if not self._closed:
             return True
         if not self._warned_closed:
@@ -484,10 +488,14 @@ class TensorBoardOutput(Output):
 
     def _flush_periodically(self) -> None:
         while not self._stop.wait(self.flush_secs):
-            if self._scalars:
-                self._write_scalars()
-            if self._dirty:
-                self._flush_to_os()
+            try:
+                if self._scalars:
+                    self._write_scalars()
+                if self._dirty:
+                    self._flush_to_os()
+            except Exception as exc:  # noqa: BLE001 - the next write in the caller raises it
+                self._background_error = exc
+                return
 
     def _flush_to_os(self) -> None:
         with self._lock:
