@@ -126,6 +126,34 @@ def test_first_nonfinite_names_the_tensor():
     assert backend.first_nonfinite() == "6.weight"
 
 
+def test_activation_stats_are_reduced_on_the_device_like_the_host_ones():
+    """The saturated fraction and the alive-units masks equal those computed from host copies
+    of the outputs (the Backend default), in one transfer and without copying the outputs."""
+    from trainwatch.core.backend import Backend
+    from trainwatch.torch.host_reads import count_host_reads
+
+    model, backend, _ = make()
+    x, y = batch()
+    with torch.no_grad():  # channel 0 after BatchNorm is -1 everywhere: a dead ReLU unit
+        model[1].weight[0] = 0.0
+        model[1].bias[0] = -1.0
+    backend.capture_activations(True)
+    train_step(backend, x, y)
+    kinds = {"2": "relu", "7": "tanh"}  # conv channels after BatchNorm+ReLU, dense tanh
+    host = Backend.activation_stats(backend, kinds, 0.5)
+    with count_host_reads() as log:
+        device = backend.activation_stats(kinds, 0.5)
+    assert len(log) == 1
+    assert set(device) == set(host) == {"2", "7"}
+    assert device["7"].saturated == pytest.approx(host["7"].saturated)
+    assert 0 < device["7"].saturated < 1 and device["7"].alive is None
+    np.testing.assert_array_equal(device["2"].alive, host["2"].alive)
+    assert device["2"].alive.tolist() == [False, True, True, True]
+    assert device["2"].alive.shape == (4,) and device["2"].examples == 16
+    assert math.isnan(device["2"].saturated)
+    backend.capture_activations(False)
+
+
 def test_histograms_match_host_histograms_and_skip_nonfinite():
     model, backend, _ = make(dtype=torch.float64)
     x, y = batch()

@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 
 from trainwatch.alerts.rules import Hysteresis
-from trainwatch.core.backend import LayerInfo
+from trainwatch.core.backend import (
+    SATURATING_KINDS,
+    LayerInfo,
+    alive_units,
+    saturated_fraction,
+)
 from trainwatch.core.callback import Callback
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -46,7 +51,6 @@ WHICH_PREFIX: dict[str, str] = {
     "weights": "weights/",
     "gradients": "gradients/",
 }
-SATURATING_KINDS = frozenset({"tanh", "sigmoid"})
 RECTIFIER_KINDS = frozenset({"relu", "leaky_relu"})
 #: layers whose output is another layer's output reshaped: no histogram, no statistics
 SKIPPED_KINDS = frozenset({"flatten"})
@@ -70,34 +74,6 @@ EXPLODING_SUGGESTION = (
 
 
 # -- statistics (public so they can be tested and reused) -------------------------------------
-
-
-def saturated_fraction(a: np.ndarray, kind: str, threshold: float = 0.97) -> float:
-    """Fraction of the entries of ``a`` in the saturated zone of a ``tanh`` or ``sigmoid``.
-
-    tanh: ``|a| > threshold``; sigmoid: ``a < 1 − threshold`` or ``a > threshold``.
-    Returns NaN for an empty array or another kind.
-    """
-    a = np.asarray(a)
-    if a.size == 0:
-        return math.nan
-    if kind == "tanh":
-        count = np.count_nonzero(np.abs(a) > threshold)
-    elif kind == "sigmoid":
-        count = np.count_nonzero(a > threshold) + np.count_nonzero(a < 1.0 - threshold)
-    else:
-        return math.nan
-    return count / a.size
-
-
-def alive_units(a: np.ndarray) -> np.ndarray:
-    """Boolean mask over the units (axis 1) of ``a``: True where some example (at some
-    position) has an output ``> 0``. ``a`` is ``(N, F)`` (units = features) or
-    ``(N, C, ...)`` (units = channels); a 1-D ``a`` is one unit."""
-    a = np.asarray(a)
-    if a.ndim < 2:
-        return np.array([bool((a > 0).any())])
-    return (a > 0).any(axis=(0, *range(2, a.ndim)))
 
 
 def dead_fraction(a: np.ndarray) -> float:
@@ -308,41 +284,40 @@ class HistogramMonitor(Callback):
         kinds = {layer.name: layer.kind for layer in self._layers}
         skipped = {name for name, kind in kinds.items() if kind in SKIPPED_KINDS}
 
-        activation_hists: dict[str, HistogramData] = {}
+        hists_of: dict[str, dict[str, HistogramData]] = {}
         for which in self.which:
             prefix = WHICH_PREFIX[which]
             per_layer = which in ("activations", "activation_gradients")
-            hists: dict[str, HistogramData] = backend.histograms(which, self.bins)
-            if which == "activations":
-                activation_hists = hists
+            hists = hists_of[which] = backend.histograms(which, self.bins)
             for name, hist in hists.items():
                 if not (per_layer and name in skipped):
                     writer.histogram(prefix + name, hist, step)
 
-        acts = {k: v for k, v in backend.activations().items() if k not in skipped}
+        # Statistics from reductions only (on a GPU made on the device): the activations'
+        # histograms give mean and std, activation_stats the saturated and dead units.
+        activation_hists = hists_of.get("activations") or backend.histograms("activations",
+                                                                             self.bins)
+        watched = {name: kind for name, kind in kinds.items() if name not in skipped
+                   and (kind in SATURATING_KINDS or kind in RECTIFIER_KINDS)}
+        stats = backend.activation_stats(watched, self.saturation_threshold) if watched else {}
         values: dict[str, float] = {}
-        for name, a in acts.items():
-            a = np.asarray(a)
-            if a.size == 0:
+        for name, h in activation_hists.items():
+            if name in skipped or not h.num:
                 continue
-            # mean and std of the finite entries, from the histogram's sums (on a GPU they
-            # were reduced on the device)
-            h = activation_hists.get(name) or HistogramData.from_values(a, self.bins)
-            if h.num:
-                mean = h.sum / h.num
-                values[f"activations/{name}/mean"] = mean
-                values[f"activations/{name}/std"] = math.sqrt(
-                    max(h.sum_squares / h.num - mean * mean, 0.0))
-            kind = kinds.get(name, "other")
+            mean = h.sum / h.num
+            values[f"activations/{name}/mean"] = mean
+            values[f"activations/{name}/std"] = math.sqrt(
+                max(h.sum_squares / h.num - mean * mean, 0.0))
+        for name, st in stats.items():
+            kind = watched[name]
             if kind in SATURATING_KINDS:
-                sat = saturated_fraction(a, kind, self.saturation_threshold)
-                values[f"activations/{name}/saturated_fraction"] = sat
-                self._alert_saturated(state, name, kind, sat)
-            elif kind in RECTIFIER_KINDS and a.ndim >= 1 and len(a) >= self.dead_min_batch:
-                alive = alive_units(a)
+                values[f"activations/{name}/saturated_fraction"] = st.saturated
+                self._alert_saturated(state, name, kind, st.saturated)
+            elif st.alive is not None and st.examples >= self.dead_min_batch:
+                alive = st.alive
                 values[f"activations/{name}/dead_fraction"] = (
                     (alive.size - np.count_nonzero(alive)) / alive.size)
-                self._check_dead(state, name, alive, len(a))
+                self._check_dead(state, name, alive, st.examples)
 
         ratio = self._gradient_ratio(backend)
         if ratio is not None:
@@ -351,7 +326,10 @@ class HistogramMonitor(Callback):
         if values:
             writer.scalars(values, step)
 
-        if self.figure_every is not None and self._measured % self.figure_every == 0 and acts:
+        figure_due = self.figure_every is not None and self._measured % self.figure_every == 0
+        acts = ({k: v for k, v in backend.activations().items() if k not in skipped}
+                if figure_due else {})
+        if acts:
             shown = {k: v for k, v in acts.items()
                      if kinds.get(k) in SATURATING_KINDS | RECTIFIER_KINDS} or acts
             fig = activation_figure(dict(list(shown.items())[:12]), kinds, self.bins,

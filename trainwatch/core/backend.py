@@ -9,7 +9,9 @@ one device-to-host transfer per call.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,53 @@ class LayerInfo:
 
     name: str
     kind: str
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """One captured layer output reduced to what the saturation and dead-unit rules need.
+
+    ``examples``: the batch size (axis 0). ``saturated``: the fraction of entries in the
+    saturated zone of a ``tanh``/``sigmoid`` (see :func:`saturated_fraction`; NaN for other
+    kinds). ``alive``: per unit (axis 1), True where some example has an output ``> 0`` (see
+    :func:`alive_units`; None for ``tanh``/``sigmoid``).
+    """
+
+    examples: int
+    saturated: float
+    alive: np.ndarray | None
+
+
+#: layer kinds whose saturation is measured (the others get an alive-units mask)
+SATURATING_KINDS = frozenset({"tanh", "sigmoid"})
+
+
+def saturated_fraction(a: np.ndarray, kind: str, threshold: float = 0.97) -> float:
+    """Fraction of the entries of ``a`` in the saturated zone of a ``tanh`` or ``sigmoid``.
+
+    tanh: ``|a| > threshold``; sigmoid: ``a < 1 − threshold`` or ``a > threshold``.
+    Returns NaN for an empty array or another kind.
+    """
+    a = np.asarray(a)
+    if a.size == 0:
+        return math.nan
+    if kind == "tanh":
+        count = np.count_nonzero(np.abs(a) > threshold)
+    elif kind == "sigmoid":
+        count = np.count_nonzero(a > threshold) + np.count_nonzero(a < 1.0 - threshold)
+    else:
+        return math.nan
+    return count / a.size
+
+
+def alive_units(a: np.ndarray) -> np.ndarray:
+    """Boolean mask over the units (axis 1) of ``a``: True where some example (at some
+    position) has an output ``> 0``. ``a`` is ``(N, F)`` (units = features) or
+    ``(N, C, ...)`` (units = channels); a 1-D ``a`` is one unit."""
+    a = np.asarray(a)
+    if a.ndim < 2:
+        return np.array([bool((a > 0).any())])
+    return (a > 0).any(axis=(0, *range(2, a.ndim)))
 
 
 class Backend(ABC):
@@ -110,6 +159,24 @@ class Backend(ABC):
     @abstractmethod
     def activation_gradients(self) -> dict[str, np.ndarray]:
         """Gradients of the loss w.r.t. those outputs, from the last captured backward."""
+
+    def activation_stats(self, kinds: Mapping[str, str],
+                         threshold: float = 0.97) -> dict[str, ActivationStats]:
+        """:class:`ActivationStats` of the captured outputs of the layers in ``kinds`` (layer
+        name -> kind; empty outputs left out): the saturated fraction for ``tanh``/``sigmoid``
+        (zone edge ``threshold``), the alive-units mask for the others. A GPU backend
+        reduces them on the device, in one transfer, instead of copying the outputs."""
+        out = {}
+        for name, a in self.activations().items():
+            kind = kinds.get(name)
+            if kind is None or a.size == 0:
+                continue
+            saturating = kind in SATURATING_KINDS
+            out[name] = ActivationStats(
+                examples=len(a) if a.ndim else 0,
+                saturated=saturated_fraction(a, kind, threshold) if saturating else math.nan,
+                alive=None if saturating else alive_units(a))
+        return out
 
     def histograms(self, which: str, bins: int = 64) -> dict[str, HistogramData]:
         """Histograms of ``which`` in {"weights", "gradients", "activations",

@@ -11,14 +11,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
+from trainwatch.core.backend import (
+    SATURATING_KINDS,
+    ActivationStats,
+    Backend,
+    LayerInfo,
+    TensorNorms,
+)
 from trainwatch.outputs.base import HistogramData
 
 # -- suspension: trainwatch's own forward passes (gradient checks, evaluation) must not be seen
@@ -392,6 +398,41 @@ class TorchBackend(Backend):
     def activations(self) -> dict[str, np.ndarray]:
         names = list(self._acts)
         return dict(zip(names, to_host([self._acts[n] for n in names])))
+
+    def activation_stats(self, kinds: Mapping[str, str],
+                         threshold: float = 0.97) -> dict[str, ActivationStats]:
+        """Reduced where the outputs live (saturated counts, alive-unit masks), all layers in
+        one transfer: the outputs themselves never leave the device."""
+        names = [n for n in self._acts if n in kinds and self._acts[n].numel()]
+        if not names:
+            return {}
+        parts, shapes = [], []
+        acc = acc_dtype(self._device)
+        with torch.no_grad():
+            for name in names:
+                a = self._acts[name].detach()
+                if kinds[name] in SATURATING_KINDS:
+                    zone = (a.abs() > threshold if kinds[name] == "tanh"
+                            else (a > threshold) | (a < 1.0 - threshold))
+                    part = (zone.sum(dtype=acc) / a.numel()).reshape(1)
+                elif a.ndim < 2:
+                    part = (a > 0).any().reshape(1).to(acc)
+                else:
+                    part = (a > 0).reshape(a.shape[0], a.shape[1], -1).any(dim=2).any(dim=0)
+                    part = part.to(acc)
+                parts.append(part.to(self._device))
+                shapes.append(a.shape)
+            host = torch.cat(parts).cpu().numpy()
+        out, start = {}, 0
+        for name, shape, part in zip(names, shapes, parts):
+            values = host[start:start + part.numel()]
+            start += part.numel()
+            examples = int(shape[0]) if len(shape) else 0
+            if kinds[name] in SATURATING_KINDS:
+                out[name] = ActivationStats(examples, float(values[0]), None)
+            else:
+                out[name] = ActivationStats(examples, math.nan, values > 0.5)
+        return out
 
     def activation_gradients(self) -> dict[str, np.ndarray]:
         order = {name: i for i, (name, _) in enumerate(self._leaves)}
