@@ -80,6 +80,16 @@ def test_parameters_and_gradients_are_copies_in_layer_order(digits):
     assert not np.any(backend.model.named_gradients()["fc1.weight"] == 7.0)
 
 
+def test_parameters_by_name_and_shapes(digits):
+    backend = trained(digits)
+    live = backend.model.named_parameters()
+    assert backend.parameter_shapes() == {name: live[name].shape for name in NAMES}
+    some = backend.parameters(names={NAMES[-1], NAMES[0]})
+    assert list(some) == [NAMES[0], NAMES[-1]]
+    assert np.array_equal(some[NAMES[0]], live[NAMES[0]])
+    assert not np.shares_memory(some[NAMES[0]], live[NAMES[0]])
+
+
 def test_norms_are_the_l2_norms_of_weights_and_gradients(digits):
     backend = trained(digits)
     norms = backend.norms()

@@ -126,6 +126,20 @@ def test_first_nonfinite_names_the_tensor():
     assert backend.first_nonfinite() == "6.weight"
 
 
+def test_parameters_by_name_and_shapes_without_reading_data():
+    from trainwatch.torch.host_reads import count_host_reads
+
+    model, backend, _ = make()
+    with count_host_reads() as log:
+        shapes = backend.parameter_shapes()
+    assert log == []  # shapes read no data
+    assert list(shapes) == backend.parameter_names()
+    assert shapes["0.weight"] == (4, 1, 3, 3) and shapes["6.bias"] == (16,)
+    some = backend.parameters(names=["6.bias", "0.weight"])
+    assert list(some) == ["0.weight", "6.bias"]  # layer order
+    np.testing.assert_array_equal(some["0.weight"], model[0].weight.detach().numpy())
+
+
 def test_activation_stats_are_reduced_on_the_device_like_the_host_ones():
     """The saturated fraction and the alive-units masks equal those computed from host copies
     of the outputs (the Backend default), in one transfer and without copying the outputs."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,12 @@ class NumpyBackend(Backend):
     def parameter_names(self) -> list[str]:
         return list(self.model.named_parameters())
 
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.model.named_parameters().items()}
+    def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.model.named_parameters().items()
+                if names is None or k in names}
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.model.named_parameters().items()}
 
     def gradients(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.model.named_gradients().items()}

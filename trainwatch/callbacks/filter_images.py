@@ -251,11 +251,10 @@ class FilterImages(Callback):
         if self._disabled or step == self._last_step:
             return
         self._last_step = step
-        params = state.backend.parameters()
-        name = self.tensor or self._choose(state, params)
+        name = self.tensor or self._choose(state, state.backend.parameter_shapes())
         if name is None:
             return
-        filters = self._filters(state, name, params[name])
+        filters = self._filters(state, name, state.backend.parameters(names=[name])[name])
         if filters is None:
             return
         image = filter_grid(filters, min_size=self.min_size, max_filters=self.max_filters)
@@ -264,15 +263,15 @@ class FilterImages(Callback):
         if math.isfinite(score):
             state.writer.scalars({f"filters/{name}/smoothness": score}, step)
 
-    def _choose(self, state: RunState, params: dict[str, np.ndarray]) -> str | None:
+    def _choose(self, state: RunState, shapes: dict[str, tuple[int, ...]]) -> str | None:
         if self.layer is not None:
             for candidate in (self.layer, f"{self.layer}.weight"):
-                if candidate in params:
+                if candidate in shapes:
                     self.tensor = candidate
                     return candidate
             raise ValueError(f"layer: {self.layer!r} is neither a layer with a weight nor a "
-                             f"parameter tensor; tensors are {list(params)}")
-        self.tensor = next((k for k, v in params.items() if np.ndim(v) >= 2), None)
+                             f"parameter tensor; tensors are {list(shapes)}")
+        self.tensor = next((k for k, shape in shapes.items() if len(shape) >= 2), None)
         if self.tensor is None:
             self._skip(state, "the model has no parameter tensor with 2 or more dimensions")
         return self.tensor

@@ -280,7 +280,7 @@ class HistogramMonitor(Callback):
         backend, writer, step = state.backend, state.writer, state.step
         if self._layers is None:
             self._layers = list(backend.layers())
-            self._ends = self._first_last_weights(backend.parameters())
+            self._ends = self._first_last_weights(backend.parameter_shapes())
         kinds = {layer.name: layer.kind for layer in self._layers}
         skipped = {name for name, kind in kinds.items() if kind in SKIPPED_KINDS}
 
@@ -338,8 +338,9 @@ class HistogramMonitor(Callback):
         self._measured += 1
 
     @staticmethod
-    def _first_last_weights(params: Mapping[str, np.ndarray]):
-        weights = [(name, int(p.size)) for name, p in params.items() if np.ndim(p) >= 2]
+    def _first_last_weights(shapes: Mapping[str, tuple[int, ...]]):
+        weights = [(name, math.prod(shape)) for name, shape in shapes.items()
+                   if len(shape) >= 2]
         if len(weights) < 2:
             return None
         return weights[0], weights[-1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,8 +117,13 @@ class Backend(ABC):
         """Names of the trainable parameter tensors, in layer order (``"conv1.weight"``)."""
 
     @abstractmethod
-    def parameters(self) -> dict[str, np.ndarray]:
-        """Host copies of the parameter tensors, keyed by name, in layer order."""
+    def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Host copies of the parameter tensors, keyed by name, in layer order; only
+        ``names`` when given (a GPU backend then transfers only those)."""
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter tensor, in layer order (no data is read)."""
+        return {name: tuple(p.shape) for name, p in self.parameters().items()}
 
     @abstractmethod
     def gradients(self) -> dict[str, np.ndarray]:

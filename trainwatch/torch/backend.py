@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -247,8 +247,13 @@ class TorchBackend(Backend):
     def parameter_names(self) -> list[str]:
         return list(self._names)
 
-    def parameters(self) -> dict[str, np.ndarray]:
-        return dict(zip(self._names, to_host(self._params)))
+    def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        chosen = [(n, p) for n, p in zip(self._names, self._params)
+                  if names is None or n in names]
+        return dict(zip([n for n, _ in chosen], to_host([p for _, p in chosen])))
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in zip(self._names, self._params)}
 
     def _grads_or_zeros(self) -> list[torch.Tensor]:
         return [torch.zeros_like(p) if p.grad is None else _dense(p.grad) for p in self._params]
