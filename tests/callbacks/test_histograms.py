@@ -225,6 +225,20 @@ def test_histogram_tags_and_counts(digits):
     assert {"activations/conv1/mean", "activations/pool1/std"} <= mem.tags
 
 
+@pytest.mark.parametrize("which", [("gradients",), ("weights",)])
+def test_gradient_ratio_is_the_rms_ratio_of_the_first_and_last_weight_gradients(digits, which):
+    """From the gradient histograms' sums of squares when they are written, else from the
+    backend's norms: the same number either way."""
+    x, y = digits
+    trainer, mem = train(tanh_net(), [HistogramMonitor(every=1, which=which)], (x[:64], y[:64]),
+                         epochs=1)
+    grads = trainer.backend.gradients()  # the one step's gradients (no zero_grad after it)
+    first, last = grads["fc1.weight"], grads["fc3.weight"]
+    expected = gradient_rms_ratio(float(np.linalg.norm(first)), first.size,
+                                  float(np.linalg.norm(last)), last.size)
+    assert mem.scalar("gradients/norm_ratio_first_last") == [pytest.approx(expected, rel=1e-9)]
+
+
 def test_which_selects_histograms_but_statistics_stay(digits):
     trainer, mem = train(tanh_net(), [HistogramMonitor(every=5, which=("weights",))], digits,
                          epochs=1)

@@ -319,7 +319,7 @@ class HistogramMonitor(Callback):
                     (alive.size - np.count_nonzero(alive)) / alive.size)
                 self._check_dead(state, name, alive, st.examples)
 
-        ratio = self._gradient_ratio(backend)
+        ratio = self._gradient_ratio(backend, hists_of.get("gradients", {}))
         if ratio is not None:
             values["gradients/norm_ratio_first_last"] = ratio
             self._alert_ratio(state, ratio)
@@ -345,14 +345,20 @@ class HistogramMonitor(Callback):
             return None
         return weights[0], weights[-1]
 
-    def _gradient_ratio(self, backend) -> float | None:
+    def _gradient_ratio(self, backend, grad_hists: Mapping[str, HistogramData]) -> float | None:
         if self._ends is None:
             return None
         (first, first_size), (last, last_size) = self._ends
-        norms = backend.norms()
-        if first not in norms or last not in norms:
-            return None
-        ratio = gradient_rms_ratio(norms[first].grad, first_size, norms[last].grad, last_size)
+        hf, hl = grad_hists.get(first), grad_hists.get(last)
+        if hf is not None and hl is not None and (hf.num, hl.num) == (first_size, last_size):
+            # all finite: the norms are in the histograms' sums of squares (no other read)
+            first_norm, last_norm = math.sqrt(hf.sum_squares), math.sqrt(hl.sum_squares)
+        else:
+            norms = backend.norms()
+            if first not in norms or last not in norms:
+                return None
+            first_norm, last_norm = norms[first].grad, norms[last].grad
+        ratio = gradient_rms_ratio(first_norm, first_size, last_norm, last_size)
         if math.isnan(ratio):
             return None
         return ratio
