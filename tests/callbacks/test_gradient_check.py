@@ -515,7 +515,44 @@ def test_budget_holds_back_checks_that_would_cost_too_much_of_the_run():
     assert bounded[1] + bounded[0] == 19  # every due step either checked or held back
 
 
+def test_a_first_check_past_its_time_limit_stops_and_runs_once_the_budget_allows_it():
+    """A first check that outlasts ``time_limit`` stops (one info alert), and the whole check
+    runs later, once ``budget`` of the elapsed time covers its estimated length."""
+    import time as _time
+
+    from trainwatch import Callback
+
+    class SlowStep(Callback):  # training time that the check is compared against
+        def on_step_end(self, state):
+            _time.sleep(0.004)
+
+    x, y = load_digits()
+    net = nn.Sequential([nn.Dense(64, 16, rng=0), nn.Tanh(), nn.Dense(16, 10, rng=1)], seed=0)
+    check = GradientCheck(every=1000, warmup_steps=2, budget=0.5, time_limit=1e-4)
+    trainer = Trainer(net, nn.SoftmaxCrossEntropy(), nn.SGD(net, lr=0.1),
+                      callbacks=[check, SlowStep()], progress=False)
+    trainer.fit(x[:640], y[:640], epochs=1, batch_size=32)
+    deferred = [a for a in trainer.monitor.alerts.history if a.code == "gradcheck.deferred"]
+    assert len(deferred) == 1 and deferred[0].step == 2
+    assert "time_limit" in deferred[0].message
+    assert len(check.reports) == 1  # the whole check ran once, later
+    step, report = check.reports[0]
+    assert step > 2 and check.deferred == step - 2  # stopped at 2, held back until then
+    assert report.passed
+
+
+def test_a_first_check_within_its_time_limit_runs_at_the_warm_up():
+    x, y = load_digits()
+    net = nn.Sequential([nn.Dense(64, 16, rng=0), nn.Tanh(), nn.Dense(16, 10, rng=1)], seed=0)
+    check = GradientCheck(every=1000, warmup_steps=2, time_limit=30.0)
+    Trainer(net, nn.SoftmaxCrossEntropy(), nn.SGD(net, lr=0.1), callbacks=[check],
+            progress=False).fit(x[:320], y[:320], epochs=1, batch_size=32)
+    assert [step for step, _ in check.reports] == [2] and check.deferred == 0
+
+
 def test_budget_is_validated():
+    with pytest.raises(ValueError, match="time_limit"):
+        GradientCheck(time_limit=0)
     with pytest.raises(ValueError, match="budget"):
         GradientCheck(budget=0)
     with pytest.raises(ValueError, match="budget"):

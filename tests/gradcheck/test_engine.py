@@ -12,6 +12,7 @@ import pytest
 from trainwatch.gradcheck import (
     DEFAULTS,
     VERDICTS,
+    CheckTimeout,
     GradCheckReport,
     TensorCheck,
     check_gradients,
@@ -67,10 +68,37 @@ def test_option_values_are_validated_with_the_argument_named():
         run(depth_allowance=0.5)
     with pytest.raises(ValueError, match=r"^localize: must be True or False"):
         run(localize="yes")
+    with pytest.raises(ValueError, match=r"^max_seconds: must be > 0"):
+        run(max_seconds=0)
     with pytest.raises(ValueError, match=r"^seed: must be an integer >= 0"):
         run(seed=-3)
     with pytest.raises(ValueError, match=r"^reg_fn, reg_grads: give both"):
         run(reg_fn=lambda p: 0.0)
+
+
+def test_max_seconds_stops_the_check_with_an_estimate_of_its_whole_length():
+    """Past ``max_seconds`` the check stops after the current evaluation, raising
+    CheckTimeout with what it did and the whole check's time extrapolated from the
+    evaluations it planned (data and regularisation sections alike)."""
+    import time
+
+    case = make_tanh_mlp()
+
+    def slow(params):  # a loss that costs 2 ms, so the timing dominates everything else
+        time.sleep(0.002)
+        return case.loss_fn(params)
+
+    full = check_gradients(slow, case.params, case.grads, seed=1)
+    assert full.passed
+    with pytest.raises(CheckTimeout) as stopped:
+        check_gradients(slow, case.params, case.grads, seed=1, max_seconds=0.01)
+    t = stopped.value
+    assert 0.01 < t.seconds < full.seconds / 2 and 1 <= t.evaluations < full.evaluations
+    assert t.estimated_seconds == pytest.approx(full.seconds, rel=0.35)
+    assert "would take about" in str(t)
+    # a limit the check stays within changes nothing
+    again = check_gradients(slow, case.params, case.grads, seed=1, max_seconds=60.0)
+    assert again.to_dict() | {"seconds": 0} == full.to_dict() | {"seconds": 0}
 
 
 def test_unknown_options_raise_type_error_naming_all_of_them():

@@ -31,6 +31,7 @@ from typing import Any
 from trainwatch.core.callback import Callback
 from trainwatch.core.checks import count, flag
 from trainwatch.core.state import RunState
+from trainwatch.gradcheck.engine import CheckTimeout
 
 #: verdict -> alert severity ("correct", "acceptable" and "kink" raise nothing)
 SEVERITY = {"wrong": "critical", "suspicious": "warning"}
@@ -87,10 +88,16 @@ class GradientCheck(Callback):
             True; costs nothing while checks pass).
         budget: the most checking may take, as a fraction of the run's wall time so far
             (default 0.02). A check that is due but would go over (judged by the duration of
-            the previous one) waits until training has run long enough; the first check is
-            never held back. On a big model, where one check takes seconds, this spaces
-            checks out more than ``every``. None: no budget.
-        **options: passed to the engine: ``coordinates`` (default 2 here), ``directions``
+            the previous one) waits until training has run long enough. On a big model,
+            where one check takes seconds, this spaces checks out more than ``every``.
+            None: no budget.
+        time_limit: seconds the first check may take regardless of the budget (default 1.0;
+            with ``budget`` only). A first check still running after it stops (info alert
+            ``gradcheck.deferred``, once) and runs again, in full, once the budget allows its
+            estimated length: a small model is checked right after the warm-up, a model
+            whose check takes minutes (a ResNet in float64) not before the run is long
+            enough to afford it.
+        **options: passed to the engine: ``coordinates`` (default 1 here), ``directions``
             (default 1 here), ``h``, ``thresholds``, ``depth_allowance``, ... (see
             :data:`trainwatch.gradcheck.DEFAULTS`). Unknown names raise TypeError, bad values
             ValueError, here rather than at the first check.
@@ -98,13 +105,15 @@ class GradientCheck(Callback):
     Attributes:
         reports: ``(step, report)`` of every check of the current run, in order.
         seconds: wall-clock seconds spent checking in the current run.
-        deferred: how many times a due check was held back by ``budget``.
+        deferred: how many times a due check was held back by ``budget`` (or stopped by
+            ``time_limit``).
     """
 
     def __init__(self, every: int = 1000, *, warmup_steps: int = 50,
                  warmup_loss_drop: float | None = None, examples: int = 3, seed: int = 0,
                  stop_on_failure: bool = False, sweep_on_failure: bool = True,
-                 budget: float | None = 0.02, **options: Any):
+                 budget: float | None = 0.02, time_limit: float | None = 1.0,
+                 **options: Any):
         self.every = count("every", every, 1)
         self.warmup_steps = count("warmup_steps", warmup_steps, 0)
         if warmup_loss_drop is not None:
@@ -123,6 +132,12 @@ class GradientCheck(Callback):
                                        and not isinstance(budget, bool) and 0 < budget <= 1):
             raise ValueError(f"budget: must be a fraction in (0, 1] or None, got {budget!r}")
         self.budget = None if budget is None else float(budget)
+        if time_limit is not None and not (isinstance(time_limit, (int, float))
+                                           and not isinstance(time_limit, bool)
+                                           and math.isfinite(time_limit) and time_limit > 0):
+            raise ValueError(f"time_limit: must be a number of seconds > 0 or None, "
+                             f"got {time_limit!r}")
+        self.time_limit = None if time_limit is None else float(time_limit)
         from trainwatch.gradcheck.engine import Options
 
         self.options: dict[str, Any] = {**PERIODIC_PROBES, **options}
@@ -136,7 +151,8 @@ class GradientCheck(Callback):
         self._warm = False
         self._next_check = self.warmup_steps
         self._failing = False  # inside a failure episode (no sweep until it passes again)
-        self._seconds = 0.0
+        self._seconds = 0.0  # the last check's duration, or the estimate of a stopped one
+        self._estimated = False  # _seconds is an estimate: the next check runs unlimited
         self.seconds = 0.0
         self._started = time.perf_counter()
         self.deferred = 0  # due checks held back by the budget
@@ -180,7 +196,20 @@ class GradientCheck(Callback):
             return
         self._warm = True
         self._next_check = state.step + self.every
-        report = self._check(state)
+        try:
+            report = self._check(state)
+        except CheckTimeout as stop:
+            self._next_check = state.step + 1
+            self.deferred += 1
+            state.alerts.fire(
+                "gradcheck.deferred", "info",
+                f"the first gradient check stopped after {stop.seconds:.2g} s (time_limit "
+                f"{self.time_limit:g} s); the whole check would take about "
+                f"{self._seconds:.2g} s, so it waits until that fits within "
+                f"{self.budget:.0%} of the run's time", state.step,
+                suggestion="pass GradientCheck(time_limit=None) to check right after the "
+                           "warm-up whatever it costs, or a larger budget")
+            return
         self.reports.append((state.step, report))
         self._write(state, report)
         self._alert(state, report)
@@ -191,9 +220,9 @@ class GradientCheck(Callback):
     # -- the check ------------------------------------------------------------------------------
 
     def _over_budget(self) -> bool:
-        """Would one more check (as long as the last) take checking past ``budget`` of the
-        run's wall time? Never true before the first check."""
-        if self.budget is None or not self.reports:
+        """Would one more check (as long as the last, or as estimated) take checking past
+        ``budget`` of the run's wall time? Never true before the first check started."""
+        if self.budget is None or not (self.reports or self._estimated):
             return False
         elapsed = time.perf_counter() - self._started
         return self.seconds + self._seconds > self.budget * elapsed
@@ -209,8 +238,20 @@ class GradientCheck(Callback):
         inputs = state.inputs[: self.examples]
         targets = state.targets[: self.examples]
         seed = self.seed + state.step
+        limited = (self.budget is not None and self.time_limit is not None
+                   and not self.reports and not self._estimated)
+        limit = {"max_seconds": self.time_limit} if limited else {}
         started = time.perf_counter()
-        report = state.backend.check_gradients(inputs, targets, seed=seed, **self.options)
+        try:
+            report = state.backend.check_gradients(inputs, targets, seed=seed, **self.options,
+                                                   **limit)
+        except CheckTimeout as stop:
+            spent = time.perf_counter() - started
+            self.seconds += spent
+            # the backend's own work (copies, the analytic pass) plus the engine's estimate
+            self._seconds = spent - stop.seconds + stop.estimated_seconds
+            self._estimated = True
+            raise
         failed = not report.passed and not report.nondeterministic
         if failed and self.sweep_on_failure and not self._failing:
             # same seed, same point: the same report, with the sweep of the failing tensors
@@ -218,6 +259,7 @@ class GradientCheck(Callback):
                                                    **self.options)
         self._failing = failed
         self._seconds = time.perf_counter() - started
+        self._estimated = False
         self.seconds += self._seconds
         return report
 

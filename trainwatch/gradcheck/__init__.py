@@ -7,13 +7,14 @@
 See :mod:`trainwatch.gradcheck.engine` for the method and :data:`DEFAULTS` for the options.
 """
 
-from trainwatch.gradcheck.engine import DEFAULTS, check_gradients
+from trainwatch.gradcheck.engine import DEFAULTS, CheckTimeout, check_gradients
 from trainwatch.gradcheck.report import VERDICTS, GradCheckReport, TensorCheck
 from trainwatch.gradcheck.sweep import SweepEntry, SweepResult, sweep
 
 __all__ = [
     "DEFAULTS",
     "VERDICTS",
+    "CheckTimeout",
     "GradCheckReport",
     "SweepEntry",
     "SweepResult",

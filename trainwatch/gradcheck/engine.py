@@ -53,7 +53,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,8 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 2,
     # "auto" (detect), "float64", "float32" or "float16": precision the loss is computed in
     "precision": "auto",
+    # stop with CheckTimeout once the check has run this many seconds (None: no limit)
+    "max_seconds": None,
 }
 
 EPS: dict[str, float] = {name: float(np.finfo(name).eps)
@@ -125,6 +127,7 @@ class Options:
     localize: bool
     repeats: int
     precision: str
+    max_seconds: float | None
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> Options:
@@ -157,6 +160,8 @@ class Options:
             repeats=_count("repeats", v["repeats"], 2),
             precision=_choice("precision", v["precision"],
                               ("auto", "float64", "float32", "float16")),
+            max_seconds=None if v["max_seconds"] is None else _positive("max_seconds",
+                                                                        v["max_seconds"]),
         )
 
 
@@ -343,6 +348,31 @@ def _precision_of_values(values: list[float]) -> str | None:
 # a session: one loss function at one point
 
 
+class CheckTimeout(Exception):
+    """A check stopped by its ``max_seconds`` option before it finished.
+
+    Attributes: ``seconds`` it ran, ``evaluations`` of the loss it made, and
+    ``estimated_seconds``, the whole check's time extrapolated from the evaluations it
+    planned (probes that need retries or bisection would take longer still).
+    """
+
+    def __init__(self, seconds: float, evaluations: int, estimated_seconds: float):
+        super().__init__(f"the gradient check stopped after {seconds:.3g} s and {evaluations} "
+                         f"loss evaluations; the whole check would take about "
+                         f"{estimated_seconds:.3g} s")
+        self.seconds = seconds
+        self.evaluations = evaluations
+        self.estimated_seconds = estimated_seconds
+
+
+class _DeadlinePassed(Exception):
+    """Raised inside a session when the check's deadline has passed."""
+
+    def __init__(self, evaluations: int):
+        super().__init__(evaluations)
+        self.evaluations = evaluations
+
+
 class Session:
     """Evaluates one loss function around one point and measures probes.
 
@@ -367,6 +397,7 @@ class Session:
         self.options = options
         self.rng = rng
         self.evaluations = 0
+        self.deadline: float | None = None  # time.perf_counter() value; past it, stop
         self.notes: list[str] = []
         self.loss = math.nan
         self.signature: np.ndarray | None = None
@@ -385,6 +416,8 @@ class Session:
         """One call of the loss at the current working point: (value, signature, dtype)."""
         out = self.loss_fn(self.work)
         self.evaluations += 1
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise _DeadlinePassed(self.evaluations)
         signature = None
         if isinstance(out, tuple):
             if len(out) != 2:
@@ -829,15 +862,31 @@ def _depth_factors(names: list[str], allowance: float) -> dict[str, float]:
     return {name: allowance ** ((len(names) - 1 - k) / last) for k, name in enumerate(names)}
 
 
+def _planned_evaluations(work: Mapping[str, np.ndarray], sections: list[Iterable[str]],
+                         options: Options) -> int:
+    """Loss evaluations a check plans (a float64 loss, no retries): per section the repeats
+    and the noise probe, per tensor two for each sampled coordinate and direction."""
+    total = 0
+    for names in sections:
+        total += options.repeats + 6 * len(_NOISE_STEPS)  # noise probe: k = ±1, ±2, ±3
+        for name in names:
+            size = work[name].size
+            coordinates = min(options.coordinates, size)
+            directions = options.directions if size > options.coordinates else 0
+            total += 2 * (coordinates + directions)
+    return total
+
+
 def _run_section(loss_fn: LossFn, work: dict[str, np.ndarray], dtypes: dict[str, np.dtype],
                  grads: Mapping[str, Any], options: Options,
-                 seed_sequence: np.random.SeedSequence
+                 seed_sequence: np.random.SeedSequence, deadline: float | None = None
                  ) -> tuple[Session, dict[str, TensorCheck]]:
     """Check one loss term (data or regularisation) over the tensors in ``grads``."""
     names = [name for name in work if name in grads]
     g64 = {name: np.array(grads[name], dtype=np.float64, order="C") for name in names}
     streams = seed_sequence.spawn(len(names) + 1)
     session = Session(loss_fn, work, g64, dtypes, options, np.random.default_rng(streams[0]))
+    session.deadline = deadline
     session.start()
     checks: dict[str, TensorCheck] = {}
     if session.nondeterministic or not session.finite:
@@ -890,21 +939,31 @@ def check_gradients(loss_fn: LossFn, params: Mapping[str, Any], grads: Mapping[s
         raise ValueError(f"sweep: must be True or False, got {sweep!r}")
 
     started = time.perf_counter()
+    deadline = None if opts.max_seconds is None else started + opts.max_seconds
     work, dtypes = _copies(params)
     root = np.random.SeedSequence(int(seed))
     data_seq, reg_seq = root.spawn(2)
-    session, checks = _run_section(loss_fn, work, dtypes, grads, opts, data_seq)
-    notes = list(session.notes)
-    evaluations = session.evaluations
-
+    evaluations = 0
     regularization: dict[str, TensorCheck] | None = None
     reg_ok = True
-    if reg_fn is not None and not session.nondeterministic:
-        reg_session, regularization = _run_section(reg_fn, work, dtypes, reg_grads, opts,
-                                                   reg_seq)
-        notes += [f"regularization term: {note}" for note in reg_session.notes]
-        evaluations += reg_session.evaluations
-        reg_ok = not reg_session.nondeterministic and reg_session.finite
+    try:
+        session, checks = _run_section(loss_fn, work, dtypes, grads, opts, data_seq, deadline)
+        notes = list(session.notes)
+        evaluations = session.evaluations
+        if reg_fn is not None and not session.nondeterministic:
+            reg_session, regularization = _run_section(reg_fn, work, dtypes, reg_grads, opts,
+                                                       reg_seq, deadline)
+            notes += [f"regularization term: {note}" for note in reg_session.notes]
+            evaluations += reg_session.evaluations
+            reg_ok = not reg_session.nondeterministic and reg_session.finite
+    except _DeadlinePassed as stop:
+        done = evaluations + stop.evaluations
+        elapsed = time.perf_counter() - started
+        sections = [[n for n in work if n in grads]]
+        if reg_grads is not None:
+            sections.append([n for n in work if n in reg_grads])
+        planned = max(_planned_evaluations(work, sections, opts), done)
+        raise CheckTimeout(elapsed, done, elapsed * planned / done) from None
 
     failed = [name for name, check in checks.items() if not check.passed]
     failed += [f"{name} (regularization)" for name, check in (regularization or {}).items()
@@ -934,5 +993,5 @@ def check_gradients(loss_fn: LossFn, params: Mapping[str, Any], grads: Mapping[s
     return report
 
 
-__all__ = ["DEFAULTS", "Options", "Probe", "Session", "check_gradients", "level",
+__all__ = ["DEFAULTS", "CheckTimeout", "Options", "Probe", "Session", "check_gradients", "level",
            "unit_direction", "VERDICTS", "SEVERITY"]
