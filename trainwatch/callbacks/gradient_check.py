@@ -9,17 +9,17 @@ that are wrong. The model, the optimizer and every random state are left exactly
 were: the backend checks a float64 copy (numpy) or float64 copies of the parameters (torch),
 so an interrupt (KeyboardInterrupt) in the middle of a check leaves nothing to restore.
 
-Cost. A periodic check probes ``coordinates=2`` sampled entries (the largest-gradient entry
-and one drawn at random) and ``directions=1`` random direction per tensor, where a one-off
+Cost. A periodic check probes ``coordinates=1`` sampled entry (the largest-gradient entry)
+and ``directions=1`` random direction per tensor, where a one-off
 :func:`trainwatch.gradcheck.check_gradients` uses 10 and 3. Every tensor and every entry stays
 covered: the direction has every component at least ``0.1/√n``, so one wrong entry shifts its
 derivative beyond the "correct" threshold, and bisection then locates the entry; the planted
-bugs of the engine's zoo are all caught with these probes. The price is about 40 % of a
-one-off check: ~14 ms of CPU on the demo CNN, ~0.14 s on a 1M-parameter MLP. With
-``every=1000`` and ``warmup_steps=50`` the demo (20 epochs of the digits CNN, 460 steps,
-~0.9 s of CPU) runs one check, at step 50: ~1.5 % of its training time, within the 2 %
-budget (``benchmarks/gradcheck_overhead.py``). Steps between checks cost one integer
-comparison (~0.1 µs with the hook call).
+bugs of the engine's zoo are all caught with these probes (20 seeds). On the demo CNN a check
+takes ~12 ms of CPU; with ``every=1000`` and ``warmup_steps=50`` the demo (20 epochs of the
+digits CNN, 460 steps, ~0.9 s of CPU) runs one, at step 50: ~1.3 % of its training time,
+within the 2 % budget (``benchmarks/gradcheck_overhead.py``). A first check that outlasts
+``time_limit`` (1 s) stops and waits for the budget instead of stalling a big model's run.
+Steps between checks cost one integer comparison (~0.1 µs with the hook call).
 """
 
 from __future__ import annotations
