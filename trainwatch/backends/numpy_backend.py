@@ -13,8 +13,10 @@ from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
 
 
 def _norm(a: np.ndarray) -> float:
+    # einsum, not np.dot: a long BLAS dot wakes OpenBLAS's worker threads, which then spin
+    # beside a training loop whose own small matrix products run single-threaded
     flat = a.reshape(-1)
-    return math.sqrt(float(np.dot(flat, flat)))
+    return math.sqrt(float(np.einsum("i,i->", flat, flat)))
 
 
 class NumpyBackend(Backend):

@@ -62,7 +62,7 @@ class HistogramData:
         sum_squares = 0.0
         for start in range(0, v.size, _CHUNK):
             part = v[start:start + _CHUNK].astype(np.float64)
-            sum_squares += float(np.dot(part, part))
+            sum_squares += float(np.dot(part, part))  # a chunk: below BLAS's threading size
             part -= lo
             part *= scale
             counts += np.bincount(part.astype(np.intp), minlength=bins + 1)
