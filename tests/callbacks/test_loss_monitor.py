@@ -350,4 +350,6 @@ def test_losses_on_an_accelerator_are_read_in_one_transfer_per_evaluation():
         results[cheap] = (monitor._ema, monitor._n, [n for n in backend.transfers if n > 1])
     assert results[True][:2] == results[False][:2]
     assert results[True][2] == []
-    assert results[False][2] == [10, 10, 10, 9]  # steps 1-10, 11-20, 21-30, and 31-39 at the end
+    # step 0, steps 1-10, 11-20, 21-30, each with MetricLogger's loss of the step in the
+    # same transfer, and 31-39 at the end
+    assert results[False][2] == [2, 11, 11, 11, 9]

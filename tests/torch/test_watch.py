@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 from torch import nn  # noqa: E402
 
-from trainwatch import Callback, MetricLogger  # noqa: E402
+from trainwatch import Callback, LossMonitor, MetricLogger  # noqa: E402
 from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor  # noqa: E402
 from trainwatch.callbacks.filter_images import FilterImages  # noqa: E402
 from trainwatch.callbacks.gradient_check import GradientCheck  # noqa: E402
@@ -276,11 +276,44 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     busy = {s for s, n in enumerate(reads_per_step) if n}
     assert busy == {0, 4, 5, 10, 12, 15}
     assert busy <= written
-    # a logging step: one read for the loss, one for the update norms, one per histogram
-    # kind (4), one for the activations and one for the gradient norms (+ the parameters once)
+    # a logging step: one read for the loss and the update norms together, one per histogram
+    # kind (4), one for the activation statistics
     for step in (0, 5, 10, 15):
-        assert reads_per_step[step] <= 9, reads_per_step
+        assert reads_per_step[step] == 6, reads_per_step
     assert sum(reads_per_step) == sum(reads_per_step[s] for s in busy)
+
+
+def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
+    """On a GPU (reads not cheap), the loss curve, the loss rules and the update ratios of a
+    step travel to the host in one transfer, and idle steps read nothing."""
+    monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
+                        property(lambda self: False))
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mem = MemoryOutput()
+    callbacks = [MetricLogger(every=5), LossMonitor(every=10, check_tensors_every=None),
+                 UpdateRatioMonitor(every=5)]
+    w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=callbacks, outputs=[mem],
+              progress=False, raise_errors=True)
+    (xt, yt), _ = data()
+    criterion = nn.CrossEntropyLoss()
+    reads_per_step = []
+    with count_host_reads() as log:
+        for start in range(0, 512, 32):
+            before = len(log)
+            loss = criterion(model(xt[start:start + 32]), yt[start:start + 32])
+            w.loss(loss, yt[start:start + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            reads_per_step.append(len(log) - before)
+    w.close()
+    assert [s for s, n in enumerate(reads_per_step) if n] == [0, 5, 10, 15]
+    assert all(reads_per_step[s] == 1 for s in (0, 5, 10, 15)), reads_per_step
+    assert mem.steps("loss/train") == [0, 5, 10, 15]
+    assert mem.steps("loss/train_log10") == [0, 10]
+    assert mem.steps("update_ratio/0.weight") == [0, 5, 10, 15]
 
 
 def test_trainer_on_an_accelerator_reads_the_loss_only_on_logging_steps(monkeypatch):

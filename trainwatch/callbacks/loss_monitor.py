@@ -213,16 +213,20 @@ class LossMonitor(Callback):
         step = state.step
         if step % self.check_every or state.loss is None:
             return
-        loss, urgent = state.loss, step == 0
-        if state.backend.host_reads_cheap:  # a NaN is seen on its own step
+        loss, urgent = state.loss, False
+        if state.backend.host_reads_cheap:  # the first loss and a NaN are seen on their step
             loss = float(loss)
-            urgent = urgent or not math.isfinite(loss)
+            urgent = step == 0 or not math.isfinite(loss)
         # The losses since the last evaluation are taken in together, every ``every`` steps:
         # on an accelerator in one transfer (a read is a host sync), on the CPU in one warm
         # loop rather than a little work between every two training steps.
         self._unread.append((step, loss))
-        if urgent or step % self.every == 0:
+        if urgent or (step % self.every == 0 and state.backend.host_reads_cheap):
             self._read_unread(state)
+        elif step % self.every == 0:  # read with the other callbacks' reads of this step
+            unread, self._unread = self._unread, []
+            state.read_at_step_end([value for _, value in unread],
+                                   lambda floats: self._ingest_all(state, unread, floats))
 
     def on_train_end(self, state: RunState) -> None:
         self._read_unread(state)
@@ -233,10 +237,14 @@ class LossMonitor(Callback):
             values = [loss for _, loss in unread]
             if not state.backend.host_reads_cheap:  # floats already on the CPU
                 values = state.backend.scalars_to_host(values)
-            for (at, _), v in zip(unread, values):
-                self._ingest(state, at, v)
-                if self._nonfinite_seen:
-                    return
+            self._ingest_all(state, unread, values)
+
+    def _ingest_all(self, state: RunState, unread: list[tuple[int, Any]],
+                    values: list[float]) -> None:
+        for (at, _), v in zip(unread, values):
+            self._ingest(state, at, v)
+            if self._nonfinite_seen:
+                return
 
     def _ingest(self, state: RunState, step: int, v: float) -> None:
         """Take the loss of ``step`` into the buffer and the rules."""

@@ -50,10 +50,15 @@ class MetricLogger(Callback):
         if state.reg_loss is not None and state.data_loss is not None:
             tags += ["loss/data", "loss/regularization"]
             scalars += [state.data_loss, state.reg_loss]
-        values = dict(zip(tags, state.backend.scalars_to_host(scalars)))  # one transfer
-        if not values.get("loss/regularization", 1.0):
-            del values["loss/data"], values["loss/regularization"]  # no regularisation
-        state.writer.scalars(values, state.step)
+        step = state.step
+
+        def write(floats: list[float]) -> None:
+            values = dict(zip(tags, floats))
+            if not values.get("loss/regularization", 1.0):
+                del values["loss/data"], values["loss/regularization"]  # no regularisation
+            state.writer.scalars(values, step)
+
+        state.read_at_step_end(scalars, write)  # with the other callbacks' reads: one transfer
 
     def on_epoch_end(self, state: RunState) -> None:
         values = {METRIC_TAGS.get(k, f"metrics/{k}"): v for k, v in state.metrics.items()}

@@ -251,8 +251,14 @@ class UpdateRatioMonitor(Callback):
         if not self._measuring:
             return
         self._measuring = False
-        norms = state.backend.end_update()
-        self._evaluate(state, state.step, norms)
+        norms = state.backend.end_update_scalars()  # framework scalars, read at the step end
+        names, step = list(norms), state.step
+
+        def evaluate(floats: list[float]) -> None:
+            self._evaluate(state, step, {name: TensorNorms(*floats[3 * i:3 * i + 3])
+                                         for i, name in enumerate(names)})
+
+        state.read_at_step_end([v for name in names for v in norms[name]], evaluate)
 
     # -- internals --------------------------------------------------------------------------------
 

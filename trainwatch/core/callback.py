@@ -16,8 +16,8 @@ Every hook receives the run's :class:`~trainwatch.core.state.RunState`.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainwatch.core.state import RunState
@@ -137,17 +137,35 @@ class CallbackList:
 
     def call(self, hook: str, state: RunState) -> None:
         """Call ``hook`` on every enabled callback that overrides it."""
-        for cb in self._by_hook[hook]:
+        for cb in self._by_hook[hook]:  # (run()'s loop body, inline: this is the hot path)
             if self.disabled and id(cb) in self.disabled:
                 continue
+            state.dispatching = cb
             try:
                 getattr(cb, hook)(state)
             except StopTraining as stop:
                 state.request_stop(stop.reason)
             except Exception as exc:  # noqa: BLE001 - watching never kills training
-                if self.raise_errors or cb.raise_errors:
-                    raise
-                self._disable(cb, hook, exc, state)
+                self._failed(cb, hook, exc, state)
+        state.dispatching = None
+
+    def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
+            *args: Any) -> None:
+        """``fn(*args)`` on behalf of ``cb`` (skipped once it is disabled), with the error
+        handling of its hooks; ``what`` names it in the report."""
+        if self.disabled and id(cb) in self.disabled:
+            return
+        try:
+            fn(*args)
+        except StopTraining as stop:
+            state.request_stop(stop.reason)
+        except Exception as exc:  # noqa: BLE001 - watching never kills training
+            self._failed(cb, what, exc, state)
+
+    def _failed(self, cb: Callback, what: str, exc: Exception, state: RunState) -> None:
+        if self.raise_errors or cb.raise_errors:
+            raise exc
+        self._disable(cb, what, exc, state)
 
     def _disable(self, cb: Callback, hook: str, exc: Exception, state: RunState) -> None:
         self.disabled.add(id(cb))

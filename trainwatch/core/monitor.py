@@ -65,6 +65,10 @@ def _is_torch_module(model: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") for c in type(model).__mro__)
 
 
+def _reraise(exc: Exception) -> None:
+    raise exc
+
+
 class Monitor:
     """Runs callbacks at hook points that the caller's loop announces.
 
@@ -181,6 +185,7 @@ class Monitor:
         """Call just after ``optimizer.step()``; advances the global step."""
         s = self.state
         self.callbacks.call("on_step_end", s)
+        self._read_queued()
         s.step += 1
         s.batch_index += 1
 
@@ -198,6 +203,28 @@ class Monitor:
         self.callbacks.call("on_epoch_end", s)
         s.epoch += 1
 
+    def _read_queued(self) -> None:
+        """Read every value queued with ``state.read_at_step_end`` in one transfer and hand
+        each callback its own, in the order they were queued."""
+        s = self.state
+        queued, s.queued_reads = s.queued_reads, []
+        if not queued:
+            return
+        try:
+            host = self.backend.scalars_to_host([v for _, values, _ in queued for v in values])
+        except Exception as exc:  # noqa: BLE001 - reported as the queuing callbacks' error
+            for owner in {id(o): o for o, _, _ in queued if o is not None}.values():
+                self.callbacks.run(owner, "read_at_step_end", _reraise, s, exc)
+            return
+        start = 0
+        for owner, values, then in queued:
+            part = host[start:start + len(values)]
+            start += len(values)
+            if owner is None:
+                then(part)
+            else:
+                self.callbacks.run(owner, "read_at_step_end", then, s, part)
+
     def train_end(self, exception: BaseException | None = None) -> None:
         """Call once after training (also when it raised); flushes and closes every output."""
         if self._ended:
@@ -206,6 +233,7 @@ class Monitor:
         s = self.state
         s.exception = exception
         try:
+            self._read_queued()  # queued in a step that never reached step_end
             self.callbacks.call("on_train_end", s)
         finally:
             if self.console is not None:

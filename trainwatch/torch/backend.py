@@ -306,7 +306,7 @@ class TorchBackend(Backend):
                 torch._foreach_copy_(self._before, [p.detach() for p in self._params])
         self._update_open = True
 
-    def end_update(self) -> dict[str, TensorNorms]:
+    def end_update_scalars(self) -> dict[str, tuple[Any, Any, Any]]:
         if self._before is None or not self._update_open:
             raise RuntimeError("end_update() called without begin_update()")
         self._update_open = False
@@ -317,9 +317,15 @@ class TorchBackend(Backend):
             u = _norms(self._before)
             w = _norms(params)
             g, have = self._grad_norm_tensors()
-            wv, gv, uv = self._stack_norms([w, g, u])
-        gv = self._expand(gv, have)
-        return {n: TensorNorms(a, b, c) for n, a, b, c in zip(self._names, wv, gv, uv)}
+        grads: list[Any] = [0.0] * len(self._params)  # no gradient: norm 0
+        for i, norm in zip(have, g):
+            grads[i] = norm
+        return {n: (a, b, c) for n, a, b, c in zip(self._names, w, grads, u)}
+
+    def end_update(self) -> dict[str, TensorNorms]:
+        norms = self.end_update_scalars()
+        host = self.scalars_to_host([v for triple in norms.values() for v in triple])
+        return {n: TensorNorms(*host[3 * i:3 * i + 3]) for i, n in enumerate(norms)}
 
     def first_nonfinite(self) -> str | None:
         # One batched pass: a tensor holding NaN/Inf has a non-finite norm. A finite tensor
