@@ -83,3 +83,47 @@ def test_stop_training_requests_a_clean_stop():
 def test_non_callback_is_rejected_with_the_argument_named():
     with pytest.raises(TypeError, match="callbacks"):
         CallbackList([object()])
+
+
+# -- reads queued for the end of the step ---------------------------------------------------------
+
+
+def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
+    """Every callback's ``read_at_step_end`` of a step goes through one ``scalars_to_host``
+    call after ``on_step_end``; each continuation gets its own values; one that raises is
+    reported once as its callback's error and the callback is disabled."""
+    import numpy as np
+
+    from trainwatch import Monitor, nn
+
+    transfers = []
+
+    class Queuer(Callback):
+        def __init__(self, values, fail=False):
+            self.values, self.fail, self.got, self.steps = values, fail, [], 0
+
+        def on_step_end(self, state):
+            self.steps += 1
+            state.read_at_step_end([np.float64(v) for v in self.values], self.take)
+
+        def take(self, floats):
+            if self.fail:
+                raise ValueError("bad read")
+            self.got.append(floats)
+
+    model = nn.Sequential([nn.Dense(4, 3, rng=0)])
+    a, b, c = Queuer([1.0, 2.0]), Queuer([3.0], fail=True), Queuer([4.0, 5.0, 6.0])
+    mon = Monitor(model, loss=nn.SoftmaxCrossEntropy(), callbacks=[a, b, c], progress=False)
+    original = mon.backend.scalars_to_host
+    mon.backend.scalars_to_host = lambda values: transfers.append(len(values)) or original(
+        values)
+    with mon.run():
+        for _ in range(3):
+            mon.batch_begin()
+            mon.step_end()
+    assert transfers == [6, 5, 5]  # one per step: b is disabled after its first failure
+    assert a.got == [[1.0, 2.0]] * 3 and c.got == [[4.0, 5.0, 6.0]] * 3
+    assert b.steps == 1
+    errors = [al for al in mon.alerts.history if al.code == "callback.error"]
+    assert len(errors) == 1 and "Queuer.read_at_step_end" in errors[0].message
+    assert "bad read" in errors[0].message
