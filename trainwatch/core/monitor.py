@@ -185,7 +185,8 @@ class Monitor:
         """Call just after ``optimizer.step()``; advances the global step."""
         s = self.state
         self.callbacks.call("on_step_end", s)
-        self._read_queued()
+        if s.queued_reads:
+            self._read_queued()
         s.step += 1
         s.batch_index += 1
 
@@ -208,8 +209,6 @@ class Monitor:
         each callback its own, in the order they were queued."""
         s = self.state
         queued, s.queued_reads = s.queued_reads, []
-        if not queued:
-            return
         try:
             host = self.backend.scalars_to_host([v for _, values, _ in queued for v in values])
         except Exception as exc:  # noqa: BLE001 - reported as the queuing callbacks' error
@@ -233,7 +232,8 @@ class Monitor:
         s = self.state
         s.exception = exception
         try:
-            self._read_queued()  # queued in a step that never reached step_end
+            if s.queued_reads:  # queued in a step that never reached step_end
+                self._read_queued()
             self.callbacks.call("on_train_end", s)
         finally:
             if self.console is not None:
