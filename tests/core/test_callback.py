@@ -89,12 +89,17 @@ def test_non_callback_is_rejected_with_the_argument_named():
 
 
 def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
-    """Every callback's ``read_at_step_end`` of a step goes through one ``scalars_to_host``
-    call after ``on_step_end``; each continuation gets its own values; one that raises is
-    reported once as its callback's error and the callback is disabled."""
+    """Where reads are device syncs, every callback's ``read_at_step_end`` of a step goes
+    through one ``scalars_to_host`` call after ``on_step_end``; each continuation gets its own
+    values; one that raises is reported once as its callback's error and the callback is
+    disabled. Where reads are cheap, the values are handed over at once."""
     import numpy as np
 
     from trainwatch import Monitor, nn
+    from trainwatch.backends.numpy_backend import NumpyBackend
+
+    class SyncingBackend(NumpyBackend):  # a backend whose reads are device syncs
+        host_reads_cheap = False
 
     transfers = []
 
@@ -104,7 +109,7 @@ def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
 
         def on_step_end(self, state):
             self.steps += 1
-            state.read_at_step_end([np.float64(v) for v in self.values], self.take)
+            self.read_at_step_end(state, [np.float64(v) for v in self.values], self.take)
 
         def take(self, floats):
             if self.fail:
@@ -113,7 +118,8 @@ def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
 
     model = nn.Sequential([nn.Dense(4, 3, rng=0)])
     a, b, c = Queuer([1.0, 2.0]), Queuer([3.0], fail=True), Queuer([4.0, 5.0, 6.0])
-    mon = Monitor(model, loss=nn.SoftmaxCrossEntropy(), callbacks=[a, b, c], progress=False)
+    backend = SyncingBackend(model, nn.SoftmaxCrossEntropy(), None)
+    mon = Monitor(backend, callbacks=[a, b, c], progress=False)
     original = mon.backend.scalars_to_host
     mon.backend.scalars_to_host = lambda values: transfers.append(len(values)) or original(
         values)
@@ -127,3 +133,10 @@ def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
     errors = [al for al in mon.alerts.history if al.code == "callback.error"]
     assert len(errors) == 1 and "Queuer.read_at_step_end" in errors[0].message
     assert "bad read" in errors[0].message
+    # cheap reads: no queue, each callback's values at once
+    cheap = Queuer([7.0])
+    mon = Monitor(model, loss=nn.SoftmaxCrossEntropy(), callbacks=[cheap], progress=False)
+    with mon.run():
+        mon.batch_begin()
+        mon.step_end()
+        assert cheap.got == [[7.0]] and mon.state.queued_reads == []

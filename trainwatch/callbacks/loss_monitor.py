@@ -225,8 +225,8 @@ class LossMonitor(Callback):
             self._read_unread(state)
         elif step % self.every == 0:  # read with the other callbacks' reads of this step
             unread, self._unread = self._unread, []
-            state.read_at_step_end([value for _, value in unread],
-                                   lambda floats: self._ingest_all(state, unread, floats))
+            self.read_at_step_end(state, [value for _, value in unread],
+                                  lambda floats: self._ingest_all(state, unread, floats))
 
     def on_train_end(self, state: RunState) -> None:
         self._read_unread(state)

@@ -58,7 +58,7 @@ class MetricLogger(Callback):
                 del values["loss/data"], values["loss/regularization"]  # no regularisation
             state.writer.scalars(values, step)
 
-        state.read_at_step_end(scalars, write)  # with the other callbacks' reads: one transfer
+        self.read_at_step_end(state, scalars, write)  # on a GPU with the other callbacks' reads
 
     def on_epoch_end(self, state: RunState) -> None:
         values = {METRIC_TAGS.get(k, f"metrics/{k}"): v for k, v in state.metrics.items()}

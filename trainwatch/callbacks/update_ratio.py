@@ -258,7 +258,7 @@ class UpdateRatioMonitor(Callback):
             self._evaluate(state, step, {name: TensorNorms(*floats[3 * i:3 * i + 3])
                                          for i, name in enumerate(names)})
 
-        state.read_at_step_end([v for name in names for v in norms[name]], evaluate)
+        self.read_at_step_end(state, [v for name in names for v in norms[name]], evaluate)
 
     # -- internals --------------------------------------------------------------------------------
 

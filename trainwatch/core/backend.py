@@ -144,7 +144,7 @@ class Backend(ABC):
     def end_update_scalars(self) -> dict[str, tuple[Any, Any, Any]]:
         """:meth:`end_update` without reading anything: per tensor the weight, gradient and
         update norms as framework scalars (on a GPU, 0-d tensors still on the device), for
-        ``state.read_at_step_end``."""
+        :meth:`Callback.read_at_step_end`."""
         return {name: (n.weight, n.grad, n.update) for name, n in self.end_update().items()}
 
     @abstractmethod

@@ -16,7 +16,7 @@ Every hook receives the run's :class:`~trainwatch.core.state.RunState`.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,6 +68,18 @@ class Callback:
     def name(self) -> str:
         """The callback's display name (its class name)."""
         return type(self).__name__
+
+    def read_at_step_end(self, state: RunState, values: Sequence[Any],
+                         then: Callable[[list[float]], None]) -> None:
+        """Read framework scalars (0-d tensors or numbers) as floats and call
+        ``then(floats)``. Where reads cost a device sync (``backend.host_reads_cheap`` is
+        False) they wait for the end of the step: after every ``on_step_end``, all callbacks'
+        reads of the step travel in one transfer, and ``then`` runs with this call's values
+        (an error there counts as this callback's). Where reads are cheap, now."""
+        if state.backend.host_reads_cheap:
+            then(state.backend.scalars_to_host(values))
+        else:
+            state.queued_reads.append((self, list(values), then))
 
     def on_train_begin(self, state: RunState) -> None:
         """Before the first epoch: allocate buffers, write layouts, check the setup."""
@@ -140,14 +152,12 @@ class CallbackList:
         for cb in self._by_hook[hook]:  # (run()'s loop body, inline: this is the hot path)
             if self.disabled and id(cb) in self.disabled:
                 continue
-            state.dispatching = cb
             try:
                 getattr(cb, hook)(state)
             except StopTraining as stop:
                 state.request_stop(stop.reason)
             except Exception as exc:  # noqa: BLE001 - watching never kills training
                 self._failed(cb, hook, exc, state)
-        state.dispatching = None
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:

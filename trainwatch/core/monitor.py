@@ -205,24 +205,21 @@ class Monitor:
         s.epoch += 1
 
     def _read_queued(self) -> None:
-        """Read every value queued with ``state.read_at_step_end`` in one transfer and hand
-        each callback its own, in the order they were queued."""
+        """Read every value queued with :meth:`Callback.read_at_step_end` in one transfer and
+        hand each callback its own, in the order they were queued."""
         s = self.state
         queued, s.queued_reads = s.queued_reads, []
         try:
             host = self.backend.scalars_to_host([v for _, values, _ in queued for v in values])
         except Exception as exc:  # noqa: BLE001 - reported as the queuing callbacks' error
-            for owner in {id(o): o for o, _, _ in queued if o is not None}.values():
+            for owner in {id(o): o for o, _, _ in queued}.values():
                 self.callbacks.run(owner, "read_at_step_end", _reraise, s, exc)
             return
         start = 0
         for owner, values, then in queued:
             part = host[start:start + len(values)]
             start += len(values)
-            if owner is None:
-                then(part)
-            else:
-                self.callbacks.run(owner, "read_at_step_end", then, s, part)
+            self.callbacks.run(owner, "read_at_step_end", then, s, part)
 
     def train_end(self, exception: BaseException | None = None) -> None:
         """Call once after training (also when it raised); flushes and closes every output."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,20 +57,10 @@ class RunState:
     stop_requested: bool = False
     stop_reason: str | None = None
     exception: BaseException | None = None
-    #: the callback whose hook is running (set by CallbackList), owner of queued reads
-    dispatching: Any = field(default=None, repr=False)
-    #: (owner, values, then) queued by :meth:`read_at_step_end`
+    #: (callback, values, then) queued by :meth:`Callback.read_at_step_end`, read together
+    #: by the Monitor after every ``on_step_end``
     queued_reads: list[tuple[Any, list[Any], Callable[[list[float]], None]]] = field(
         default_factory=list, repr=False)
-
-    def read_at_step_end(self, values: Sequence[Any],
-                         then: Callable[[list[float]], None]) -> None:
-        """Queue framework scalars (0-d tensors or numbers) to be read as floats at the end
-        of this step, after every ``on_step_end``: all callbacks' reads of a step travel in
-        one device-to-host transfer (on a GPU, one synchronisation), and ``then(floats)`` is
-        called with this call's values, in order. Errors in ``then`` count as the queuing
-        callback's."""
-        self.queued_reads.append((self.dispatching, list(values), then))
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the current batch (the first reason given is kept)."""
