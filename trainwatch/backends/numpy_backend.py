@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 
 from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
+from trainwatch.core.linalg import dot
 
 
 def _norm(a: np.ndarray) -> float:
-    # einsum, not np.dot: a long BLAS dot wakes OpenBLAS's worker threads, which then spin
-    # beside a training loop whose own small matrix products run single-threaded
     flat = a.reshape(-1)
-    return math.sqrt(float(np.einsum("i,i->", flat, flat)))
+    return math.sqrt(dot(flat, flat))
 
 
 class NumpyBackend(Backend):

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from trainwatch.core.linalg import DOT_CHUNK, dot
+
 logger = logging.getLogger("trainwatch")
 
 
 #: entries bucketed at a time by :meth:`HistogramData.from_values` (64 KB of float64)
-_CHUNK = 8192
+_CHUNK = DOT_CHUNK
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class HistogramData:
         sum_squares = 0.0
         for start in range(0, v.size, _CHUNK):
             part = v[start:start + _CHUNK].astype(np.float64)
-            sum_squares += float(np.dot(part, part))  # a chunk: below BLAS's threading size
+            sum_squares += dot(part, part)
             part -= lo
             part *= scale
             counts += np.bincount(part.astype(np.intp), minlength=bins + 1)

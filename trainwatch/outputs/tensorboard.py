@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from trainwatch.core.linalg import dot
 from trainwatch.outputs.base import HistogramData, Output
 
 logger = logging.getLogger("trainwatch")
@@ -128,9 +129,8 @@ def reduce_histogram(values: Any, rng: np.random.Generator, bins: int = HISTOGRA
     s = sample.astype(np.float64)
     counts, edges = np.histogram(s, bins=bins, range=(lo, hi))
     scale = n_finite / s.size
-    # einsum, not np.dot: a BLAS dot this long wakes OpenBLAS's spinning worker threads
     return HistogramData(counts * scale, edges, lo, hi, n_finite, float(s.sum()) * scale,
-                         float(np.einsum("i,i->", s, s)) * scale)
+                         dot(s, s) * scale)
 
 
 def merge_layout(current: dict[str, dict[str, list]],
