@@ -194,6 +194,8 @@ class Monitor:
         """Call after validation with e.g. ``{"val_loss": .., "val_accuracy": ..}``."""
         self.state.metrics.update({k: float(v) for k, v in metrics.items()})
         self.callbacks.call("on_validation_end", self.state)
+        if self.state.queued_reads:
+            self._read_queued()
 
     def epoch_end(self, metrics: Mapping[str, float] | None = None) -> None:
         """Call at the end of each epoch, with the epoch's metrics if not given before
@@ -202,6 +204,8 @@ class Monitor:
         if metrics:
             s.metrics.update({k: float(v) for k, v in metrics.items()})
         self.callbacks.call("on_epoch_end", s)
+        if s.queued_reads:
+            self._read_queued()
         s.epoch += 1
 
     def _read_queued(self) -> None:
@@ -232,6 +236,8 @@ class Monitor:
             if s.queued_reads:  # queued in a step that never reached step_end
                 self._read_queued()
             self.callbacks.call("on_train_end", s)
+            if s.queued_reads:
+                self._read_queued()
         finally:
             if self.console is not None:
                 self.console.close()
