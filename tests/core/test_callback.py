@@ -133,6 +133,20 @@ def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
     errors = [al for al in mon.alerts.history if al.code == "callback.error"]
     assert len(errors) == 1 and "Queuer.read_at_step_end" in errors[0].message
     assert "bad read" in errors[0].message
+    # queued at an epoch end: read at the end of that hook point, not a step later
+    class EpochQueuer(Queuer):
+        def on_step_end(self, state):
+            pass
+
+        def on_epoch_end(self, state):
+            self.read_at_step_end(state, [np.float64(8.0)], self.take)
+
+    late = EpochQueuer([])
+    mon = Monitor(backend, callbacks=[late], progress=False)
+    with mon.run():
+        mon.epoch_begin()
+        mon.epoch_end({"train_loss": 1.0})
+        assert late.got == [[8.0]] and mon.state.queued_reads == []
     # cheap reads: no queue, each callback's values at once
     cheap = Queuer([7.0])
     mon = Monitor(model, loss=nn.SoftmaxCrossEntropy(), callbacks=[cheap], progress=False)
