@@ -185,7 +185,7 @@ class Monitor:
         """Call just after ``optimizer.step()``; advances the global step."""
         s = self.state
         self.callbacks.call("on_step_end", s)
-        if s.queued_reads:
+        if s.queued_reads:  # (checked here too: the hot path skips the call)
             self._read_queued()
         s.step += 1
         s.batch_index += 1
@@ -194,8 +194,7 @@ class Monitor:
         """Call after validation with e.g. ``{"val_loss": .., "val_accuracy": ..}``."""
         self.state.metrics.update({k: float(v) for k, v in metrics.items()})
         self.callbacks.call("on_validation_end", self.state)
-        if self.state.queued_reads:
-            self._read_queued()
+        self._read_queued()
 
     def epoch_end(self, metrics: Mapping[str, float] | None = None) -> None:
         """Call at the end of each epoch, with the epoch's metrics if not given before
@@ -204,8 +203,7 @@ class Monitor:
         if metrics:
             s.metrics.update({k: float(v) for k, v in metrics.items()})
         self.callbacks.call("on_epoch_end", s)
-        if s.queued_reads:
-            self._read_queued()
+        self._read_queued()
         s.epoch += 1
 
     def _read_queued(self) -> None:
@@ -213,6 +211,8 @@ class Monitor:
         hand each callback its own, in the order they were queued."""
         s = self.state
         queued, s.queued_reads = s.queued_reads, []
+        if not queued:
+            return
         try:
             host = self.backend.scalars_to_host([v for _, values, _ in queued for v in values])
         except Exception as exc:  # noqa: BLE001 - reported as the queuing callbacks' error
@@ -233,11 +233,9 @@ class Monitor:
         s = self.state
         s.exception = exception
         try:
-            if s.queued_reads:  # queued in a step that never reached step_end
-                self._read_queued()
+            self._read_queued()  # queued in a step that never reached step_end
             self.callbacks.call("on_train_end", s)
-            if s.queued_reads:
-                self._read_queued()
+            self._read_queued()
         finally:
             if self.console is not None:
                 self.console.close()

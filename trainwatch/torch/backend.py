@@ -280,8 +280,9 @@ class TorchBackend(Backend):
         have = [i for i, p in enumerate(self._params) if p.grad is not None]
         return _norms([self._params[i].grad for i in have]), have
 
-    def _expand(self, values: list[float], have: list[int]) -> list[float]:
-        full = [0.0] * len(self._params)
+    def _expand(self, values: list[Any], have: list[int]) -> list[Any]:
+        """Per-tensor ``values`` of the tensors ``have`` (indices), 0.0 for the others."""
+        full: list[Any] = [0.0] * len(self._params)
         for i, v in zip(have, values):
             full[i] = v
         return full
@@ -317,9 +318,7 @@ class TorchBackend(Backend):
             u = _norms(self._before)
             w = _norms(params)
             g, have = self._grad_norm_tensors()
-        grads: list[Any] = [0.0] * len(self._params)  # no gradient: norm 0
-        for i, norm in zip(have, g):
-            grads[i] = norm
+        grads = self._expand(g, have)  # no gradient: norm 0
         return {n: (a, b, c) for n, a, b, c in zip(self._names, w, grads, u)}
 
     def end_update(self) -> dict[str, TensorNorms]:
