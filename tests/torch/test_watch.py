@@ -246,20 +246,14 @@ def test_gradient_check_runs_on_the_reported_batch():
 
 # -- no host reads on idle steps ---------------------------------------------------------------
 
-def test_idle_steps_read_nothing_from_the_device(monkeypatch):
-    # what a GPU runs: histograms bucketed by the device path, whose only read is the final one
-    monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
-    model = small_cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    mem = MemoryOutput()
-    callbacks = [MetricLogger(every=5), UpdateRatioMonitor(every=5),
-                 HistogramMonitor(every=5, figure_every=None), GradientCheck(every=8, budget=None,
-                                                                             warmup_steps=4)]
+def reads_per_step(model, opt, callbacks, mem):
+    """Train 16 batches of 32 watched with ``callbacks``; the host reads trainwatch made on each
+    step (counted by ``count_host_reads``)."""
     w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=callbacks, outputs=[mem],
               progress=False, raise_errors=True)
     (xt, yt), _ = data()
     criterion = nn.CrossEntropyLoss()
-    reads_per_step = []
+    reads = []
     with count_host_reads() as log:
         for start in range(0, 512, 32):
             xb, yb = xt[start:start + 32], yt[start:start + 32]
@@ -269,19 +263,32 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            reads_per_step.append(len(log) - before)
+            reads.append(len(log) - before)
     w.close()
+    return reads
+
+
+def test_idle_steps_read_nothing_from_the_device(monkeypatch):
+    # what a GPU runs: histograms bucketed by the device path, whose only read is the final one
+    monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
+    model = small_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mem = MemoryOutput()
+    callbacks = [MetricLogger(every=5), UpdateRatioMonitor(every=5),
+                 HistogramMonitor(every=5, figure_every=None), GradientCheck(every=8, budget=None,
+                                                                             warmup_steps=4)]
+    reads = reads_per_step(model, opt, callbacks, mem)
     written = {step for log_ in (mem.scalars_log, mem.histograms) for series in log_.values()
                for step, _ in series}
-    busy = {s for s, n in enumerate(reads_per_step) if n}
+    busy = {s for s, n in enumerate(reads) if n}
     assert busy == {0, 4, 5, 10, 12, 15}
     assert busy <= written
     # a logging step: one read each for the loss and the update norms (on the CPU, where
     # reads are cheap, they are not batched), one per histogram kind (4), one for the
     # activation statistics
     for step in (0, 5, 10, 15):
-        assert reads_per_step[step] == 7, reads_per_step
-    assert sum(reads_per_step) == sum(reads_per_step[s] for s in busy)
+        assert reads[step] == 7, reads
+    assert sum(reads) == sum(reads[s] for s in busy)
 
 
 def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
@@ -295,23 +302,9 @@ def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
     mem = MemoryOutput()
     callbacks = [MetricLogger(every=5), LossMonitor(every=10, check_tensors_every=None),
                  UpdateRatioMonitor(every=5)]
-    w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=callbacks, outputs=[mem],
-              progress=False, raise_errors=True)
-    (xt, yt), _ = data()
-    criterion = nn.CrossEntropyLoss()
-    reads_per_step = []
-    with count_host_reads() as log:
-        for start in range(0, 512, 32):
-            before = len(log)
-            loss = criterion(model(xt[start:start + 32]), yt[start:start + 32])
-            w.loss(loss, yt[start:start + 32])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            reads_per_step.append(len(log) - before)
-    w.close()
-    assert [s for s, n in enumerate(reads_per_step) if n] == [0, 5, 10, 15]
-    assert all(reads_per_step[s] == 1 for s in (0, 5, 10, 15)), reads_per_step
+    reads = reads_per_step(model, opt, callbacks, mem)
+    assert [s for s, n in enumerate(reads) if n] == [0, 5, 10, 15]
+    assert all(reads[s] == 1 for s in (0, 5, 10, 15)), reads
     assert mem.steps("loss/train") == [0, 5, 10, 15]
     assert mem.steps("loss/train_log10") == [0, 10]
     assert mem.steps("update_ratio/0.weight") == [0, 5, 10, 15]
