@@ -21,7 +21,8 @@ def assert_identical(a, b, path="state"):
 def all_callbacks(validation_data):
     """Every callback trainwatch has, each scheduled often and with every option that does
     extra work switched on (figures, the step-wise gap on subsets evaluated mid-training,
-    gradient checks not held back by the time budget): for the bit-identical tests."""
+    gradient checks not held back by the time budget, and one stopped by its time limit):
+    for the bit-identical tests."""
     from trainwatch import (
         AccuracyGapMonitor,
         FilterImages,
@@ -37,6 +38,8 @@ def all_callbacks(validation_data):
         LossMonitor(every=2, check_tensors_every=3),
         UpdateRatioMonitor(every=1),
         GradientCheck(every=5, warmup_steps=2, examples=2, budget=None),
+        # and a first check stopped part-way by its time limit, then held for the budget
+        GradientCheck(every=1000, warmup_steps=3, examples=2, budget=0.5, time_limit=1e-6),
         AccuracyGapMonitor(every=4, validation_data=validation_data, subset=64),
         HistogramMonitor(every=3, figure_every=2),
         FilterImages(every=4),

@@ -49,8 +49,10 @@ def test_every_callback_on_gives_bit_identical_training(tmp_path):
 
     # nothing was disabled for raising: every callback really ran, the checks included
     assert not [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]
-    check = next(cb for cb in trainer.monitor.callbacks if isinstance(cb, GradientCheck))
+    check, stopped = [cb for cb in trainer.monitor.callbacks if isinstance(cb, GradientCheck)]
     assert len(check.reports) >= 4
+    assert stopped.deferred >= 1  # its first check was stopped by the time limit
+    assert [a.code for a in trainer.monitor.alerts.history].count("gradcheck.deferred") == 1
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert {"activations/distribution", "filters/fc1.weight"} <= set(events.Tags()["images"])

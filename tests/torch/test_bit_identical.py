@@ -67,8 +67,9 @@ def existing_loop(watched: bool, epochs=2):
     xv_t, yv_t = torch.as_tensor(xv), torch.as_tensor(yv)
     mem = MemoryOutput()
     w = None
+    callbacks = all_callbacks((xv, yv)) if watched else []
     if watched:
-        w = watch(model, opt, criterion, callbacks=all_callbacks((xv, yv)), outputs=[mem],
+        w = watch(model, opt, criterion, callbacks=callbacks, outputs=[mem],
                   progress=False, raise_errors=True)
     torch.manual_seed(1)
     order = np.random.default_rng(2)
@@ -90,12 +91,14 @@ def existing_loop(watched: bool, epochs=2):
             w.epoch_end({"val_accuracy": val_acc})
     if w is not None:
         w.close()
-    return everything(model, opt), mem
+    return everything(model, opt), mem, callbacks
 
 
 def test_watched_existing_loop_is_bit_identical_to_the_bare_loop():
-    bare, _ = existing_loop(watched=False)
-    watched, mem = existing_loop(watched=True)
+    bare, _, _ = existing_loop(watched=False)
+    watched, mem, callbacks = existing_loop(watched=True)
+    stopped = [cb for cb in callbacks if getattr(cb, "time_limit", None) == 1e-6]
+    assert len(stopped) == 1 and stopped[0].deferred >= 1  # a check stopped part-way too
     # every callback really ran (and measured) in the watched run
     assert mem.scalars_log["gradcheck/passed"] and mem.histograms["activations/2"]
     assert mem.images and mem.scalars_log["update_ratio_norms/0.weight/update"]
