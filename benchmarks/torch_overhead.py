@@ -1,17 +1,22 @@
 """Training-time overhead of watching a PyTorch loop: the same loop bare and watched, in one run.
 
-    python benchmarks/torch_overhead.py [--epochs 10] [--repeats 5] [--gpu-steps 300]
+    python benchmarks/torch_overhead.py [--epochs 20] [--pairs 11] [--breakdown] [--gpu-steps 600]
 
 CPU: the digits CNN of ``examples/torch_existing_loop.py`` (batch 32, SGD with momentum,
-validation every epoch). GPU (when ``torch.cuda.is_available()``): a ResNet-18-sized CNN
-(11.2M parameters, 62 tensors) on random 3x224x224 data, batch 64, SGD with momentum.
+20 epochs, training accuracy counted every step, validation every epoch, as the example
+does, but from batches made beforehand: no DataLoader time in the denominator). GPU (when
+``torch.cuda.is_available()``): a ResNet-18-sized CNN (11.2M parameters, 62 tensors) on
+random 3x224x224 data, batch 64, SGD with momentum.
 
 "bare" is the loop without trainwatch; "watched" is the same loop with ``watch(...)`` and the
 default callbacks writing TensorBoard files to a temporary folder (no progress bar: it only
-adds terminal output; a variant with it is shown too). Runs are interleaved (the order rotates
-every repetition) and the median over repetitions of the mean step time (the whole run,
-validation and every scheduled measurement included, divided by its steps) is reported, so
-machine noise hits every variant alike. The median single-step time shows the idle steps.
+adds terminal output; a variant with it is shown too). The machine's speed drifts over
+seconds, so runs are taken in adjacent pairs (bare, variant; the order alternates) and the
+median of the per-pair ratios is reported with its quartiles, as ``benchmarks/overhead.py``
+does. "in trainwatch" is the time spent inside trainwatch's entry points (its torch hooks,
+``watcher.loss``, ``epoch_end``, ``close``) in separate runs: a steadier measure, which leaves
+out what watching costs torch outside them (e.g. the model's forward taking torch's hooked
+path).
 
 Host reads: a separate pass counts the calls, made by trainwatch code, of the tensor methods
 that copy device memory to the host (``item``, ``tolist``, ``cpu``, ``__float__``,
@@ -31,6 +36,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from overhead import paired_ratio  # benchmarks/overhead.py: one way to pair runs
 from torch import nn
 
 from trainwatch.callbacks import default_callbacks
@@ -38,6 +44,7 @@ from trainwatch.data import load_digits, train_val_split
 from trainwatch.torch import backend as backend_module
 from trainwatch.torch import watch
 from trainwatch.torch.host_reads import count_host_reads
+from trainwatch.torch.watch import Watcher
 
 # -- models and data ------------------------------------------------------------------------------
 
@@ -138,7 +145,10 @@ def sync(device: torch.device) -> None:
 
 
 def run(work: Workload, mode: str, step_times: list[float] | None = None) -> float:
-    """Train once; returns the wall time of the whole run (seconds)."""
+    """Train once; returns the wall time of the whole run (seconds). The loop reports what
+    a conventional loop (and ``examples/torch_existing_loop.py``) reports: the epoch's
+    training accuracy (counted on the device every step) and the validation loss and
+    accuracy."""
     torch.manual_seed(0)
     model = work.make().to(work.device)
     criterion = nn.CrossEntropyLoss()
@@ -158,6 +168,7 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
         start = time.perf_counter()
         for _ in range(work.epochs):
             model.train()
+            correct = torch.zeros((), dtype=torch.int64, device=work.device)
             for xb, yb in work.batches:
                 t0 = time.perf_counter() if step_times is not None else 0.0
                 out = model(xb)
@@ -167,16 +178,49 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                correct += (out.argmax(1) == yb).sum()
                 if step_times is not None:
                     step_times.append(time.perf_counter() - t0)
             model.eval()
             with torch.no_grad():
                 val_out = model(xv)
-                val_acc = (val_out.argmax(1) == yv).float().mean().item()
+                metrics = {"train_accuracy": correct.item() / (len(work.batches[0][0])
+                                                               * len(work.batches)),
+                           "val_loss": criterion(val_out, yv).item(),
+                           "val_accuracy": (val_out.argmax(1) == yv).float().mean().item()}
             if watcher is not None:
-                watcher.epoch_end({"val_accuracy": val_acc})
+                watcher.epoch_end(metrics)
         sync(work.device)
         return time.perf_counter() - start
+
+
+WATCHER_ENTRY_POINTS = ("_forward_pre", "_forward_post", "_step_pre", "_step_post", "loss",
+                        "epoch_end", "close")
+
+
+def time_in_hooks(work: Workload, mode: str) -> tuple[float, float]:
+    """(seconds inside trainwatch's entry points: the watcher's torch hooks, ``loss``,
+    ``epoch_end`` and ``close``; seconds of the whole run) for one watched run."""
+    spent = [0.0]
+    originals = {name: getattr(Watcher, name) for name in WATCHER_ENTRY_POINTS}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(Watcher, name, timed(fn))
+    try:
+        total = run(work, mode)
+    finally:
+        for name, fn in originals.items():
+            setattr(Watcher, name, fn)
+    return spent[0], total
 
 
 # -- host reads -----------------------------------------------------------------------------------
@@ -247,26 +291,21 @@ def cuda_syncs(work: Workload, mode: str) -> int:
 # -- report ---------------------------------------------------------------------------------------
 
 
-def bench(work: Workload, repeats: int, modes: list[str]) -> None:
-    print(f"\n== {work.name}: {work.steps} steps per run, {repeats} repetitions, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+def bench(work: Workload, pairs: int, modes: list[str]) -> None:
+    print(f"\n== {work.name}: {work.steps} steps per run, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads; watched/bare, median [quartiles] of {pairs} "
+          "adjacent pairs")
     for mode in modes:  # warm-up: imports, allocator, cuDNN autotuning
         run(work, mode)
-    totals: dict[str, list[float]] = {m: [] for m in modes}
-    steps: dict[str, list[float]] = {m: [] for m in modes}
-    for rep in range(repeats):
-        order = modes[rep % len(modes):] + modes[:rep % len(modes)]
-        for mode in order:
-            totals[mode].append(run(work, mode, steps[mode]) / work.steps)
-    base = statistics.median(totals["bare"])
-    base_step = statistics.median(steps["bare"])
-    print(f"{'variant':<34}{'ms/step (median run)':>22}{'ratio':>8}"
-          f"{'median step ms':>16}{'ratio':>8}")
-    for mode in modes:
-        mean = statistics.median(totals[mode])
-        single = statistics.median(steps[mode])
-        print(f"{mode:<34}{mean * 1e3:>22.3f}{mean / base:>8.3f}"
-              f"{single * 1e3:>16.3f}{single / base_step:>8.3f}")
+    bare_step: list[float] = []
+    base = statistics.median(run(work, "bare", bare_step) for _ in range(3))
+    print(f"bare: {base:.3f} s a run, {base / work.steps * 1e3:.3f} ms a step (median step "
+          f"{statistics.median(bare_step) * 1e3:.3f} ms)")
+    for mode in modes[1:]:
+        med, q1, q3 = paired_ratio(lambda: run(work, "bare"), lambda m=mode: run(work, m), pairs)
+        inside = statistics.median(time_in_hooks(work, mode)[0] for _ in range(3))
+        print(f"  {mode:32s} x{med:.3f}  [{q1:.3f}, {q3:.3f}]   in trainwatch: "
+              f"{inside * 1e3:6.1f} ms = {inside / base:.1%} of bare")
     r = reads_per_step(work)
     print(f"trainwatch host reads: {r['reads']} over {r['steps']} steps "
           f"({r['per_step']:.3f} per step); {r['steps_with_reads']} steps with any "
@@ -281,8 +320,9 @@ def bench(work: Workload, repeats: int, modes: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=10, help="CPU run length (45 steps each)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="CPU run length (45 steps each; 20 as in the example)")
+    parser.add_argument("--pairs", type=int, default=11)
     parser.add_argument("--gpu-steps", type=int, default=600)
     parser.add_argument("--gpu-batch", type=int, default=64)
     parser.add_argument("--gpu-size", type=int, default=224)
@@ -297,12 +337,12 @@ def main() -> None:
         modes += [f"only {type(cb).__name__}" for cb in default_callbacks()
                   if type(cb).__name__ != "MetricLogger"]
     if not args.skip_cpu:
-        bench(digits_workload(args.epochs), args.repeats, modes)
+        bench(digits_workload(args.epochs), args.pairs, modes)
     if torch.cuda.is_available() or args.resnet_on_cpu:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.backends.cudnn.benchmark = True
         bench(resnet_workload(device, args.gpu_steps, args.gpu_batch, args.gpu_size),
-              args.repeats, [m for m in modes if m != "watched + progress bar"])
+              args.pairs, [m for m in modes if m != "watched + progress bar"])
     else:
         print("\n(no CUDA device: the GPU workload was skipped)")
 

@@ -454,3 +454,58 @@ def test_kink_patterns_of_torch_calls():
     assert [float(p) for p in again.fingerprints()] == [float(p) for p in prints]
     again.parts[0] = torch.tensor([[False, False, True, True]])
     assert float(again.fingerprints()[0]) != float(prints[0])
+
+
+def test_max_pool_asked_for_indices_still_gets_them_under_the_recorder():
+    from trainwatch.torch.gradcheck import KinkRecorder
+
+    x = torch.tensor([[[1.0, 3.0, 2.0, 0.0]]])
+    rec = KinkRecorder(0)
+    with rec:
+        values, indices = nn.functional.max_pool1d(x, 2, return_indices=True)
+        plain = nn.functional.max_pool1d(x, 2)
+        adaptive = nn.functional.adaptive_max_pool1d(x, 1)
+    assert values.tolist() == [[[3.0, 2.0]]] and indices.tolist() == [[[1, 2]]]
+    assert isinstance(plain, torch.Tensor) and plain.tolist() == [[[3.0, 2.0]]]
+    assert isinstance(adaptive, torch.Tensor) and adaptive.tolist() == [[[3.0]]]
+    assert [p.tolist() for p in rec.parts] == [[[[1, 2]]], [[[1, 2]]], [[[1]]]]
+
+
+class CountingNet(nn.Module):
+    """Reassigns a buffer in every forward (not in place) and uses it: the check must see the
+    same buffer at every evaluation, and the model's own buffer must stay as it was."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls = self.calls + 1
+        return self.fc(x) * self.calls
+
+
+class NumpyNoiseNet(nn.Module):
+    """Draws from numpy's global generator in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        noise = torch.as_tensor(np.random.uniform(0.9, 1.1, size=x.shape), dtype=x.dtype)
+        return self.fc(x * noise)
+
+
+@pytest.mark.parametrize("net", [CountingNet, NumpyNoiseNet])
+def test_forward_state_is_reset_before_every_evaluation(net):
+    torch.manual_seed(0)
+    np.random.seed(3)
+    model = net().double()
+    x, y = digits(3)
+    before = snapshot(model)
+    report = check_module(model, nn.CrossEntropyLoss(), x, y)
+    assert not report.nondeterministic and report.passed, str(report)
+    assert_untouched(model, before)
+    if net is CountingNet:
+        assert model.calls.item() == 0

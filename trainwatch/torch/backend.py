@@ -313,12 +313,14 @@ class TorchBackend(Backend):
         self._update_open = False
         with torch.no_grad():
             params = [p.detach() for p in self._params]
+            have = [i for i, p in enumerate(self._params) if p.grad is not None]
             if params:
                 torch._foreach_sub_(self._before, params)  # before := before - after
-            u = _norms(self._before)
-            w = _norms(params)
-            g, have = self._grad_norm_tensors()
-        grads = self._expand(g, have)  # no gradient: norm 0
+            # one batched norm for the updates, the weights and the gradients
+            norms = _norms(self._before + params + [self._params[i].grad for i in have])
+        n = len(params)
+        u, w = norms[:n], norms[n:2 * n]
+        grads = self._expand(norms[2 * n:], have)  # no gradient: norm 0
         return {n: (a, b, c) for n, a, b, c in zip(self._names, w, grads, u)}
 
     def end_update(self) -> dict[str, TensorNorms]:
@@ -357,14 +359,17 @@ class TorchBackend(Backend):
     def scalars_to_host(self, values: Sequence[Any]) -> list[float]:
         """Python floats of many 0-d tensors (or numbers) in one transfer, e.g. the losses of
         the last N steps kept on the device."""
-        tensors = [(i, v) for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
-        out = [float("nan") if isinstance(v, torch.Tensor) else float(v) for v in values]
-        if tensors:
-            stacked = _stack([v.detach().reshape(()) for _, v in tensors], self._device,
-                             acc_dtype(self._device))
-            for (i, _), f in zip(tensors, stacked.tolist()):
-                out[i] = f
-        return out
+        tensors = [v if v.dim() == 0 else v.reshape(()) for v in values
+                   if isinstance(v, torch.Tensor)]
+        if not tensors or (len(tensors) <= 4 and self._device.type == "cpu"):
+            return [float(v) for v in values]  # a few CPU scalars: cheaper than a stack
+        with torch.no_grad():
+            try:  # one stack (dtypes promote) and one copy
+                host = torch.stack(tensors).tolist()
+            except RuntimeError:  # on several devices
+                host = _stack(tensors, self._device, acc_dtype(self._device)).tolist()
+        floats = iter(host)
+        return [next(floats) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
     # -- activations ---------------------------------------------------------------------------
 

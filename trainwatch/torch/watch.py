@@ -229,11 +229,16 @@ class Watcher:
 
 def _sum(values: list[Any]) -> Any:
     """Sum of floats and/or 0-d tensors, on the tensors' device (no host transfer)."""
-    tensors = [v.reshape(()).to(acc_dtype(v.device)) for v in values
+    tensors = [v if v.dim() == 0 else v.reshape(()) for v in values
                if isinstance(v, torch.Tensor)]
     total: Any = sum(float(v) for v in values if not isinstance(v, torch.Tensor))
     if tensors:
-        total = torch.stack(tensors).sum() + total
+        try:  # one stack (dtypes promote), summed in float64
+            stacked = torch.stack(tensors)
+        except RuntimeError:  # on several devices
+            device = tensors[0].device
+            stacked = torch.stack([t.to(device) for t in tensors])
+        total = stacked.sum(dtype=acc_dtype(stacked.device)) + total
     return total
 
 
