@@ -14,6 +14,7 @@ from trainwatch import HistogramData, LayerInfo, Monitor, Trainer  # noqa: E402
 from trainwatch.core.monitor import as_backend  # noqa: E402
 from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.torch import TorchBackend  # noqa: E402
+from trainwatch.torch import backend as backend_module  # noqa: E402
 
 
 def cnn(seed=0, dtype=torch.float32):
@@ -165,6 +166,39 @@ def test_activation_stats_are_reduced_on_the_device_like_the_host_ones():
     assert device["2"].alive.tolist() == [False, True, True, True]
     assert device["2"].alive.shape == (4,) and device["2"].examples == 16
     assert math.isnan(device["2"].saturated)
+    backend.capture_activations(False)
+
+
+@pytest.mark.parametrize("short_path", [True, False])
+def test_distributions_equal_the_separate_calls_in_one_transfer(monkeypatch, short_path):
+    """A histogram step's histograms of every kind and its activation statistics come in
+    one transfer, equal to what the separate calls give."""
+    from trainwatch.torch.host_reads import count_host_reads
+
+    monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", short_path)
+    model, backend, _ = make()
+    x, y = batch()
+    backend.capture_activations(True)
+    train_step(backend, x, y)
+    which = ["weights", "gradients", "activations", "activation_gradients"]
+    kinds = {"2": "relu", "7": "tanh"}
+    with count_host_reads() as log:
+        hists, stats = backend.distributions(which, 16, kinds, 0.5)
+    if not short_path:  # the CPU short path reads each tensor's range on the host
+        assert len(log) == 1
+    assert list(hists) == which
+    for w in which:
+        separate = backend.histograms(w, 16)
+        assert list(hists[w]) == list(separate) and separate
+        for name, h in hists[w].items():
+            np.testing.assert_array_equal(h.counts, separate[name].counts)
+            assert (h.num, h.min, h.max, h.sum) == (separate[name].num, separate[name].min,
+                                                   separate[name].max, separate[name].sum)
+    alone = backend.activation_stats(kinds, 0.5)
+    assert set(stats) == set(alone) == {"2", "7"}
+    assert stats["7"].saturated == alone["7"].saturated
+    np.testing.assert_array_equal(stats["2"].alive, alone["2"].alive)
+    assert backend.distributions(["weights"], 8)[1] == {}  # no kinds: no statistics
     backend.capture_activations(False)
 
 

@@ -284,22 +284,21 @@ class HistogramMonitor(Callback):
         kinds = {layer.name: layer.kind for layer in self._layers}
         skipped = {name for name, kind in kinds.items() if kind in SKIPPED_KINDS}
 
-        hists_of: dict[str, dict[str, HistogramData]] = {}
+        # Everything in one read (on a GPU one transfer): the histograms, and statistics
+        # from reductions only, made where the outputs live: the activations' histograms
+        # give mean and std, the activation statistics the saturated and dead units.
+        watched = {name: kind for name, kind in kinds.items() if name not in skipped
+                   and (kind in SATURATING_KINDS or kind in RECTIFIER_KINDS)}
+        needed = list(self.which) + [w for w in ("activations",) if w not in self.which]
+        hists_of, stats = backend.distributions(needed, self.bins, watched,
+                                                self.saturation_threshold)
         for which in self.which:
             prefix = WHICH_PREFIX[which]
             per_layer = which in ("activations", "activation_gradients")
-            hists = hists_of[which] = backend.histograms(which, self.bins)
-            for name, hist in hists.items():
+            for name, hist in hists_of[which].items():
                 if not (per_layer and name in skipped):
                     writer.histogram(prefix + name, hist, step)
-
-        # Statistics from reductions only (on a GPU made on the device): the activations'
-        # histograms give mean and std, activation_stats the saturated and dead units.
-        activation_hists = hists_of.get("activations") or backend.histograms("activations",
-                                                                             self.bins)
-        watched = {name: kind for name, kind in kinds.items() if name not in skipped
-                   and (kind in SATURATING_KINDS or kind in RECTIFIER_KINDS)}
-        stats = backend.activation_stats(watched, self.saturation_threshold) if watched else {}
+        activation_hists = hists_of["activations"]
         values: dict[str, float] = {}
         for name, h in activation_hists.items():
             if name in skipped or not h.num:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +188,15 @@ class Backend(ABC):
                 saturated=saturated_fraction(a, kind, threshold) if saturating else math.nan,
                 alive=None if saturating else alive_units(a))
         return out
+
+    def distributions(self, which: Sequence[str], bins: int = 64,
+                      kinds: Mapping[str, str] | None = None, threshold: float = 0.97
+                      ) -> tuple[dict[str, dict[str, HistogramData]], dict[str, ActivationStats]]:
+        """``({kind: histograms(kind, bins) for kind in which}, activation_stats(kinds,
+        threshold))`` (no statistics when ``kinds`` is empty or None); a GPU backend reads
+        them all in one transfer."""
+        hists = {w: self.histograms(w, bins) for w in which}
+        return hists, (self.activation_stats(kinds, threshold) if kinds else {})
 
     def histograms(self, which: str, bins: int = 64) -> dict[str, HistogramData]:
         """Histograms of ``which`` in {"weights", "gradients", "activations",

@@ -418,9 +418,18 @@ class TorchBackend(Backend):
                          threshold: float = 0.97) -> dict[str, ActivationStats]:
         """Reduced where the outputs live (saturated counts, alive-unit masks), all layers in
         one transfer: the outputs themselves never leave the device."""
-        names = [n for n in self._acts if n in kinds and self._acts[n].numel()]
-        if not names:
+        names, shapes, parts = self._activation_stat_parts(kinds, threshold)
+        if not parts:
             return {}
+        with torch.no_grad():
+            host = torch.cat(parts).cpu().numpy()
+        return _activation_stats(names, shapes, parts, host, kinds)
+
+    def _activation_stat_parts(self, kinds: Mapping[str, str], threshold: float
+                               ) -> tuple[list[str], list[torch.Size], list[torch.Tensor]]:
+        """Per captured layer in ``kinds``: its saturated fraction (1 value) or its alive-unit
+        mask (1 value per unit), as ``acc_dtype`` tensors on the device."""
+        names = [n for n in self._acts if n in kinds and self._acts[n].numel()]
         parts, shapes = [], []
         acc = acc_dtype(self._device)
         with torch.no_grad():
@@ -437,17 +446,7 @@ class TorchBackend(Backend):
                     part = part.to(acc)
                 parts.append(part.to(self._device))
                 shapes.append(a.shape)
-            host = torch.cat(parts).cpu().numpy()
-        out, start = {}, 0
-        for name, shape, part in zip(names, shapes, parts):
-            values = host[start:start + part.numel()]
-            start += part.numel()
-            examples = int(shape[0]) if len(shape) else 0
-            if kinds[name] in SATURATING_KINDS:
-                out[name] = ActivationStats(examples, float(values[0]), None)
-            else:
-                out[name] = ActivationStats(examples, math.nan, values > 0.5)
-        return out
+        return names, shapes, parts
 
     def activation_gradients(self) -> dict[str, np.ndarray]:
         order = {name: i for i, (name, _) in enumerate(self._leaves)}
@@ -483,11 +482,41 @@ class TorchBackend(Backend):
     def histograms(self, which: str, bins: int = 64) -> dict[str, HistogramData]:
         """Histograms bucketed on the device: per tensor min/max/count/sum/sum of squares of
         the finite entries and ``bins`` equal-width counts; one transfer for all tensors."""
+        names, rows = self._histogram_rows(which, bins)
+        if not rows:
+            return {}
+        with torch.no_grad():
+            table = torch.stack(rows).cpu().numpy()
+        return {name: _histogram_data(row, bins) for name, row in zip(names, table)}
+
+    def distributions(self, which: Sequence[str], bins: int = 64,
+                      kinds: Mapping[str, str] | None = None, threshold: float = 0.97
+                      ) -> tuple[dict[str, dict[str, HistogramData]], dict[str, ActivationStats]]:
+        """The histograms of every kind in ``which`` and the activation statistics, all in
+        one transfer (a histogram step of :class:`~trainwatch.HistogramMonitor` reads once)."""
+        tables = [(w, *self._histogram_rows(w, bins)) for w in which]
+        names, shapes, parts = (self._activation_stat_parts(kinds, threshold) if kinds
+                                else ([], [], []))
+        flat = [row for _, _, rows in tables for row in rows]
+        if not flat and not parts:
+            return {w: {} for w in which}, {}
+        rows_device = flat[0].device if flat else parts[0].device
+        with torch.no_grad():
+            host = torch.cat(flat + [p.to(rows_device, torch.float64) for p in parts]
+                             ).cpu().numpy()
+        hists, start, width = {}, 0, bins + 5
+        for w, tensor_names, rows in tables:
+            hists[w] = {name: _histogram_data(host[start + i * width:start + (i + 1) * width],
+                                              bins) for i, name in enumerate(tensor_names)}
+            start += len(rows) * width
+        stats = _activation_stats(names, shapes, parts, host[start:], kinds) if parts else {}
+        return hists, stats
+
+    def _histogram_rows(self, which: str, bins: int) -> tuple[list[str], list[torch.Tensor]]:
+        """Names and float64 histogram rows (see :func:`_histogram_row`) of ``which``."""
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins: must be an integer >= 1, got {bins!r}")
         names, tensors = self._histogram_sources(which)
-        if not tensors:
-            return {}
         rows_device = torch.device("cpu") if self._device.type == "mps" else self._device
         with torch.no_grad():
             if self._device.type == "mps":  # no float64 there: bucket on the host
@@ -495,8 +524,7 @@ class TorchBackend(Backend):
             rows = [(_histogram_row_host(t.detach(), bins)
                      if CPU_SHORT_PATH and t.device.type == "cpu"
                      else _histogram_row(t.detach(), bins)).to(rows_device) for t in tensors]
-            table = torch.stack(rows).cpu().numpy()
-        return {name: _histogram_data(row, bins) for name, row in zip(names, table)}
+        return names, rows
 
     # -- loss evaluation and gradient checks ---------------------------------------------------
 
@@ -672,6 +700,21 @@ def _histogram_row_host(t: torch.Tensor, bins: int) -> torch.Tensor:
     head = torch.tensor([lo, hi, float(v.numel()), float(v.sum(dtype=torch.float64)),
                          float(torch.dot(v, v))], dtype=torch.float64)
     return torch.cat([head, counts])
+
+
+def _activation_stats(names: list[str], shapes: list[torch.Size], parts: list[torch.Tensor],
+                      host: np.ndarray, kinds: Mapping[str, str]) -> dict[str, ActivationStats]:
+    """Decode the host copy of :meth:`TorchBackend._activation_stat_parts`."""
+    out, start = {}, 0
+    for name, shape, part in zip(names, shapes, parts):
+        values = host[start:start + part.numel()]
+        start += part.numel()
+        examples = int(shape[0]) if len(shape) else 0
+        if kinds[name] in SATURATING_KINDS:
+            out[name] = ActivationStats(examples, float(values[0]), None)
+        else:
+            out[name] = ActivationStats(examples, math.nan, values > 0.5)
+    return out
 
 
 def _histogram_data(row: np.ndarray, bins: int) -> HistogramData:
