@@ -190,6 +190,8 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
                            "val_accuracy": (val_out.argmax(1) == yv).float().mean().item()}
             if watcher is not None:
                 watcher.epoch_end(metrics)
+        if watcher is not None:
+            watcher.close()  # flushing the logs is part of watching (idempotent)
         sync(work.device)
         return time.perf_counter() - start
 
