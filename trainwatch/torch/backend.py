@@ -140,6 +140,15 @@ def _stack(scalars: Sequence[torch.Tensor], device: torch.device,
     return torch.stack([s.to(device=device, dtype=dtype) for s in scalars])
 
 
+def stack_scalars(scalars: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """0-d tensors as one vector: one ``stack`` (dtypes promote) where they share a device,
+    else each moved to ``device`` in its accumulation dtype first."""
+    try:
+        return torch.stack(list(scalars))
+    except RuntimeError:  # on several devices
+        return _stack(scalars, device, acc_dtype(device))
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.coalesce().values() if t.is_sparse else t
 
@@ -276,8 +285,12 @@ class TorchBackend(Backend):
             start += len(g)
         return out
 
+    def _with_grad(self) -> list[int]:
+        """Indices of the parameters that have a gradient."""
+        return [i for i, p in enumerate(self._params) if p.grad is not None]
+
     def _grad_norm_tensors(self) -> tuple[list[torch.Tensor], list[int]]:
-        have = [i for i, p in enumerate(self._params) if p.grad is not None]
+        have = self._with_grad()
         return _norms([self._params[i].grad for i in have]), have
 
     def _expand(self, values: list[Any], have: list[int]) -> list[Any]:
@@ -313,7 +326,7 @@ class TorchBackend(Backend):
         self._update_open = False
         with torch.no_grad():
             params = [p.detach() for p in self._params]
-            have = [i for i, p in enumerate(self._params) if p.grad is not None]
+            have = self._with_grad()
             if params:
                 torch._foreach_sub_(self._before, params)  # before := before - after
             # one batched norm for the updates, the weights and the gradients
@@ -364,10 +377,7 @@ class TorchBackend(Backend):
         if not tensors or (len(tensors) <= 4 and self._device.type == "cpu"):
             return [float(v) for v in values]  # a few CPU scalars: cheaper than a stack
         with torch.no_grad():
-            try:  # one stack (dtypes promote) and one copy
-                host = torch.stack(tensors).tolist()
-            except RuntimeError:  # on several devices
-                host = _stack(tensors, self._device, acc_dtype(self._device)).tolist()
+            host = stack_scalars(tensors, self._device).tolist()  # one copy
         floats = iter(host)
         return [next(floats) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
@@ -418,12 +428,7 @@ class TorchBackend(Backend):
                          threshold: float = 0.97) -> dict[str, ActivationStats]:
         """Reduced where the outputs live (saturated counts, alive-unit masks), all layers in
         one transfer: the outputs themselves never leave the device."""
-        names, shapes, parts = self._activation_stat_parts(kinds, threshold)
-        if not parts:
-            return {}
-        with torch.no_grad():
-            host = torch.cat(parts).cpu().numpy()
-        return _activation_stats(names, shapes, parts, host, kinds)
+        return self.distributions([], kinds=kinds, threshold=threshold)[1]
 
     def _activation_stat_parts(self, kinds: Mapping[str, str], threshold: float
                                ) -> tuple[list[str], list[torch.Size], list[torch.Tensor]]:
@@ -482,12 +487,7 @@ class TorchBackend(Backend):
     def histograms(self, which: str, bins: int = 64) -> dict[str, HistogramData]:
         """Histograms bucketed on the device: per tensor min/max/count/sum/sum of squares of
         the finite entries and ``bins`` equal-width counts; one transfer for all tensors."""
-        names, rows = self._histogram_rows(which, bins)
-        if not rows:
-            return {}
-        with torch.no_grad():
-            table = torch.stack(rows).cpu().numpy()
-        return {name: _histogram_data(row, bins) for name, row in zip(names, table)}
+        return self.distributions([which], bins)[0][which]
 
     def distributions(self, which: Sequence[str], bins: int = 64,
                       kinds: Mapping[str, str] | None = None, threshold: float = 0.97
@@ -500,9 +500,8 @@ class TorchBackend(Backend):
         flat = [row for _, _, rows in tables for row in rows]
         if not flat and not parts:
             return {w: {} for w in which}, {}
-        rows_device = flat[0].device if flat else parts[0].device
         with torch.no_grad():
-            host = torch.cat(flat + [p.to(rows_device, torch.float64) for p in parts]
+            host = torch.cat(flat + [p.to(self._rows_device, torch.float64) for p in parts]
                              ).cpu().numpy()
         hists, start, width = {}, 0, bins + 5
         for w, tensor_names, rows in tables:
@@ -517,14 +516,19 @@ class TorchBackend(Backend):
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins: must be an integer >= 1, got {bins!r}")
         names, tensors = self._histogram_sources(which)
-        rows_device = torch.device("cpu") if self._device.type == "mps" else self._device
         with torch.no_grad():
             if self._device.type == "mps":  # no float64 there: bucket on the host
                 tensors = [t.detach().cpu() for t in tensors]
             rows = [(_histogram_row_host(t.detach(), bins)
                      if CPU_SHORT_PATH and t.device.type == "cpu"
-                     else _histogram_row(t.detach(), bins)).to(rows_device) for t in tensors]
+                     else _histogram_row(t.detach(), bins)).to(self._rows_device) for t in tensors]
         return names, rows
+
+    @property
+    def _rows_device(self) -> torch.device:
+        """Where histogram rows are built: the model's device, the CPU for Apple MPS (no
+        float64 there)."""
+        return torch.device("cpu") if self._device.type == "mps" else self._device
 
     # -- loss evaluation and gradient checks ---------------------------------------------------
 

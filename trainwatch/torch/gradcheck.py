@@ -253,12 +253,16 @@ def _intra_op_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device (the current one for a bare ``"cuda"``)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @contextlib.contextmanager
 def _pinned_random_state(device: torch.device) -> Iterator[None]:
     """Fork torch's CPU (and the model's CUDA) generator, numpy's and Python's global
     generators; everything is restored on exit."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    devices = [_cuda_index(device)] if device.type == "cuda" else []
     np_state = np.random.get_state()
     py_state = random.getstate()
     try:
@@ -279,8 +283,7 @@ class _GlobalRandomState:
         self.seed = seed
         self.cuda = None
         if device.type == "cuda":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            self.cuda = torch.cuda.default_generators[index]
+            self.cuda = torch.cuda.default_generators[_cuda_index(device)]
         self.np_state = np.random.get_state()
         self.py_state = random.getstate()
         self._np_mark = _numpy_mark()

@@ -28,7 +28,7 @@ from torch import nn
 from trainwatch.core.callback import Callback
 from trainwatch.core.monitor import Monitor
 from trainwatch.core.state import RunState
-from trainwatch.torch.backend import TorchBackend, acc_dtype, is_suspended
+from trainwatch.torch.backend import TorchBackend, acc_dtype, is_suspended, stack_scalars
 
 
 class Watcher:
@@ -233,12 +233,8 @@ def _sum(values: list[Any]) -> Any:
                if isinstance(v, torch.Tensor)]
     total: Any = sum(float(v) for v in values if not isinstance(v, torch.Tensor))
     if tensors:
-        try:  # one stack (dtypes promote), summed in float64
-            stacked = torch.stack(tensors)
-        except RuntimeError:  # on several devices
-            device = tensors[0].device
-            stacked = torch.stack([t.to(device) for t in tensors])
-        total = stacked.sum(dtype=acc_dtype(stacked.device)) + total
+        stacked = stack_scalars(tensors, tensors[0].device)
+        total = stacked.sum(dtype=acc_dtype(stacked.device)) + total  # summed in float64
     return total
 
 
