@@ -27,6 +27,8 @@ import ctypes
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -100,31 +102,37 @@ HOOK_METHODS = ("train_begin", "epoch_begin", "batch_begin", "loss_computed", "b
                 "step_begin", "step_end", "validation_end", "epoch_end", "train_end")
 
 
+def time_inside(cls: type, names: tuple[str, ...], fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds spent inside the methods ``names`` of ``cls`` while ``fn()`` runs, what it
+    returned); the methods are wrapped with timers for the call and restored after."""
+    spent = [0.0]
+    originals = {name: getattr(cls, name) for name in names}
+
+    def timed(method):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    for name, method in originals.items():
+        setattr(cls, name, timed(method))
+    try:
+        result = fn()
+    finally:
+        for name, method in originals.items():
+            setattr(cls, name, method)
+    return spent[0], result
+
+
 def time_in_hooks(model: str, epochs: int, lr: float, callbacks) -> tuple[float, float]:
     """(seconds inside trainwatch's hook calls, seconds of the whole fit) for one watched run:
     a steadier measure than the end-to-end ratio on a machine whose speed drifts."""
     from trainwatch.core.monitor import Monitor
 
-    spent = [0.0]
-    originals = {name: getattr(Monitor, name) for name in HOOK_METHODS}
-
-    def timed(fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - start
-        return wrapper
-
-    for name, fn in originals.items():
-        setattr(Monitor, name, timed(fn))
-    try:
-        total = watched(model, epochs, lr, callbacks)
-    finally:
-        for name, fn in originals.items():
-            setattr(Monitor, name, fn)
-    return spent[0], total
+    return time_inside(Monitor, HOOK_METHODS, lambda: watched(model, epochs, lr, callbacks))
 
 
 def paired_ratio(run_bare, run_watched, pairs: int) -> tuple[float, float, float]:

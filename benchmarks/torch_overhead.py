@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from overhead import paired_ratio  # benchmarks/overhead.py: one way to pair runs
+from overhead import paired_ratio, time_inside  # benchmarks/overhead.py
 from torch import nn
 
 from trainwatch.callbacks import default_callbacks
@@ -203,26 +203,7 @@ WATCHER_ENTRY_POINTS = ("_forward_pre", "_forward_post", "_step_pre", "_step_pos
 def time_in_hooks(work: Workload, mode: str) -> tuple[float, float]:
     """(seconds inside trainwatch's entry points: the watcher's torch hooks, ``loss``,
     ``epoch_end`` and ``close``; seconds of the whole run) for one watched run."""
-    spent = [0.0]
-    originals = {name: getattr(Watcher, name) for name in WATCHER_ENTRY_POINTS}
-
-    def timed(fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - start
-        return wrapper
-
-    for name, fn in originals.items():
-        setattr(Watcher, name, timed(fn))
-    try:
-        total = run(work, mode)
-    finally:
-        for name, fn in originals.items():
-            setattr(Watcher, name, fn)
-    return spent[0], total
+    return time_inside(Watcher, WATCHER_ENTRY_POINTS, lambda: run(work, mode))
 
 
 # -- host reads -----------------------------------------------------------------------------------
