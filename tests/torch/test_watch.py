@@ -283,11 +283,10 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     busy = {s for s, n in enumerate(reads) if n}
     assert busy == {0, 4, 5, 10, 12, 15}
     assert busy <= written
-    # a logging step: one read each for the loss and the update norms (on the CPU, where
-    # reads are cheap, they are not batched), one for all four histogram kinds and the
-    # activation statistics together
+    # a logging step: one read for the loss and the update norms together, one for all four
+    # histogram kinds and the activation statistics together
     for step in (0, 5, 10, 15):
-        assert reads[step] == 3, reads
+        assert reads[step] == 2, reads
     assert sum(reads) == sum(reads[s] for s in busy)
 
 
@@ -295,8 +294,6 @@ def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
     """On a GPU (reads not cheap), the loss curve, the loss rules and the update ratios of a
     step travel to the host in one transfer, and idle steps read nothing."""
     monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
-    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
-                        property(lambda self: False))
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     mem = MemoryOutput()
@@ -316,7 +313,6 @@ def test_trainer_on_an_accelerator_reads_the_loss_only_on_logging_steps(monkeypa
     ``every`` steps and at epoch ends)."""
     from trainwatch import LossMonitor, Trainer
 
-    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap", property(lambda s: False))
     model = small_cnn()
     (xt, yt), _ = data(n_train=320)
     trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.05),

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from trainwatch.alerts.alert import Alert, Severity
 from trainwatch.alerts.sinks import AlertSink
@@ -118,11 +119,14 @@ class AlertManager:
         tensor: str | None = None,
         value: float | None = None,
         suggestion: str | None = None,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
     ) -> Alert | None:
         """Report whether condition ``code`` (for ``tensor``) holds now.
 
         Returns the alert emitted by this call (a firing or a resolution), else None.
-        ``message``/``value``/``suggestion`` describe the current evaluation.
+        ``message``/``severity``/``value``/``suggestion`` describe the current evaluation;
+        or ``describe()`` returns (some of) them as a dict, called only when this call emits
+        an alert, so a rule evaluated every few steps builds its text only when it is read.
         """
         key = (code, tensor)
         cond = self._conditions.get(key)
@@ -136,6 +140,9 @@ class AlertManager:
             if cond.cleared_at is not None and step - cond.cleared_at < self.cooldown_steps:
                 return None
             cond.firing = True
+            if describe is not None:
+                severity, message, value, suggestion = _described(
+                    describe, severity, message, value, suggestion)
             alert = Alert(code, Severity.parse(severity), message, int(step), tensor,
                           _float_or_none(value), suggestion)
             cond.last = alert
@@ -147,6 +154,8 @@ class AlertManager:
             return None
         cond.firing = False
         cond.cleared_at = step
+        if describe is not None:
+            _, message, value, _ = _described(describe, severity, message, value, suggestion)
         # The resolution carries the severity of the episode it closes, so a sink (or
         # min_severity) that passed the firing also passes its resolution.
         episode = cond.last.severity if cond.last is not None else Severity.INFO
@@ -222,6 +231,14 @@ class AlertManager:
                     self.history.append(broken)
                     logger.warning("%s", broken)
                     pending.append(broken)
+
+
+def _described(describe: Callable[[], Mapping[str, Any]], severity: Any, message: str,
+               value: float | None, suggestion: str | None) -> tuple[Any, str, Any, Any]:
+    """(severity, message, value, suggestion): ``describe()``'s entries over the given ones."""
+    d = describe()
+    return (d.get("severity", severity), d.get("message", message), d.get("value", value),
+            d.get("suggestion", suggestion))
 
 
 def _float_or_none(value) -> float | None:

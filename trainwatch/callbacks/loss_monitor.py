@@ -43,6 +43,7 @@ Each condition fires once per episode (``divergence``, ``plateau`` and ``noise``
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -80,10 +81,11 @@ class LossMonitor(Callback):
     expected initial loss (see the module docstring for each rule).
 
     Per step it reads the loss as a float (checking it is finite) and queues it; every
-    ``every`` steps the queued losses go into a preallocated ring buffer. On an accelerator
-    (``backend.host_reads_cheap`` False) the losses stay on the device and are read in one
-    transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
-    ``every`` steps later. Every ``every`` steps it evaluates the rules and writes:
+    ``every`` steps the queued losses go into a ring buffer. Where reads are batched
+    (``backend.host_reads_cheap`` False: PyTorch, on any device) the losses stay tensors and
+    are read in one transfer every ``every`` steps, so a NaN loss is seen (and training
+    stopped) up to ``every`` steps later; the first loss is read at the end of its step.
+    Every ``every`` steps it evaluates the rules and writes:
 
     * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
       scale; positive losses only);
@@ -177,9 +179,10 @@ class LossMonitor(Callback):
     def _reset(self) -> None:
         size = max(self._plateau_n, self._noise_n)
         # A ring buffer written twice (at i and i + size), so the last k values are always one
-        # contiguous slice: no copies or fancy indexing when the rules read a window.
+        # contiguous slice. A Python list, not an array: between training steps numpy's
+        # reductions on a few hundred values cost 5x more than the same sums on a list.
         self._size = size
-        self._buf = np.zeros(2 * size)
+        self._buf = [0.0] * (2 * size)
         self._n = 0  # finite losses seen
         self._ema = math.nan
         self._min = math.inf
@@ -218,8 +221,8 @@ class LossMonitor(Callback):
             loss = float(loss)
             urgent = step == 0 or not math.isfinite(loss)
         # The losses since the last evaluation are taken in together, every ``every`` steps:
-        # on an accelerator in one transfer (a read is a host sync), on the CPU in one warm
-        # loop rather than a little work between every two training steps.
+        # framework tensors in one transfer (on a GPU a read is a host sync), floats in one
+        # warm loop rather than a little work between every two training steps.
         self._unread.append((step, loss))
         if urgent or (step % self.every == 0 and state.backend.host_reads_cheap):
             self._read_unread(state)
@@ -367,8 +370,8 @@ class LossMonitor(Callback):
 
     # -- divergence, plateau, noise ---------------------------------------------------------------
 
-    def _window(self, k: int) -> np.ndarray:
-        """The last ``k`` finite losses, oldest first (a view)."""
+    def _window(self, k: int) -> list[float]:
+        """The last ``k`` finite losses, oldest first."""
         end = (self._n - 1) % self._size + self._size + 1
         return self._buf[end - k:end]
 
@@ -407,23 +410,25 @@ class LossMonitor(Callback):
                                  ratio > self.divergence_factor / 1.5 and far)
         if active:
             self._diverged_at = step
-        if active:
-            message = (f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its running "
-                       f"minimum {low:.4g} (step {self._min_step}), above the factor "
-                       f"{self.divergence_factor:g} since step "
-                       f"{self._streaks['divergence'].since}")
-        else:
-            message = (f"the smoothed training loss {ema:.4g} is no longer diverging "
-                       f"({ratio:.2f}× its minimum {low:.4g})")
-        state.alerts.update(
-            "loss.divergence", active, step=step, severity="warning", message=message,
-            value=ratio, suggestion="the learning rate is probably too high: lower it 3–10× "
-            "(or add warm-up or gradient clipping), and look for bad batches")
+
+        def describe() -> dict[str, Any]:
+            if not active:
+                return {"message": f"the smoothed training loss {ema:.4g} is no longer "
+                                   f"diverging ({ratio:.2f}× its minimum {low:.4g})"}
+            return {"message": (f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its "
+                                f"running minimum {low:.4g} (step {self._min_step}), above the "
+                                f"factor {self.divergence_factor:g} since step "
+                                f"{self._streaks['divergence'].since}"),
+                    "suggestion": "the learning rate is probably too high: lower it 3–10× (or "
+                                  "add warm-up or gradient clipping), and look for bad batches"}
+
+        state.alerts.update("loss.divergence", active, step=step, severity="warning",
+                            value=ratio, describe=describe)
 
     def _check_plateau(self, state: RunState, step: int, ref: float) -> None:
         win = self._window(self._plateau_n)
         q = max(len(win) // 4, 1)
-        first, last = float(win[:q].sum()) / q, float(win[-q:].sum()) / q
+        first, last = sum(win[:q]) / q, sum(win[-q:]) / q
         progress = (first - last) / first if first > 0 else math.nan
         self.window_progress = progress
         span = self._plateau_n * self.check_every
@@ -436,9 +441,15 @@ class LossMonitor(Callback):
         if not active:
             state.alerts.update(
                 "loss.plateau", False, step=step, value=progress,
-                message=f"the training loss is moving again ({progress:+.1%} over "
-                        f"{span} steps, now {last:.4g})")
+                describe=lambda: {"message": f"the training loss is moving again "
+                                             f"({progress:+.1%} over {span} steps, now "
+                                             f"{last:.4g})"})
             return
+        state.alerts.update("loss.plateau", True, step=step, severity="warning", value=progress,
+                            describe=lambda: self._plateau_text(first, last, progress, span, ref))
+
+    def _plateau_text(self, first: float, last: float, progress: float, span: int,
+                      ref: float) -> dict[str, str]:
         head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
                 f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
         if last >= 0.9 * ref and self._max <= 1.5 * ref:
@@ -458,16 +469,14 @@ class LossMonitor(Callback):
                        f"rate too high for this stage")
             suggestion = ("lower the learning rate 3–10× or add a decay schedule; if the "
                           "validation loss is flat at a good value, training has converged")
-        state.alerts.update("loss.plateau", True, step=step, severity="warning",
-                            message=f"{head}; {reading}", value=progress,
-                            suggestion=suggestion)
+        return {"message": f"{head}; {reading}", "suggestion": suggestion}
 
     def _check_noise(self, state: RunState, step: int, ref: float) -> None:
         win = self._window(self._noise_n)
-        level = max(float(win.sum()) / len(win), 0.25 * ref)
-        d = win[1:] - win[:-1]
-        mean_d = float(d.sum()) / len(d)
-        std_d = math.sqrt(max(float(d.dot(d)) / len(d) - mean_d * mean_d, 0.0))
+        level = max(sum(win) / len(win), 0.25 * ref)
+        d = list(map(operator.sub, win[1:], win[:-1]))
+        mean_d = sum(d) / len(d)
+        std_d = math.sqrt(max(sum(map(operator.mul, d, d)) / len(d) - mean_d * mean_d, 0.0))
         spread = std_d / math.sqrt(2.0) / level
         self.relative_spread = spread
         # A diverging loss (or a window still holding its spike) scatters for other reasons.
@@ -476,16 +485,20 @@ class LossMonitor(Callback):
         active = self._condition("noise", step, raw,
                                  spread > self.noise_threshold / 1.25 and calm)
         span = self._noise_n * self.check_every
-        if not active:
-            state.alerts.update("loss.noise", False, step=step, value=spread,
-                                message=f"the batch loss scatter is down to {spread:.0%} of "
-                                        f"its level")
-            return
         inputs = state.inputs
-        batch = f"batch size {len(inputs)}" if hasattr(inputs, "__len__") else "the batch size"
-        state.alerts.update(
-            "loss.noise", True, step=step, severity="warning", value=spread,
-            message=(f"the batch loss scatters by {spread:.0%} of its level over the last "
-                     f"{span} steps (threshold {self.noise_threshold:.0%}; {batch})"),
-            suggestion=("the batch is probably too small for this learning rate: use a larger "
-                        "batch (4× the batch halves the scatter) or a lower learning rate"))
+
+        def describe() -> dict[str, str]:
+            if not active:
+                return {"message": f"the batch loss scatter is down to {spread:.0%} of its "
+                                   f"level"}
+            batch = (f"batch size {len(inputs)}" if hasattr(inputs, "__len__")
+                     else "the batch size")
+            return {"message": (f"the batch loss scatters by {spread:.0%} of its level over "
+                                f"the last {span} steps (threshold {self.noise_threshold:.0%}; "
+                                f"{batch})"),
+                    "suggestion": ("the batch is probably too small for this learning rate: "
+                                   "use a larger batch (4× the batch halves the scatter) or a "
+                                   "lower learning rate")}
+
+        state.alerts.update("loss.noise", active, step=step, severity="warning", value=spread,
+                            describe=describe)

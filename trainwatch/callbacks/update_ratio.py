@@ -368,9 +368,9 @@ class UpdateRatioMonitor(Callback):
         key = (code, tensor)
         if active:
             self._reported.add(key)
-            state.alerts.update(code, True, step=step, tensor=tensor, **describe())
+            state.alerts.update(code, True, step=step, tensor=tensor, describe=describe)
         elif key in self._reported:
-            state.alerts.update(code, False, step=step, tensor=tensor, **describe())
+            state.alerts.update(code, False, step=step, tensor=tensor, describe=describe)
             if not state.alerts.is_firing(code, tensor):
                 self._reported.discard(key)
 
