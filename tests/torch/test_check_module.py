@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 
 from trainwatch.data import load_digits  # noqa: E402
 from trainwatch.gradcheck import GradCheckReport  # noqa: E402
-from trainwatch.torch import TorchBackend, check_module  # noqa: E402
+from trainwatch.torch import ForwardInputs, TorchBackend, check_module  # noqa: E402
 
 # -- custom autograd Functions, with and without planted bugs -----------------------------------
 
@@ -509,3 +509,36 @@ def test_forward_state_is_reset_before_every_evaluation(net):
     assert_untouched(model, before)
     if net is CountingNet:
         assert model.calls.item() == 0
+
+
+# -- forwards that take several arguments ---------------------------------------------------------
+
+
+class GatedNet(nn.Module):
+    """forward(x, gate, *, scale): two tensor inputs and a keyword; the gate's branch goes
+    through a custom linear that may carry a planted bug."""
+
+    def __init__(self, bug=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(64, 10)
+        self.gate = CustomLinear(4, 10, bug=bug)
+
+    def forward(self, x, gate, *, scale=1.0):
+        return self.body(x) * scale + torch.tanh(self.gate(gate))
+
+
+def gated_inputs(n=4):
+    x, y = digits(n)
+    gate = torch.linspace(-1, 1, 4 * n, dtype=torch.float64).reshape(n, 4)
+    return ForwardInputs((x, gate), {"scale": 0.5}), y
+
+
+def test_a_forward_with_several_arguments_is_checked_through_forward_inputs():
+    inputs, y = gated_inputs()
+    report = check_module(GatedNet(), nn.CrossEntropyLoss(), inputs, y)
+    assert report.passed and list(report.params) == ["body.weight", "body.bias", "gate.weight",
+                                                     "gate.bias"]
+    buggy = check_module(GatedNet(bug="factor2"), nn.CrossEntropyLoss(), inputs, y)
+    assert verdicts(buggy) == {"body.weight": "correct", "body.bias": "correct",
+                               "gate.weight": "wrong", "gate.bias": "correct"}

@@ -20,7 +20,7 @@ from trainwatch.callbacks.histograms import HistogramMonitor  # noqa: E402
 from trainwatch.callbacks.update_ratio import UpdateRatioMonitor  # noqa: E402
 from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
-from trainwatch.torch import Watcher, watch  # noqa: E402
+from trainwatch.torch import ForwardInputs, Watcher, watch  # noqa: E402
 from trainwatch.torch import backend as backend_module  # noqa: E402
 from trainwatch.torch.host_reads import count_host_reads  # noqa: E402
 
@@ -242,6 +242,49 @@ def test_gradient_check_runs_on_the_reported_batch():
     assert [step for step, _ in check.reports] == [2, 6]
     assert all(report.passed for _, report in check.reports)
     assert list(check.reports[0][1].params) == [n for n, _ in model.named_parameters()]
+
+
+class TwoInputNet(nn.Module):
+    """forward(x, side, *, scale): the batch of a forward with several arguments."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.side = nn.Linear(2, 10)
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x, side, *, scale=1.0):
+        return self.head(self.conv(x)) * scale + self.side(side)
+
+
+def test_gradient_check_runs_on_a_batch_of_several_forward_arguments():
+    model = TwoInputNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    check = GradientCheck(every=3, warmup_steps=1, examples=2, budget=None)
+    seen = []
+
+    class Inputs(Callback):
+        def on_backward_end(self, state):
+            seen.append(state.inputs)
+
+    (xt, yt), _ = data(n_train=128)
+    criterion = nn.CrossEntropyLoss()
+    with watch(model, opt, criterion, callbacks=[check, Inputs()], progress=False,
+               raise_errors=True) as w:
+        for start in range(0, 128, 32):
+            xb, yb = xt[start:start + 32], yt[start:start + 32]
+            side = xb.mean(dim=(1, 2, 3)).unsqueeze(1).repeat(1, 2)
+            loss = criterion(model(xb, side, scale=0.5), yb)
+            w.loss(loss, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert [step for step, _ in check.reports] == [1]
+    report = check.reports[0][1]
+    assert report.passed and list(report.params) == [n for n, _ in model.named_parameters()]
+    assert isinstance(seen[0], ForwardInputs) and len(seen[0]) == 32
+    assert seen[0].kwargs == {"scale": 0.5} and len(seen[0][:2]) == 2
 
 
 # -- no host reads on idle steps ---------------------------------------------------------------

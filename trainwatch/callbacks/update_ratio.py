@@ -114,6 +114,8 @@ class _Track:
     firing: str | None = None
     frozen: Streak = field(default_factory=Streak)  # checks with ‖Δθ‖ = 0
     zero: Streak = field(default_factory=Streak)  # checks with ‖θ‖ = 0
+    #: the tensor's tags: weight, gradient and update norms, ratio, log10 ratio
+    tags: tuple[str, ...] = ()
 
 
 class UpdateRatioMonitor(Callback):
@@ -280,7 +282,9 @@ class UpdateRatioMonitor(Callback):
             if rule is None:
                 rule = self._rules[band] = Hysteresis(high=band[1], low=band[0],
                                                       margin=self.margin)
-            track = self._tracks[name] = _Track(band=band, rule=rule, judged=judged)
+            track = self._tracks[name] = _Track(band=band, rule=rule, judged=judged, tags=(
+                f"{NORMS_PREFIX}{name}/weight", f"{NORMS_PREFIX}{name}/grad",
+                f"{NORMS_PREFIX}{name}/update", f"{RATIO_PREFIX}{name}", f"{LOG10_PREFIX}{name}"))
             if self.window is not None:
                 track.window = deque(maxlen=self.window)
         return track
@@ -304,10 +308,11 @@ class UpdateRatioMonitor(Callback):
             track.measured += 1
             self.latest[name] = n
             w, g, u = n.weight, n.grad, n.update
+            weight_tag, grad_tag, update_tag, ratio_tag, log10_tag = track.tags
             if self.log_norms:
-                values[f"{NORMS_PREFIX}{name}/weight"] = w
-                values[f"{NORMS_PREFIX}{name}/grad"] = g
-                values[f"{NORMS_PREFIX}{name}/update"] = u
+                values[weight_tag] = w
+                values[grad_tag] = g
+                values[update_tag] = u
             self.ratios[name] = math.nan
             if not (math.isfinite(w) and math.isfinite(u)):
                 continue  # non-finite: LossMonitor's concern; no evidence either way
@@ -319,7 +324,7 @@ class UpdateRatioMonitor(Callback):
                     updated.append(name)
                 continue
             if u == 0.0:
-                self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = 0.0
+                self.ratios[name] = values[ratio_tag] = 0.0
                 track.frozen.update(True, step)
                 frozen.append(name)
                 if track.judged and not math.isnan(self._level(track)):
@@ -330,8 +335,8 @@ class UpdateRatioMonitor(Callback):
             track.frozen.update(False, step)
             updated.append(name)
             ratio = u / w
-            self.ratios[name] = values[f"{RATIO_PREFIX}{name}"] = ratio
-            values[f"{LOG10_PREFIX}{name}"] = math.log10(ratio)
+            self.ratios[name] = values[ratio_tag] = ratio
+            values[log10_tag] = math.log10(ratio)
             if u == w:
                 # The tensor was exactly zero before this step (Δθ is all of θ): the ratio is
                 # 1 by construction and says nothing about the learning rate.

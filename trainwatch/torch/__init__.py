@@ -5,6 +5,7 @@
 - :func:`watch`: attach trainwatch to a training loop you already have, with a line per batch
   and a line per epoch; :meth:`Watcher.close` removes every hook.
 - :func:`check_module`: float64 finite-difference check of a module's parameter gradients.
+- :class:`ForwardInputs`: the batch of a forward that takes several arguments.
 """
 
 try:
@@ -14,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from trainwatch.torch.backend import TorchBackend
 from trainwatch.torch.gradcheck import check_module
+from trainwatch.torch.inputs import ForwardInputs
 from trainwatch.torch.watch import Watcher, watch
 
-__all__ = ["TorchBackend", "Watcher", "check_module", "watch"]
+__all__ = ["ForwardInputs", "TorchBackend", "Watcher", "check_module", "watch"]

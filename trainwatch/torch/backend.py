@@ -26,6 +26,7 @@ from trainwatch.core.backend import (
     TensorNorms,
 )
 from trainwatch.outputs.base import HistogramData
+from trainwatch.torch.inputs import ForwardInputs
 
 # -- suspension: trainwatch's own forward passes (gradient checks, evaluation) must not be seen
 # by trainwatch's hooks (activation capture, the watcher's batch detection).
@@ -154,9 +155,11 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norms of ``tensors`` (float32 0-d tensors, one batched op); call under
+    ``torch.no_grad()``."""
     if not tensors:
         return []
-    tensors = [_dense(t.detach()) for t in tensors]
+    tensors = [_dense(t) for t in tensors]
     return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
 
 
@@ -194,11 +197,20 @@ def as_tensor(value: Any, device: torch.device, float_dtype: torch.dtype) -> Any
         return type(value)(as_tensor(v, device, float_dtype) for v in value)
     if isinstance(value, dict):
         return {k: as_tensor(v, device, float_dtype) for k, v in value.items()}
+    if isinstance(value, ForwardInputs):
+        return value.map(lambda v: as_tensor(v, device, float_dtype))
     return value
 
 
+def _forward_inputs(inputs: Any) -> Any:
+    """A batch as the model takes it: a tuple (a Trainer batch of several inputs) is the
+    forward's positional arguments."""
+    return ForwardInputs(inputs) if isinstance(inputs, tuple) else inputs
+
+
 def _call(model: nn.Module, inputs: Any) -> Any:
-    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    inputs = _forward_inputs(inputs)
+    return inputs.call(model) if isinstance(inputs, ForwardInputs) else model(inputs)
 
 
 class TorchBackend(Backend):
@@ -317,7 +329,7 @@ class TorchBackend(Backend):
                 self._before = [torch.empty_like(p, memory_format=torch.preserve_format)
                                 for p in self._params]
             if self._params:
-                torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+                torch._foreach_copy_(self._before, self._params)
         self._update_open = True
 
     def end_update_scalars(self) -> dict[str, tuple[Any, Any, Any]]:
@@ -325,7 +337,7 @@ class TorchBackend(Backend):
             raise RuntimeError("end_update() called without begin_update()")
         self._update_open = False
         with torch.no_grad():
-            params = [p.detach() for p in self._params]
+            params = self._params
             have = self._with_grad()
             if params:
                 torch._foreach_sub_(self._before, params)  # before := before - after
@@ -572,7 +584,8 @@ class TorchBackend(Backend):
 
         if self.loss_fn is None:
             raise ValueError("loss: a loss function is needed for gradient checks")
-        return check_module(self.model, self.loss_fn, inputs, targets, seed=seed, **options)
+        return check_module(self.model, self.loss_fn, _forward_inputs(inputs), targets,
+                            seed=seed, **options)
 
     # -- state -----------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from torch.overrides import TorchFunctionMode
 
 from trainwatch.torch.backend import model_device, suspended
+from trainwatch.torch.inputs import ForwardInputs
 
 #: on the CPU, models up to this many parameters are checked with one intra-op thread
 SINGLE_THREAD_PARAMETERS = 1_000_000
@@ -66,6 +67,8 @@ def _to_float64(value: Any, device: torch.device) -> Any:
         return type(value)(_to_float64(v, device) for v in value)
     if isinstance(value, dict):
         return {k: _to_float64(v, device) for k, v in value.items()}
+    if isinstance(value, ForwardInputs):
+        return value.map(lambda v: _to_float64(v, device))
     return value
 
 
@@ -335,7 +338,9 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
             training flag) and the global torch/CUDA/numpy/Python random states too.
         loss_fn: ``loss_fn(outputs, targets)`` -> 0-d tensor (a loss module is copied and
             cast to float64).
-        inputs, targets: a few examples (tensors or numpy arrays).
+        inputs, targets: a few examples (tensors or numpy arrays); for a forward that takes
+            several arguments, ``inputs`` is a :class:`~trainwatch.torch.ForwardInputs`
+            (``model(*args, **kwargs)``).
         seed: seeds dropout and the engine's probe sampling.
         **options: passed to :func:`trainwatch.gradcheck.check_gradients` (``h``,
             ``coordinates``, thresholds, ...).
@@ -384,7 +389,7 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 if owner._buffers.get(attr) is not tensor:
                     owner._buffers[attr] = tensor
         generators.reset()
-        loss = criterion(model(x), t)
+        loss = criterion(x.call(model) if isinstance(x, ForwardInputs) else model(x), t)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn: must return a scalar tensor")
         return loss.reshape(())

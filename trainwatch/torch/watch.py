@@ -29,6 +29,7 @@ from trainwatch.core.callback import Callback
 from trainwatch.core.monitor import Monitor
 from trainwatch.core.state import RunState
 from trainwatch.torch.backend import TorchBackend, acc_dtype, is_suspended, stack_scalars
+from trainwatch.torch.inputs import ForwardInputs
 
 
 class Watcher:
@@ -100,7 +101,8 @@ class Watcher:
         if (self._in_step or self._closed or not module.training or is_suspended()
                 or not torch.is_grad_enabled()):
             return None
-        self._open_batch(args[0] if len(args) == 1 and not kwargs else (args or kwargs))
+        self._open_batch(args[0] if len(args) == 1 and not kwargs
+                         else ForwardInputs(args, kwargs))
         self._await_output = True
         return None
 

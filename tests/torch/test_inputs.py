@@ -1,0 +1,40 @@
+"""ForwardInputs: a multi-argument batch slices by examples and calls the model with it."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainwatch.torch import ForwardInputs  # noqa: E402
+
+
+def test_slicing_takes_the_first_examples_of_every_tensor_argument():
+    x, mask = torch.arange(12.0).reshape(6, 2), np.arange(6) % 2 == 0
+    pair = (torch.ones(6, 3), torch.zeros(6))
+    inputs = ForwardInputs((x, 0.5, pair), {"mask": mask, "extra": {"t": torch.arange(6)},
+                                            "scalar": torch.tensor(2.0)})
+    head = inputs[:2]
+    assert torch.equal(head.args[0], x[:2]) and head.args[1] == 0.5
+    assert [tuple(t.shape) for t in head.args[2]] == [(2, 3), (2,)]
+    np.testing.assert_array_equal(head.kwargs["mask"], mask[:2])
+    assert torch.equal(head.kwargs["extra"]["t"], torch.arange(2))
+    assert head.kwargs["scalar"].ndim == 0  # a 0-d argument is no batch: kept
+    assert len(inputs) == 6 and len(head) == 2
+    assert len(ForwardInputs((3.0,), {"x": x})) == 6
+
+
+def test_call_passes_positional_and_keyword_arguments():
+    seen = {}
+
+    def model(a, b, *, scale):
+        seen.update(a=a, b=b, scale=scale)
+        return a * scale + b
+
+    assert ForwardInputs((2.0, 1.0), {"scale": 3.0}).call(model) == 7.0
+    assert seen == {"a": 2.0, "b": 1.0, "scale": 3.0}
+
+
+def test_len_without_any_batch_argument_says_so():
+    with pytest.raises(TypeError, match="no tensor or array argument"):
+        len(ForwardInputs((1.0,), {"flag": True}))
+    assert "Tensor(2, 3)" in repr(ForwardInputs((torch.ones(2, 3),), {"k": 1}))

@@ -1,0 +1,83 @@
+"""``ForwardInputs``: the inputs of a forward pass that takes more than one argument."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class ForwardInputs:
+    """The arguments of one forward call, ``model(*args, **kwargs)``, kept as a batch.
+
+    :func:`~trainwatch.torch.watch` records a batch whose forward takes several arguments
+    (``model(x, mask)``, ``model(x, mask=mask)``) as one of these, and
+    :func:`~trainwatch.torch.check_module` takes one as ``inputs``. Slicing (``inputs[:3]``)
+    takes the first examples of every tensor or array argument (along dim 0, inside tuples,
+    lists and dicts too) and leaves the other arguments as they are; ``len()`` is the batch
+    size (the first tensor argument's dim 0).
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple = (), kwargs: Mapping[str, Any] | None = None):
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+
+    def call(self, model: Callable[..., Any]) -> Any:
+        """``model(*args, **kwargs)``."""
+        return model(*self.args, **self.kwargs)
+
+    def map(self, fn: Callable[[Any], Any]) -> ForwardInputs:
+        """A copy with ``fn`` applied to every argument (``fn`` handles containers itself)."""
+        return ForwardInputs(tuple(fn(a) for a in self.args),
+                             {k: fn(v) for k, v in self.kwargs.items()})
+
+    def __getitem__(self, index: slice) -> ForwardInputs:
+        return self.map(lambda v: _sliced(v, index))
+
+    def __len__(self) -> int:
+        for value in (*self.args, *self.kwargs.values()):
+            size = _batch_size(value)
+            if size is not None:
+                return size
+        raise TypeError("ForwardInputs: no tensor or array argument to take a batch size from")
+
+    def __repr__(self) -> str:
+        parts = [_describe(a) for a in self.args]
+        parts += [f"{k}={_describe(v)}" for k, v in self.kwargs.items()]
+        return f"ForwardInputs({', '.join(parts)})"
+
+
+def _is_batch(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim >= 1
+
+
+def _sliced(value: Any, index: slice) -> Any:
+    if _is_batch(value):
+        return value[index]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_sliced(v, index) for v in value)
+    if isinstance(value, dict):
+        return {k: _sliced(v, index) for k, v in value.items()}
+    return value
+
+
+def _batch_size(value: Any) -> int | None:
+    if _is_batch(value):
+        return int(value.shape[0])
+    items = (value if isinstance(value, (tuple, list))
+             else value.values() if isinstance(value, dict) else ())
+    for v in items:
+        size = _batch_size(v)
+        if size is not None:
+            return size
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"{type(value).__name__}{tuple(value.shape)}"
+    return type(value).__name__
