@@ -94,7 +94,8 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 2,
     # "auto" (detect), "float64", "float32" or "float16": precision the loss is computed in
     "precision": "auto",
-    # stop with CheckTimeout once the check has run this many seconds (None: no limit)
+    # stop with CheckTimeout once the check has run this many seconds, or as soon as its
+    # evaluations so far show that it would (None: no limit)
     "max_seconds": None,
 }
 
@@ -366,6 +367,34 @@ class CheckTimeout(Exception):
         self.estimated_seconds = estimated_seconds
 
 
+class _Deadline:
+    """A check's time limit, ticked after every loss evaluation: it has passed once the
+    check has run ``seconds``, or once the time so far plus the planned evaluations still to
+    come, each as long as the latest one (the first is left out: it may carry one-off costs
+    such as allocations or kernel selection), would take it past ``seconds``. A check that
+    cannot fit stops after two evaluations instead of running for ``seconds``."""
+
+    def __init__(self, seconds: float, planned: int):
+        self.started = self._last = time.perf_counter()
+        self.seconds = seconds
+        self.planned = planned
+        self.done = 0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.done += 1
+        latest, self._last = now - self._last, now
+        elapsed = now - self.started
+        ahead = max(self.planned - self.done, 0) * latest if self.done > 1 else 0.0
+        if elapsed + ahead > self.seconds:
+            raise _DeadlinePassed(self.done)
+
+    def estimate(self) -> float:
+        """The whole check's seconds, extrapolated from the evaluations so far."""
+        elapsed = self._last - self.started
+        return elapsed * max(self.planned, self.done) / max(self.done, 1)
+
+
 class _DeadlinePassed(Exception):
     """Raised inside a session when the check's deadline has passed."""
 
@@ -398,7 +427,7 @@ class Session:
         self.options = options
         self.rng = rng
         self.evaluations = 0
-        self.deadline: float | None = None  # time.perf_counter() value; past it, stop
+        self.deadline: _Deadline | None = None  # ticked after every evaluation
         self.notes: list[str] = []
         self.loss = math.nan
         self.signature: np.ndarray | None = None
@@ -417,8 +446,8 @@ class Session:
         """One call of the loss at the current working point: (value, signature, dtype)."""
         out = self.loss_fn(self.work)
         self.evaluations += 1
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            raise _DeadlinePassed(self.evaluations)
+        if self.deadline is not None:
+            self.deadline.tick()
         signature = None
         if isinstance(out, tuple):
             if len(out) != 2:
@@ -880,7 +909,7 @@ def _planned_evaluations(work: Mapping[str, np.ndarray], sections: list[Iterable
 
 def _run_section(loss_fn: LossFn, work: dict[str, np.ndarray], dtypes: dict[str, np.dtype],
                  grads: Mapping[str, Any], options: Options,
-                 seed_sequence: np.random.SeedSequence, deadline: float | None = None
+                 seed_sequence: np.random.SeedSequence, deadline: _Deadline | None = None
                  ) -> tuple[Session, dict[str, TensorCheck]]:
     """Check one loss term (data or regularisation) over the tensors in ``grads``."""
     names = [name for name in work if name in grads]
@@ -940,8 +969,12 @@ def check_gradients(loss_fn: LossFn, params: Mapping[str, Any], grads: Mapping[s
         raise ValueError(f"sweep: must be True or False, got {sweep!r}")
 
     started = time.perf_counter()
-    deadline = None if opts.max_seconds is None else started + opts.max_seconds
     work, dtypes = _copies(params)
+    sections = [[n for n in work if n in grads]]
+    if reg_grads is not None:
+        sections.append([n for n in work if n in reg_grads])
+    deadline = (None if opts.max_seconds is None
+                else _Deadline(opts.max_seconds, _planned_evaluations(work, sections, opts)))
     root = np.random.SeedSequence(int(seed))
     data_seq, reg_seq = root.spawn(2)
     evaluations = 0
@@ -958,13 +991,8 @@ def check_gradients(loss_fn: LossFn, params: Mapping[str, Any], grads: Mapping[s
             evaluations += reg_session.evaluations
             reg_ok = not reg_session.nondeterministic and reg_session.finite
     except _DeadlinePassed as stop:
-        done = evaluations + stop.evaluations
-        elapsed = time.perf_counter() - started
-        sections = [[n for n in work if n in grads]]
-        if reg_grads is not None:
-            sections.append([n for n in work if n in reg_grads])
-        planned = max(_planned_evaluations(work, sections, opts), done)
-        raise CheckTimeout(elapsed, done, elapsed * planned / done) from None
+        raise CheckTimeout(time.perf_counter() - started, stop.evaluations,
+                           deadline.estimate()) from None
 
     failed = [name for name, check in checks.items() if not check.passed]
     failed += [f"{name} (regularization)" for name, check in (regularization or {}).items()

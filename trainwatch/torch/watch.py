@@ -18,6 +18,7 @@ kept as a tensor and read only on the steps a callback logs it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -175,8 +176,7 @@ class Watcher:
         values = {k: float(v) for k, v in (metrics or {}).items()}
         count = 1024 * len(self._loss_partial) + len(self._losses)
         if "train_loss" not in values and count:
-            total = _sum(self._loss_partial + [_sum(self._losses)] if self._losses
-                         else self._loss_partial)
+            total = _sum(self._loss_partial + self._losses)  # partial sums and the rest
             values["train_loss"] = float(total) / count  # the epoch's one read of the losses
         self._losses, self._loss_partial = [], []
         if not self._epoch_open:
@@ -230,13 +230,14 @@ class Watcher:
 
 
 def _sum(values: list[Any]) -> Any:
-    """Sum of floats and/or 0-d tensors, on the tensors' device (no host transfer)."""
+    """Sum of floats and/or scalar tensors, on the tensors' device (no host transfer), in
+    float64 where the device has it."""
     tensors = [v if v.dim() == 0 else v.reshape(()) for v in values
                if isinstance(v, torch.Tensor)]
-    total: Any = sum(float(v) for v in values if not isinstance(v, torch.Tensor))
+    total: Any = math.fsum(v for v in values if not isinstance(v, torch.Tensor))
     if tensors:
         stacked = stack_scalars(tensors, tensors[0].device)
-        total = stacked.sum(dtype=acc_dtype(stacked.device)) + total  # summed in float64
+        total = stacked.sum(dtype=acc_dtype(stacked.device)) + total
     return total
 
 
