@@ -1,10 +1,13 @@
 """Training-time overhead of watching a PyTorch loop: the same loop bare and watched, in one run.
 
-    python benchmarks/torch_overhead.py [--epochs 20] [--pairs 11] [--breakdown] [--gpu-steps 600]
+    python benchmarks/torch_overhead.py [--epochs 20] [--pairs 11] [--breakdown] [--loader]
+                                        [--gpu-steps 600]
 
 CPU: the digits CNN of ``examples/torch_existing_loop.py`` (batch 32, SGD with momentum,
 20 epochs, training accuracy counted every step, validation every epoch, as the example
-does, but from batches made beforehand: no DataLoader time in the denominator). GPU (when
+does, but from batches made beforehand: no DataLoader time in the denominator, the strict
+measure). ``--loader`` also runs the example's loop as it is, batches from its shuffling
+``DataLoader`` (what a user of the example measures). GPU (when
 ``torch.cuda.is_available()``): a ResNet-18-sized CNN (11.2M parameters, 62 tensors) on
 random 3x224x224 data, batch 64, SGD with momentum.
 
@@ -38,6 +41,7 @@ from collections.abc import Callable
 import torch
 from overhead import paired_ratio, time_inside  # benchmarks/overhead.py
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from trainwatch.callbacks import default_callbacks
 from trainwatch.data import load_digits, train_val_split
@@ -93,24 +97,30 @@ class Workload:
     """One training setup: model factory, batches, validation, device."""
 
     def __init__(self, name: str, make: Callable[[], nn.Module], batches, val, device,
-                 epochs: int, lr: float):
+                 epochs: int, lr: float, examples: int):
         self.name, self.make, self.batches, self.val = name, make, batches, val
         self.device, self.epochs, self.lr = device, epochs, lr
+        self.examples = examples  # training examples per epoch
 
     @property
     def steps(self) -> int:
         return self.epochs * len(self.batches)
 
 
-def digits_workload(epochs: int) -> Workload:
+def digits_workload(epochs: int, loader: bool = False) -> Workload:
     x, y = load_digits(images=True)
     (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.2, seed=0)
     xt, yt = torch.tensor(xt, dtype=torch.float32), torch.tensor(yt)
-    order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
-    batches = [(xt[order[i:i + 32]], yt[order[i:i + 32]]) for i in range(0, len(xt), 32)]
     val = (torch.tensor(xv, dtype=torch.float32), torch.tensor(yv))
-    return Workload("CPU, digits CNN (batch 32)", digits_cnn, batches, val,
-                    torch.device("cpu"), epochs, 0.05)
+    if loader:  # the example's batches: a shuffling DataLoader, iterated every epoch
+        batches = DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True,
+                             generator=torch.Generator().manual_seed(0))
+        name = "CPU, digits CNN (batch 32), the example's DataLoader"
+    else:
+        order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
+        batches = [(xt[order[i:i + 32]], yt[order[i:i + 32]]) for i in range(0, len(xt), 32)]
+        name = "CPU, digits CNN (batch 32)"
+    return Workload(name, digits_cnn, batches, val, torch.device("cpu"), epochs, 0.05, len(xt))
 
 
 def resnet_workload(device: torch.device, steps: int, batch: int, size: int) -> Workload:
@@ -122,7 +132,7 @@ def resnet_workload(device: torch.device, steps: int, batch: int, size: int) -> 
     epochs = max(1, steps // n_batches)
     val = (batches[0][0][:16], batches[0][1][:16])
     return Workload(f"{device.type.upper()}, ResNet-18 ({batch}x3x{size}x{size})", resnet18,
-                    batches, val, device, epochs, 0.01)
+                    batches, val, device, epochs, 0.01, batch * n_batches)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -184,8 +194,7 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
             model.eval()
             with torch.no_grad():
                 val_out = model(xv)
-                metrics = {"train_accuracy": correct.item() / (len(work.batches[0][0])
-                                                               * len(work.batches)),
+                metrics = {"train_accuracy": correct.item() / work.examples,
                            "val_loss": criterion(val_out, yv).item(),
                            "val_accuracy": (val_out.argmax(1) == yv).float().mean().item()}
             if watcher is not None:
@@ -311,6 +320,8 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each default callback alone")
+    parser.add_argument("--loader", action="store_true",
+                        help="also run the CPU loop with the example's DataLoader")
     args = parser.parse_args()
     modes = ["bare", "hooks only", "watched", "watched + progress bar"]
     if args.breakdown:
@@ -318,6 +329,8 @@ def main() -> None:
                   if type(cb).__name__ != "MetricLogger"]
     if not args.skip_cpu:
         bench(digits_workload(args.epochs), args.pairs, modes)
+        if args.loader:
+            bench(digits_workload(args.epochs, loader=True), args.pairs, modes[:3])
     if torch.cuda.is_available() or args.resnet_on_cpu:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.backends.cudnn.benchmark = True

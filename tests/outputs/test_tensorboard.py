@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from trainwatch.outputs import HistogramData, MemoryOutput, OutputList, TensorBoardOutput
+from trainwatch.outputs.tensorboard import scalar_event_bytes
 
 ALL = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +68,25 @@ def test_scalars_one_event_per_step_with_nonfinite_values(out, tmp_path):
         assert len(walls) == 1
 
 
+def test_scalar_events_are_encoded_exactly_as_protobuf_would():
+    """The hand-encoded scalar events are byte for byte what building the protobuf messages
+    gives: step 0 and negative steps, big steps (multi-byte varints), long and non-ASCII
+    tags, NaN, infinities and values beyond float32's range."""
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    items = [("loss/train", 0.25), ("é/ünïcode", -3.5), ("x" * 300, 1e-40),
+             ("nan", float("nan")), ("inf", float("inf")), ("-inf", -float("inf")),
+             ("huge", 1e300), ("-huge", -1e300), ("zero", 0.0)]
+    heads: dict[str, bytes] = {}
+    for step in (0, 1, 127, 128, 300_000, 2**40, -5):
+        ours = scalar_event_bytes(1234.5, step, items, heads)
+        theirs = Event(wall_time=1234.5, step=step, summary=Summary(value=[
+            Summary.Value(tag=k, simple_value=v) for k, v in items])).SerializeToString()
+        assert ours == theirs, step
+    assert set(heads) == {k for k, _ in items}  # each tag encoded once
+
+
 def test_buffered_scalars_reach_the_file_within_flush_secs_without_a_flush(tmp_path):
     """Scalars are only buffered by the caller; the flusher thread serialises and writes them
     (one event per step, calls of one step merged) within ``flush_secs``."""
@@ -95,10 +115,10 @@ def test_a_write_failing_in_the_flusher_thread_is_reported_by_the_next_write(tmp
     failures = []
     outputs = OutputList([o], on_error=lambda out, method, exc: failures.append((method, exc)))
 
-    def disk_full(event):
+    def disk_full(record):
         raise OSError(28, "No space left on device")
 
-    o._events.write_event = disk_full
+    o._events._py_recordio_writer.write = disk_full  # where every event reaches the file
     outputs.scalars({"loss": 1.0}, 0)
     deadline = time.monotonic() + 10
     while o._background_error is None and time.monotonic() < deadline:
