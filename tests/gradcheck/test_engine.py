@@ -77,7 +77,7 @@ def test_option_values_are_validated_with_the_argument_named():
 
 
 def test_max_seconds_stops_the_check_with_an_estimate_of_its_whole_length():
-    """A check that cannot fit in ``max_seconds`` stops as soon as two evaluations show it
+    """A check that cannot fit in ``max_seconds`` stops as soon as three evaluations show it
     (not after running for ``max_seconds``), raising CheckTimeout with what it did and the
     whole check's time extrapolated from the evaluations it planned."""
     import time
@@ -93,7 +93,7 @@ def test_max_seconds_stops_the_check_with_an_estimate_of_its_whole_length():
     with pytest.raises(CheckTimeout) as stopped:
         check_gradients(slow, case.params, case.grads, seed=1, max_seconds=0.05)
     t = stopped.value
-    assert t.evaluations == 2 and t.seconds < 0.05
+    assert t.evaluations == 3 and t.seconds < 0.05
     assert t.estimated_seconds == pytest.approx(full.seconds, rel=0.35)
     assert "would take about" in str(t)
     # a limit the check stays within changes nothing
@@ -102,8 +102,9 @@ def test_max_seconds_stops_the_check_with_an_estimate_of_its_whole_length():
 
 
 def test_max_seconds_leaves_the_first_evaluation_out_of_the_extrapolation():
-    """A slow first evaluation (one-off costs) does not stop a check whose other
-    evaluations fit; a check past the limit itself stops whatever the extrapolation."""
+    """A slow first evaluation (one-off costs), or another one slowed down once, does not
+    stop a check whose other evaluations fit; a check past the limit itself stops whatever
+    the extrapolation."""
     import time
 
     case = make_tanh_mlp()
@@ -111,7 +112,7 @@ def test_max_seconds_leaves_the_first_evaluation_out_of_the_extrapolation():
 
     def first_slow(params):
         calls.append(1)
-        time.sleep(0.03 if len(calls) == 1 else 0.0002)
+        time.sleep(0.03 if len(calls) in (1, 2) else 0.0002)
         return case.loss_fn(params)
 
     report = check_gradients(first_slow, case.params, case.grads, seed=1, max_seconds=0.5)

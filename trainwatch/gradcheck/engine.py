@@ -370,22 +370,27 @@ class CheckTimeout(Exception):
 class _Deadline:
     """A check's time limit, ticked after every loss evaluation: it has passed once the
     check has run ``seconds``, or once the time so far plus the planned evaluations still to
-    come, each as long as the latest one (the first is left out: it may carry one-off costs
-    such as allocations or kernel selection), would take it past ``seconds``. A check that
-    cannot fit stops after two evaluations instead of running for ``seconds``."""
+    come, each as fast as the fastest one since the first, would take it past ``seconds``
+    (the first is left out: it may carry one-off costs such as allocations or kernel
+    selection; the fastest, so that one evaluation slowed down by the machine does not stop
+    a check that fits). A check that cannot fit stops after three evaluations instead of
+    running for ``seconds``."""
 
     def __init__(self, seconds: float, planned: int):
         self.started = self._last = time.perf_counter()
         self.seconds = seconds
         self.planned = planned
         self.done = 0
+        self._fastest = math.inf  # seconds of the fastest evaluation after the first
 
     def tick(self) -> None:
         now = time.perf_counter()
         self.done += 1
-        latest, self._last = now - self._last, now
+        if self.done > 1:
+            self._fastest = min(self._fastest, now - self._last)
+        self._last = now
         elapsed = now - self.started
-        ahead = max(self.planned - self.done, 0) * latest if self.done > 1 else 0.0
+        ahead = max(self.planned - self.done, 0) * self._fastest if self.done >= 3 else 0.0
         if elapsed + ahead > self.seconds:
             raise _DeadlinePassed(self.done)
 
