@@ -1,7 +1,7 @@
 """Training-time overhead of watching a PyTorch loop: the same loop bare and watched, in one run.
 
     python benchmarks/torch_overhead.py [--epochs 20] [--pairs 11] [--breakdown] [--loader]
-                                        [--gpu-steps 600]
+                                        [--batch 32] [--gpu-steps 600]
 
 CPU: the digits CNN of ``examples/torch_existing_loop.py`` (batch 32, SGD with momentum,
 20 epochs, training accuracy counted every step, validation every epoch, as the example
@@ -107,19 +107,20 @@ class Workload:
         return self.epochs * len(self.batches)
 
 
-def digits_workload(epochs: int, loader: bool = False) -> Workload:
+def digits_workload(epochs: int, loader: bool = False, batch: int = 32) -> Workload:
     x, y = load_digits(images=True)
     (xt, yt), (xv, yv) = train_val_split(x, y, val_fraction=0.2, seed=0)
     xt, yt = torch.tensor(xt, dtype=torch.float32), torch.tensor(yt)
     val = (torch.tensor(xv, dtype=torch.float32), torch.tensor(yv))
     if loader:  # the example's batches: a shuffling DataLoader, iterated every epoch
-        batches = DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True,
+        batches = DataLoader(TensorDataset(xt, yt), batch_size=batch, shuffle=True,
                              generator=torch.Generator().manual_seed(0))
-        name = "CPU, digits CNN (batch 32), the example's DataLoader"
+        name = f"CPU, digits CNN (batch {batch}), the example's DataLoader"
     else:
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
-        batches = [(xt[order[i:i + 32]], yt[order[i:i + 32]]) for i in range(0, len(xt), 32)]
-        name = "CPU, digits CNN (batch 32)"
+        batches = [(xt[order[i:i + batch]], yt[order[i:i + batch]])
+                   for i in range(0, len(xt), batch)]
+        name = f"CPU, digits CNN (batch {batch})"
     return Workload(name, digits_cnn, batches, val, torch.device("cpu"), epochs, 0.05, len(xt))
 
 
@@ -321,6 +322,8 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each default callback alone")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="CPU batch size (32 as in the example; larger: longer steps)")
     parser.add_argument("--loader", action="store_true",
                         help="also run the CPU loop with the example's DataLoader")
     args = parser.parse_args()
@@ -329,9 +332,10 @@ def main() -> None:
         modes += [f"only {type(cb).__name__}" for cb in default_callbacks()
                   if type(cb).__name__ != "MetricLogger"]
     if not args.skip_cpu:
-        bench(digits_workload(args.epochs), args.pairs, modes)
+        bench(digits_workload(args.epochs, batch=args.batch), args.pairs, modes)
         if args.loader:
-            bench(digits_workload(args.epochs, loader=True), args.pairs, modes[:3])
+            bench(digits_workload(args.epochs, loader=True, batch=args.batch), args.pairs,
+                  modes[:3])
     if torch.cuda.is_available() or args.resnet_on_cpu:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.backends.cudnn.benchmark = True

@@ -39,7 +39,8 @@ model = nn.Sequential(
 criterion = nn.CrossEntropyLoss()
 optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
 
-watcher = watch(model, optimizer, criterion, logdir=args.logdir, figures=True)  # trainwatch
+watcher = watch(model, optimizer, criterion, logdir=args.logdir, figures=True,  # trainwatch
+                epochs=args.epochs, steps_per_epoch=len(loader))  # (for the progress bar)
 for _epoch in range(args.epochs):
     model.train()
     correct = torch.zeros((), dtype=torch.int64)

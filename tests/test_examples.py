@@ -44,3 +44,18 @@ def test_torch_example_writes_the_same_dashboard(tmp_path):
     run("torch_existing_loop.py", "--logdir", str(tmp_path), "--epochs", "2")
     groups = {t.split("/")[0] for t in scalar_tags(tmp_path)}
     assert {"loss", "accuracy", "update_ratio", "gradcheck", "activations"} <= groups
+
+
+def test_torch_example_adds_at_most_five_statements_to_the_loop():
+    """The issue's promise: a conventional loop, instrumented with at most five lines
+    (statements) that mention trainwatch or the watcher."""
+    import ast
+
+    source = (EXAMPLES / "torch_existing_loop.py").read_text()
+    tree = ast.parse(source)
+    ours = [node for node in ast.walk(tree) if isinstance(node, ast.stmt)
+            and not isinstance(node, (ast.For, ast.With, ast.If, ast.While))
+            and any(isinstance(n, ast.Name) and n.id in ("watch", "watcher")
+                    or isinstance(n, ast.alias) and n.name == "watch"
+                    for n in ast.walk(node))]
+    assert 1 <= len(ours) <= 5, [ast.get_source_segment(source, n) for n in ours]
