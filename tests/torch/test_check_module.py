@@ -542,3 +542,106 @@ def test_a_forward_with_several_arguments_is_checked_through_forward_inputs():
     buggy = check_module(GatedNet(bug="factor2"), nn.CrossEntropyLoss(), inputs, y)
     assert verdicts(buggy) == {"body.weight": "correct", "body.bias": "correct",
                                "gate.weight": "wrong", "gate.bias": "correct"}
+
+
+# -- common modules pass; one wrong entry is found -----------------------------------------------
+
+
+class TiedEmbedding(nn.Module):
+    """An embedding whose weight is also the output layer's (one tensor, two uses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.out = nn.Linear(8, 20, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.emb(x)).mean(1))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn = cell(4, 6, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        out = self.rnn(x)[0]
+        return self.fc(out[:, -1])
+
+
+class Encoder(nn.Module):
+    """A transformer encoder layer, in training mode: its dropouts are seeded by the check."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.enc(x).mean(1))
+
+
+MODULES = {
+    "layernorm_gelu": (lambda: nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.GELU(),
+                                             nn.Linear(8, 3)), (3, 5)),
+    "conv1d_groupnorm_silu": (lambda: nn.Sequential(
+        nn.Conv1d(2, 4, 3), nn.GroupNorm(2, 4), nn.SiLU(), nn.Flatten(), nn.Linear(24, 3)),
+        (3, 2, 8)),
+    "lstm": (lambda: Recurrent(nn.LSTM), (3, 5, 4)),
+    "gru": (lambda: Recurrent(nn.GRU), (3, 5, 4)),
+    "transformer_encoder_dropout": (Encoder, (3, 4, 8)),
+    "tied_embedding": (TiedEmbedding, None),
+}
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_common_modules_pass(name):
+    make, shape = MODULES[name]
+    torch.manual_seed(0)
+    model = make()
+    x = torch.randint(0, 20, (3, 4)) if shape is None else torch.randn(*shape)
+    report = check_module(model, nn.CrossEntropyLoss(), x, torch.tensor([0, 1, 2]))
+    assert report.passed and not report.nondeterministic, report
+    assert list(report.params) == [n for n, p in model.named_parameters()]
+
+
+class EntryBugFn(torch.autograd.Function):
+    """x Wᵀ + b whose weight gradient is 3x too large in one entry."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, where):
+        ctx.save_for_backward(x, weight)
+        ctx.where = where
+        return x @ weight.T + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_w = grad.T @ x
+        grad_w[ctx.where] *= 3.0
+        return grad @ weight, grad_w, grad.sum(0), None
+
+
+class EntryBugLinear(nn.Linear):
+    def __init__(self, n_in, n_out, where):
+        super().__init__(n_in, n_out)
+        self.where = where
+
+    def forward(self, x):
+        return EntryBugFn.apply(x, self.weight, self.bias, self.where)
+
+
+@pytest.mark.parametrize("where", [(0, 0), (5, 7), (31, 63)])
+def test_one_wrong_entry_of_a_large_tensor_is_located(where):
+    """One wrong entry of 2048, anywhere: the directions cover every entry and bisection
+    pins it, with the engine's defaults and with GradientCheck's periodic probes alike."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.Tanh(), EntryBugLinear(64, 32, where),
+                          nn.Tanh(), nn.Linear(32, 4))
+    x, y = torch.randn(3, 10), torch.tensor([0, 1, 2])
+    for options in ({}, {"coordinates": 1, "directions": 1}):
+        report = check_module(model, nn.CrossEntropyLoss(), x, y, **options)
+        assert report.failed == ["2.weight"], (options, report)
+        assert report.params["2.weight"].worst_index == where
