@@ -183,6 +183,23 @@ def test_layers_and_activation_capture_on_and_off(digits):
     assert backend.activations()["fc2"].shape == (3, 10)
 
 
+def test_capture_requests_are_counted(digits):
+    """Two callbacks capturing on their own schedules: recording stays on until both gave
+    their request back; a release without a request changes nothing."""
+    backend = make(dropout=0)
+    x = digits[0][:4]
+    backend.capture_activations(False)  # nothing open: still off
+    backend.capture_activations(True)
+    backend.capture_activations(True)
+    backend.capture_activations(False)
+    backend.forward(x)
+    assert backend.activations()["fc2"].shape == (4, 10)  # one request still open
+    backend.capture_activations(False)
+    kept = {k: v.copy() for k, v in backend.activations().items()}
+    backend.forward(x[:2])
+    assert_identical(backend.activations(), kept)  # both released: off
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 
 

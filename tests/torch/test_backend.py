@@ -411,3 +411,25 @@ def test_device_and_host_histogram_paths_agree():
         fast, masked = _histogram_row_host(t, 16), _histogram_row(t, 16)
         assert torch.equal(fast[5:], masked[5:]), t
         torch.testing.assert_close(fast[:5], masked[:5], rtol=1e-5, atol=1e-4)
+
+
+def test_capture_requests_are_counted_and_hooks_go_with_the_last():
+    """Recording (and the leaf modules' hooks) stay while any capture request is open."""
+    model, backend, _ = make()
+    x, y = batch(4)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    backend.capture_activations(True)
+    backend.capture_activations(True)
+    backend.capture_activations(False)
+    train_step(backend, x, y)
+    assert backend.activations() and backend.activation_gradients()
+    assert any(m._forward_hooks for m in leaves)
+    backend.capture_activations(False)
+    assert not any(m._forward_hooks for m in leaves)
+    backend.capture_activations(False)  # nothing open: stays off, no error
+    backend.capture_activations(True)
+    assert backend.activations() == {}  # on again: afresh
+    backend.remove_hooks()
+    backend.capture_activations(True)  # remove_hooks closed every request: one opens it
+    backend.capture_activations(False)
+    assert not any(m._forward_hooks for m in leaves)

@@ -97,11 +97,11 @@ class NumpyBackend(Backend):
     def layers(self) -> list[LayerInfo]:
         return [LayerInfo(name, layer.kind) for name, layer in self.model.layers.items()]
 
-    def capture_activations(self, enabled: bool) -> None:
-        if enabled and not self.model.capture:
+    def _set_capture(self, on: bool) -> None:
+        if on and not self.model.capture:
             self.model.activations = {}
             self.model.activation_grads = {}
-        self.model.capture = bool(enabled)
+        self.model.capture = on
 
     def activations(self) -> dict[str, np.ndarray]:
         return dict(self.model.activations)

@@ -158,10 +158,22 @@ class Backend(ABC):
     def layers(self) -> list[LayerInfo]:
         """The layers whose outputs :meth:`activations` can capture, in forward order."""
 
-    @abstractmethod
+    #: open :meth:`capture_activations` requests
+    _capture_requests: int = 0
+
     def capture_activations(self, enabled: bool) -> None:
-        """Record layer outputs (and their gradients) on the following forward/backward
-        passes while ``enabled``; between scheduled steps, keep it off so it costs nothing."""
+        """Ask for layer outputs (and their gradients) to be recorded on the following
+        forward/backward passes (``True``), or give that request back (``False``). Requests
+        are counted: two callbacks capturing on their own schedules do not switch each other
+        off, recording stays on while any request is open, and switching on starts afresh.
+        Between scheduled steps keep none open, so it costs nothing."""
+        self._capture_requests = max(self._capture_requests + (1 if enabled else -1), 0)
+        self._set_capture(self._capture_requests > 0)
+
+    @abstractmethod
+    def _set_capture(self, on: bool) -> None:
+        """Switch recording on or off (see :meth:`capture_activations`); switching it on
+        from off drops what an earlier capture recorded."""
 
     @abstractmethod
     def activations(self) -> dict[str, np.ndarray]:

@@ -93,7 +93,9 @@ class Callback:
         """A batch (``state.inputs``, ``state.targets``) is about to go forward.
 
         Request activation capture here (``state.backend.capture_activations(True)``) if
-        this step needs them.
+        this step needs them, and give the request back (``capture_activations(False)``)
+        once read: requests are counted, so callbacks capturing on different schedules do
+        not switch each other off.
         """
 
     def on_loss_computed(self, state: RunState) -> None:

@@ -419,9 +419,8 @@ class TorchBackend(Backend):
 
         return hook
 
-    def capture_activations(self, enabled: bool) -> None:
-        enabled = bool(enabled)
-        if enabled:
+    def _set_capture(self, on: bool) -> None:
+        if on:
             self._ensure_hooks()
             if not self._capture:
                 self._acts = {}
@@ -430,7 +429,7 @@ class TorchBackend(Backend):
             # the gradients of a captured forward still arrive if the capture is switched off
             # before the backward: their tensor hooks were registered during that forward
             self._remove_module_hooks()
-        self._capture = enabled
+        self._capture = on
 
     def activations(self) -> dict[str, np.ndarray]:
         names = list(self._acts)
@@ -479,6 +478,7 @@ class TorchBackend(Backend):
         """Remove every module hook this backend registered and drop captured tensors."""
         self._remove_module_hooks()
         self._capture = False
+        self._capture_requests = 0
         self._acts = {}
         self._act_grads = {}
 
