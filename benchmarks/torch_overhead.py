@@ -221,14 +221,17 @@ def time_in_hooks(work: Workload, mode: str) -> tuple[float, float]:
 
 def reads_per_step(work: Workload) -> dict[str, float]:
     """Run watched once, counting trainwatch's host reads per step (epoch ends apart), as a
-    GPU would see them: histograms take the device path here (on a CPU tensor the backend
-    takes a short path that reads a few values per tensor; on a GPU each read would be a
-    synchronisation)."""
+    GPU would see them: CPU tensors take the device paths here (on a CPU, reading a tensor
+    costs no sync, so the backend reads losses every step and histograms take a short path
+    that reads a few values per tensor; on a GPU each read would be a synchronisation)."""
+    cheap = backend_module.TorchBackend.host_reads_cheap
     backend_module.CPU_SHORT_PATH = False
+    backend_module.TorchBackend.host_reads_cheap = property(lambda self: False)
     try:
         return _reads_per_step(work)
     finally:
         backend_module.CPU_SHORT_PATH = True
+        backend_module.TorchBackend.host_reads_cheap = cheap
 
 
 def _reads_per_step(work: Workload) -> dict[str, float]:

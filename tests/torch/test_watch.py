@@ -244,6 +244,56 @@ def test_gradient_check_runs_on_the_reported_batch():
     assert list(check.reports[0][1].params) == [n for n, _ in model.named_parameters()]
 
 
+def nan_run(poison_at=7):
+    """Watch 16 batches with LossMonitor(every=5); a weight of ``6.weight`` becomes NaN
+    before step ``poison_at``; the loop stops when the watcher asks. Returns (steps run,
+    the loss.nonfinite alerts, the watcher)."""
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (xt, yt), _ = data(n_train=512)
+    criterion = nn.CrossEntropyLoss()
+    steps = 0
+    with watch(model, opt, criterion, callbacks=[LossMonitor(every=5, check_tensors_every=None)],
+               progress=False, raise_errors=True) as w:
+        for start in range(0, 512, 32):
+            if steps == poison_at:
+                with torch.no_grad():
+                    model[6].weight[0, 0] = float("nan")
+            xb, yb = xt[start:start + 32], yt[start:start + 32]
+            loss = criterion(model(xb), yb)
+            w.loss(loss, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if w.should_stop:
+                break
+    return steps, [a for a in w.monitor.alerts.history if a.code == "loss.nonfinite"], w
+
+
+def test_a_nan_loss_on_the_cpu_is_seen_on_its_step_with_the_tensor_that_caused_it():
+    steps, alerts, w = nan_run()
+    assert steps == 8  # stopped right after step 7
+    assert len(alerts) == 1 and alerts[0].step == 7 and alerts[0].tensor == "6.weight"
+    assert "training stops after this batch" in alerts[0].message
+    assert "non-finite values at step 7 (6.weight)" in w.monitor.state.stop_reason
+
+
+def test_a_nan_loss_on_an_accelerator_is_read_later_and_the_alert_says_so(monkeypatch):
+    """Reads batched every 5 steps (as on a GPU): the NaN of step 7 is read at step 10,
+    the alert names step 7, says when it was read and that NaN/Inf may have spread since
+    (the tensor scan at step 10 finds the first layer's weights, poisoned by the updates)."""
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
+                        property(lambda self: False))
+    steps, alerts, w = nan_run()
+    assert steps == 11  # steps 0..10: the read of step 10 saw the NaN of step 7
+    assert len(alerts) == 1 and alerts[0].step == 7
+    message = alerts[0].message
+    assert "at step 10, when the loss was read (3 steps later" in message
+    assert "may have spread" in message and "training stops after step 10" in message
+    assert "non-finite values at step 7" in w.monitor.state.stop_reason
+
+
 class TwoInputNet(nn.Module):
     """forward(x, side, *, scale): the batch of a forward with several arguments."""
 
@@ -326,10 +376,11 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     busy = {s for s, n in enumerate(reads) if n}
     assert busy == {0, 4, 5, 10, 12, 15}
     assert busy <= written
-    # a logging step: one read for the loss and the update norms together, one for all four
-    # histogram kinds and the activation statistics together
+    # a logging step: one read each for the loss and the update norms (on the CPU, where
+    # reads are cheap, they are not batched), one for all four histogram kinds and the
+    # activation statistics together
     for step in (0, 5, 10, 15):
-        assert reads[step] == 2, reads
+        assert reads[step] == 3, reads
     assert sum(reads) == sum(reads[s] for s in busy)
 
 
@@ -337,6 +388,8 @@ def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
     """On a GPU (reads not cheap), the loss curve, the loss rules and the update ratios of a
     step travel to the host in one transfer, and idle steps read nothing."""
     monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
+                        property(lambda self: False))
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     mem = MemoryOutput()
@@ -356,6 +409,7 @@ def test_trainer_on_an_accelerator_reads_the_loss_only_on_logging_steps(monkeypa
     ``every`` steps and at epoch ends)."""
     from trainwatch import LossMonitor, Trainer
 
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap", property(lambda s: False))
     model = small_cnn()
     (xt, yt), _ = data(n_train=320)
     trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.05),

@@ -81,11 +81,11 @@ class LossMonitor(Callback):
     expected initial loss (see the module docstring for each rule).
 
     Per step it reads the loss as a float (checking it is finite) and queues it; every
-    ``every`` steps the queued losses go into a ring buffer. Where reads are batched
-    (``backend.host_reads_cheap`` False: PyTorch, on any device) the losses stay tensors and
-    are read in one transfer every ``every`` steps, so a NaN loss is seen (and training
-    stopped) up to ``every`` steps later; the first loss is read at the end of its step.
-    Every ``every`` steps it evaluates the rules and writes:
+    ``every`` steps the queued losses go into a ring buffer. On an accelerator
+    (``backend.host_reads_cheap`` False) the losses stay on the device and are read in one
+    transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
+    ``every`` steps later, and the alert says so: by then NaN/Inf may have spread to other
+    tensors. Every ``every`` steps it evaluates the rules and writes:
 
     * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
       scale; positive losses only);
@@ -218,11 +218,11 @@ class LossMonitor(Callback):
             return
         loss, urgent = state.loss, False
         if state.backend.host_reads_cheap:  # the first loss and a NaN are seen on their step
-            loss = float(loss)
+            loss = float(loss.item() if hasattr(loss, "item") else loss)  # item: 2x float()
             urgent = step == 0 or not math.isfinite(loss)
         # The losses since the last evaluation are taken in together, every ``every`` steps:
-        # framework tensors in one transfer (on a GPU a read is a host sync), floats in one
-        # warm loop rather than a little work between every two training steps.
+        # on an accelerator in one transfer (a read is a host sync), on the CPU in one warm
+        # loop rather than a little work between every two training steps.
         self._unread.append((step, loss))
         if urgent or (step % self.every == 0 and state.backend.host_reads_cheap):
             self._read_unread(state)
@@ -289,6 +289,7 @@ class LossMonitor(Callback):
         if culprit is None:
             culprit = state.backend.first_nonfinite()
         inputs = state.inputs
+        late = state.step - step  # steps between the NaN and its read (on an accelerator)
         what = "weights"
         if culprit is not None and culprit.endswith(" (gradient)"):
             culprit, what = culprit[: -len(" (gradient)")], "gradient"
@@ -299,17 +300,21 @@ class LossMonitor(Callback):
             detail = (f"{culprit} is the first tensor whose {what} hold NaN/Inf"
                       if what == "weights" else
                       f"the gradient of {culprit} is the first to hold NaN/Inf")
-        elif (isinstance(inputs, np.ndarray) and inputs.dtype.kind in "fc"
+            if late:
+                detail += (f" at step {state.step}, when the loss was read ({late} steps "
+                           f"later: by then NaN/Inf may have spread from another tensor)")
+        elif (not late and isinstance(inputs, np.ndarray) and inputs.dtype.kind in "fc"
               and not np.isfinite(inputs).all()):
             tensor = "inputs"
             detail = "the batch's inputs contain NaN/Inf (weights and gradients are finite)"
         else:
             tensor = "loss"
             detail = ("weights and gradients are finite, so the forward pass or the loss "
-                      "overflowed on this batch")
+                      "overflowed on that batch")
         stopping = self.stop_on_nonfinite
         message = (f"{loss_text} at step {step}: {detail}"
-                   + ("; training stops after this batch" if stopping else ""))
+                   + ((f"; training stops after step {state.step}" if late else
+                       "; training stops after this batch") if stopping else ""))
         state.alerts.fire("loss.nonfinite", "critical", message, step, tensor=tensor,
                           value=value, suggestion=NONFINITE_SUGGESTION)
         state.writer.flush()

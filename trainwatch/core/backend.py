@@ -266,8 +266,8 @@ class Backend(ABC):
         """One optimizer step (gradients are zeroed by the next :meth:`backward`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot drive trainwatch's Trainer")
 
-    #: whether reading a value to the host is free (numpy floats), or costs enough (a device
-    #: sync, a framework's dispatch) that reads should be batched per step
+    #: whether reading a value to the host synchronises nothing (numpy, a CPU tensor), or is a
+    #: device sync, so that reads wait for the end of the step and go in one transfer
     host_reads_cheap: bool = True
 
     def scalars_to_host(self, values: list[Any]) -> list[float]:

@@ -72,12 +72,12 @@ class Callback:
     def read_at_step_end(self, state: RunState, values: Sequence[Any],
                          then: Callable[[list[float]], None]) -> None:
         """Read framework scalars (0-d tensors or numbers) as floats and call
-        ``then(floats)``. Where reads are batched (``backend.host_reads_cheap`` is False: a
-        device sync, or a framework's per-read dispatch) they wait for the end of the step:
-        after every ``on_step_end``, all callbacks' reads of the step travel in one transfer,
-        and ``then`` runs with this call's values (an error there counts as this callback's);
-        reads queued in ``on_validation_end``, ``on_epoch_end`` or ``on_train_end`` are read
-        at the end of that hook point. Where reads are cheap, now."""
+        ``then(floats)``. Where reads are device syncs (``backend.host_reads_cheap`` is
+        False) they wait for the end of the step: after every ``on_step_end``, all
+        callbacks' reads of the step travel in one transfer, and ``then`` runs with this
+        call's values (an error there counts as this callback's); reads queued in
+        ``on_validation_end``, ``on_epoch_end`` or ``on_train_end`` are read at the end of
+        that hook point. Where reads are cheap, now."""
         if state.backend.host_reads_cheap:
             then(state.backend.scalars_to_host(values))
         else:
