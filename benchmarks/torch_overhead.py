@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import statistics
 import tempfile
 import time
@@ -312,6 +313,7 @@ def bench(work: Workload, pairs: int, modes: list[str]) -> None:
 
 
 def main() -> None:
+    logging.getLogger("trainwatch").setLevel(logging.ERROR)  # the runs' own alerts: not here
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20,
