@@ -231,6 +231,32 @@ def test_hook_sequence_with_accumulation_eval_and_no_grad_forwards():
     assert w.step == 2
 
 
+def test_inputs_and_targets_of_a_step_come_from_the_same_batch():
+    """With gradient accumulation, or when a step is skipped (as an AMP gradient scaler does
+    on inf gradients), several batches join one optimizer step: the step's inputs and
+    targets are both its first batch's, so a gradient check runs on a real batch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    class Batch(Callback):
+        def on_backward_end(self, s):
+            seen.append((s.step, float(s.inputs[0, 0]), int(s.targets[0])))
+
+    criterion = nn.CrossEntropyLoss()
+    with watch(model, opt, callbacks=[Batch()], progress=False, raise_errors=True) as w:
+        for i in range(4):
+            x, y = torch.full((3, 4), float(i)), torch.full((3,), i % 3)
+            loss = criterion(model(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            if i != 1:  # batch 1's step skipped: batch 2 joins step 1
+                opt.step()
+    assert seen == [(0, 0.0, 0), (1, 1.0, 1), (2, 3.0, 0)]
+
+
 def test_gradient_check_runs_on_the_reported_batch():
     model = small_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -71,6 +71,7 @@ class Watcher:
         self._in_step = False
         self._epoch_open = False
         self._backward_reported = False
+        self._targets_reported = False
         self._losses: list[Any] = []  # this epoch's reported losses (detached), summed lazily
         self._loss_partial: list[Any] = []  # partial sums of 1024 losses each
         self._closed = False
@@ -92,6 +93,7 @@ class Watcher:
             self.monitor.epoch_begin()
         self._in_step = True
         self._backward_reported = False
+        self._targets_reported = False
         self._await_output = False
         self._predictions = None
         self.monitor.batch_begin(inputs, None)
@@ -136,13 +138,18 @@ class Watcher:
     def loss(self, loss: Any, targets: Any = None, predictions: Any = None) -> Any:
         """Report the batch's loss (a tensor: it is kept, not read; the logging callbacks read
         it on their scheduled steps). Give the batch's ``targets`` to let gradient checks run
-        on it; ``predictions`` default to the model's output of the batch's first forward.
+        on it (when several batches make one optimizer step, the first one's);
+        ``predictions`` default to the model's output of the batch's first forward.
         Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
         if self._closed:
             return loss
         if not self._in_step:
             self._open_batch(None)
-        if targets is not None:
+        if targets is not None and not self._targets_reported:
+            # the step's first batch: its inputs are the ones the first forward recorded (with
+            # gradient accumulation, or after a step an AMP scaler skipped, later batches join
+            # the same optimizer step)
+            self._targets_reported = True
             self.monitor.state.targets = targets
         value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
         if predictions is None:
