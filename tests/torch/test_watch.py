@@ -231,6 +231,34 @@ def test_hook_sequence_with_accumulation_eval_and_no_grad_forwards():
     assert w.step == 2
 
 
+def test_a_compiled_model_is_watched_under_its_own_names():
+    """torch.compile's wrapper: tags, layers and gradient-check reports use the compiled
+    module's names (no ``_orig_mod.`` prefix); the check runs that module eagerly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mem = MemoryOutput()
+    check = GradientCheck(every=4, warmup_steps=2, budget=None)
+    criterion = nn.CrossEntropyLoss()
+    with watch(compiled, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
+               callbacks=[UpdateRatioMonitor(every=2), check,
+                          HistogramMonitor(every=3, figure_every=None)]) as w:
+        for _ in range(6):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            loss = criterion(compiled(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    tags = set(mem.scalars_log) | set(mem.histograms)
+    assert not any("_orig_mod" in t for t in tags)
+    assert {"update_ratio/0.weight", "activations/0", "gradients/2.bias"} <= tags
+    assert [s for s, _ in check.reports] == [2]
+    assert check.reports[0][1].passed
+    assert list(check.reports[0][1].params) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
 def test_inputs_and_targets_of_a_step_come_from_the_same_batch():
     """With gradient accumulation, or when a step is skipped (as an AMP gradient scaler does
     on inf gradients), several batches join one optimizer step: the step's inputs and

@@ -91,6 +91,14 @@ def loss_kind(loss_fn: Any) -> str | None:
     return None
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped, or ``model`` itself if it is not compiled."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model
+
+
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every module without children, in registration order (the root
     itself when it has none, named after its class)."""
@@ -236,9 +244,13 @@ class TorchBackend(Backend):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        # torch.compile's wrapper: the loop calls it, but tensors and layers are named after
+        # the module it compiled (no "_orig_mod." prefix) and gradient checks run that module
+        # eagerly (in float64 a compiled one would compile again, under the kink recorder)
+        self._module = uncompiled(model)
         self.loss_fn = loss
         self.optimizer = optimizer
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self._module.named_parameters() if p.requires_grad]
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         devices = {p.device for p in self._params}
@@ -246,7 +258,7 @@ class TorchBackend(Backend):
         self._on_cpu = self._device.type == "cpu"  # (read every step: ~2 µs as an attribute)
         self._one_device = len(devices) <= 1
         self._before: list[torch.Tensor] | None = None
-        self._leaves = leaf_modules(model)
+        self._leaves = leaf_modules(self._module)
         self._layers = [LayerInfo(name, layer_kind(m)) for name, m in self._leaves]
         self._handles: list[Any] = []
         self._capture = False
@@ -587,7 +599,7 @@ class TorchBackend(Backend):
 
         if self.loss_fn is None:
             raise ValueError("loss: a loss function is needed for gradient checks")
-        return check_module(self.model, self.loss_fn, _forward_inputs(inputs), targets,
+        return check_module(self._module, self.loss_fn, _forward_inputs(inputs), targets,
                             seed=seed, **options)
 
     # -- state -----------------------------------------------------------------------------------
