@@ -395,9 +395,12 @@ class _Deadline:
             raise _DeadlinePassed(self.done)
 
     def estimate(self) -> float:
-        """The whole check's seconds, extrapolated from the evaluations so far."""
+        """The whole check's seconds, extrapolated from the evaluations so far as
+        :meth:`tick` does (from the first alone when there is no other)."""
         elapsed = self._last - self.started
-        return elapsed * max(self.planned, self.done) / max(self.done, 1)
+        if self.done < 2:
+            return elapsed * max(self.planned, self.done)
+        return elapsed + max(self.planned - self.done, 0) * self._fastest
 
 
 class _DeadlinePassed(Exception):
