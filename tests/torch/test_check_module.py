@@ -17,7 +17,8 @@ from trainwatch.torch import ForwardInputs, TorchBackend, check_module  # noqa: 
 
 
 class LinearFn(torch.autograd.Function):
-    """y = x Wᵀ + b with a selectable backward bug."""
+    """y = x Wᵀ + b with a selectable backward bug (a name, or the index of one weight entry
+    whose gradient is 3x too large)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bug):
@@ -33,6 +34,8 @@ class LinearFn(torch.autograd.Function):
             grad_w = 2 * grad_w
         elif ctx.bug == "transpose":  # square weight: right shape, wrong entries
             grad_w = x.T @ grad
+        elif isinstance(ctx.bug, tuple):
+            grad_w[ctx.bug] *= 3.0
         grad_b = grad.sum(0)
         if ctx.bug == "bias_missing":
             grad_b = torch.zeros_like(grad_b)
@@ -607,38 +610,12 @@ def test_common_modules_pass(name):
     assert list(report.params) == [n for n, p in model.named_parameters()]
 
 
-class EntryBugFn(torch.autograd.Function):
-    """x Wᵀ + b whose weight gradient is 3x too large in one entry."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, where):
-        ctx.save_for_backward(x, weight)
-        ctx.where = where
-        return x @ weight.T + bias
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_w = grad.T @ x
-        grad_w[ctx.where] *= 3.0
-        return grad @ weight, grad_w, grad.sum(0), None
-
-
-class EntryBugLinear(nn.Linear):
-    def __init__(self, n_in, n_out, where):
-        super().__init__(n_in, n_out)
-        self.where = where
-
-    def forward(self, x):
-        return EntryBugFn.apply(x, self.weight, self.bias, self.where)
-
-
 @pytest.mark.parametrize("where", [(0, 0), (5, 7), (31, 63)])
 def test_one_wrong_entry_of_a_large_tensor_is_located(where):
     """One wrong entry of 2048, anywhere: the directions cover every entry and bisection
     pins it, with the engine's defaults and with GradientCheck's periodic probes alike."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 64), nn.Tanh(), EntryBugLinear(64, 32, where),
+    model = nn.Sequential(nn.Linear(10, 64), nn.Tanh(), CustomLinear(64, 32, bug=where),
                           nn.Tanh(), nn.Linear(32, 4))
     x, y = torch.randn(3, 10), torch.tensor([0, 1, 2])
     for options in ({}, {"coordinates": 1, "directions": 1}):
