@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import os
 import statistics
 import tempfile
 import time
@@ -170,8 +170,8 @@ def run(work: Workload, mode: str, step_times: list[float] | None = None) -> flo
         if mode != "bare":
             logdir = stack.enter_context(tempfile.TemporaryDirectory())
             progress = mode == "watched + progress bar"
-            if progress:
-                stack.enter_context(contextlib.redirect_stderr(open("/dev/null", "w")))  # noqa: SIM115
+            # the bar and the runs' own alerts: written (their cost counts), not shown
+            stack.enter_context(contextlib.redirect_stderr(open(os.devnull, "w")))  # noqa: SIM115
             watcher = watch(model, opt, criterion, logdir=logdir, callbacks=callbacks_of(mode),
                             progress=progress)
             stack.callback(watcher.close)
@@ -313,7 +313,6 @@ def bench(work: Workload, pairs: int, modes: list[str]) -> None:
 
 
 def main() -> None:
-    logging.getLogger("trainwatch").setLevel(logging.ERROR)  # the runs' own alerts: not here
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20,
