@@ -255,7 +255,7 @@ class TorchBackend(Backend):
         self._params = [p for _, p in named]
         devices = {p.device for p in self._params}
         self._device = self._params[0].device if self._params else model_device(model)
-        self._on_cpu = self._device.type == "cpu"  # (read every step: ~2 µs as an attribute)
+        self._on_cpu = self._device.type == "cpu"  # asked every step: device.type costs ~2 µs
         self._one_device = len(devices) <= 1
         self._before: list[torch.Tensor] | None = None
         self._leaves = leaf_modules(self._module)
