@@ -241,7 +241,8 @@ def _reads_per_step(work: Workload) -> dict[str, float]:
     model = work.make().to(work.device)
     criterion = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=work.lr, momentum=0.9)
-    with tempfile.TemporaryDirectory() as logdir, count_host_reads() as log:
+    with (tempfile.TemporaryDirectory() as logdir, count_host_reads() as log,
+          open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet)):
         watcher = watch(model, opt, criterion, logdir=logdir, callbacks=default_callbacks(),
                         progress=False)
         epoch_reads = 0
