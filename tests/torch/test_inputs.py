@@ -38,3 +38,38 @@ def test_len_without_any_batch_argument_says_so():
     with pytest.raises(TypeError, match="no tensor or array argument"):
         len(ForwardInputs((1.0,), {"flag": True}))
     assert "Tensor(2, 3)" in repr(ForwardInputs((torch.ones(2, 3),), {"k": 1}))
+
+
+def test_trainer_fits_a_two_input_model_from_forward_inputs():
+    """Trainer's minibatches index a ForwardInputs by examples (shuffled index arrays), so a
+    forward with two inputs trains, validates and is gradient-checked."""
+    from torch import nn
+
+    import trainwatch as tw
+    from trainwatch.callbacks import GradientCheck
+    from trainwatch.outputs import MemoryOutput
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
+
+        def forward(self, x, side):
+            return self.a(x) + self.b(side)
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    side = rng.standard_normal((64, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = TwoInputs()
+    check = GradientCheck(every=3, warmup_steps=1, budget=None)
+    trainer = tw.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                         callbacks=[check], progress=False, outputs=[MemoryOutput()],
+                         raise_errors=True)
+    history = trainer.fit(ForwardInputs((x, side)), y, epochs=2, batch_size=16,
+                          validation_data=(ForwardInputs((x[:16], side[:16])), y[:16]))
+    assert len(history["val_accuracy"]) == 2 and history["train_loss"][1] < history["train_loss"][0]
+    assert [step for step, _ in check.reports] == [1, 4, 7]
+    assert all(r.passed and list(r.params) == ["a.weight", "a.bias", "b.weight", "b.bias"]
+               for _, r in check.reports)
