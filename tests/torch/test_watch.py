@@ -494,3 +494,34 @@ def test_watch_validates_its_arguments():
     w = watch(model, torch.optim.SGD(model.parameters(), lr=1.0), progress=False)
     assert isinstance(w, Watcher)
     w.close()
+
+
+@pytest.mark.parametrize("fail_at", [2, 12])  # 9 layers: a forward copy, a backward one
+def test_a_capture_that_runs_out_of_memory_never_stops_training(monkeypatch, fail_at):
+    """Copying a layer's output (in the forward) or its gradient (in the backward) raises,
+    as a GPU out of memory would: training goes on, the step has no activation data, one
+    alert says so, and the next capture step tries again."""
+    copies = {"n": 0}
+    original = backend_module._detached_copy
+
+    def copy_or_fail(t):
+        copies["n"] += 1
+        if copies["n"] == fail_at:  # during the first capture (step 0)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(t)
+
+    monkeypatch.setattr(backend_module, "_detached_copy", copy_or_fail)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mem = MemoryOutput()
+    with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+               callbacks=[HistogramMonitor(every=4, figure_every=None)]) as w:
+        loop(model, opt, w, epochs=1)
+    assert w.step == 8
+    failed = [a for a in w.monitor.alerts.history if a.code == "activations.capture_failed"]
+    assert len(failed) == 1 and failed[0].step == 0 and "out of memory" in failed[0].message
+    assert not any(a.code == "callback.error" for a in w.monitor.alerts.history)
+    assert mem.steps("activations/0/mean") == [4]  # step 0's capture failed, step 4's worked
+    # what needs no capture is still written at the failed step
+    assert [step for step, _ in mem.histograms["weights/0.weight"]] == [0, 4]
+    assert [step for step, _ in mem.histograms["activations/0"]] == [4]

@@ -172,7 +172,10 @@ class HistogramMonitor(Callback):
     ``activations.saturated`` when a layer's saturated fraction exceeds ``saturated_alert``,
     ``activations.dead`` when its dead fraction exceeds ``dead_alert``,
     ``gradients.vanishing`` / ``gradients.exploding`` when the gradient norm ratio falls
-    below ``vanishing_ratio`` / rises above ``exploding_ratio``.
+    below ``vanishing_ratio`` / rises above ``exploding_ratio``; and once per run
+    ``activations.capture_failed`` when copying the layer outputs failed (e.g. out of GPU
+    memory: the copy never raises into the model's forward, the step just has no
+    activation data).
 
     Args:
         every: steps between measurements (default 250).
@@ -292,6 +295,14 @@ class HistogramMonitor(Callback):
         needed = list(self.which) + [w for w in ("activations",) if w not in self.which]
         hists_of, stats = backend.distributions(needed, self.bins, watched,
                                                 self.saturation_threshold)
+        if backend.capture_error is not None:
+            state.alerts.fire(
+                "activations.capture_failed", "warning",
+                f"copying the layer outputs for the histograms failed at step {step} "
+                f"({backend.capture_error!r}); that step has no activation histograms or "
+                f"dead/saturated statistics, and training went on", step,
+                suggestion="on a GPU short of memory, capture less: HistogramMonitor(which="
+                           "('weights', 'gradients')) or a larger every")
         for which in self.which:
             prefix = WHICH_PREFIX[which]
             per_layer = which in ("activations", "activation_gradients")

@@ -160,6 +160,9 @@ class Backend(ABC):
 
     #: open :meth:`capture_activations` requests
     _capture_requests: int = 0
+    #: an error the capture met inside the model's forward or backward (where it must not
+    #: raise): that capture stopped; the callback that asked for it reports it
+    capture_error: Exception | None = None
 
     def capture_activations(self, enabled: bool) -> None:
         """Ask for layer outputs (and their gradients) to be recorded on the following

@@ -158,6 +158,11 @@ def stack_scalars(scalars: Sequence[torch.Tensor], device: torch.device) -> torc
         return _stack(scalars, device, acc_dtype(device))
 
 
+def _detached_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of a captured output or gradient (a later in-place op cannot alter it)."""
+    return t.detach().clone()
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.coalesce().values() if t.is_sparse else t
 
@@ -420,19 +425,34 @@ class TorchBackend(Backend):
             self._handles.append(module.register_forward_hook(self._make_hook(name)))
 
     def _make_hook(self, name: str):
+        # These run inside the model's forward and backward: they must never raise there (a
+        # copy can run out of GPU memory). An error is kept in ``capture_error`` for the
+        # callback that asked for the capture to report, and the step's capture stops.
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._capture or _suspend_depth or not isinstance(output, torch.Tensor):
                 return
-            if not output.is_floating_point():
+            if not output.is_floating_point() or self.capture_error is not None:
                 return
-            self._acts[name] = output.detach().clone()
-            if output.requires_grad:
-                def grad_hook(grad: torch.Tensor) -> None:
-                    self._act_grads[name] = grad.detach().clone()
+            try:
+                self._acts[name] = _detached_copy(output)
+                if output.requires_grad:
+                    output.register_hook(grad_hook)
+            except Exception as exc:  # noqa: BLE001 - watching never kills training
+                self._capture_failed(exc)
 
-                output.register_hook(grad_hook)
+        def grad_hook(grad: torch.Tensor) -> None:
+            if self.capture_error is not None:
+                return
+            try:
+                self._act_grads[name] = _detached_copy(grad)
+            except Exception as exc:  # noqa: BLE001 - watching never kills training
+                self._capture_failed(exc)
 
         return hook
+
+    def _capture_failed(self, exc: Exception) -> None:
+        self.capture_error = exc
+        self._acts, self._act_grads = {}, {}  # free what this capture holds
 
     def _set_capture(self, on: bool) -> None:
         if on:
@@ -440,6 +460,7 @@ class TorchBackend(Backend):
             if not self._capture:
                 self._acts = {}
                 self._act_grads = {}
+                self.capture_error = None
         else:
             # the gradients of a captured forward still arrive if the capture is switched off
             # before the backward: their tensor hooks were registered during that forward
