@@ -83,6 +83,25 @@ def test_a_raising_callback_does_not_stop_training_and_is_reported_once(tmp_path
     assert sum('"callback.error"' in line for line in lines) == 1
 
 
+def test_a_metric_that_is_not_a_number_is_left_out_and_reported_once():
+    """Monitor.epoch_end with a metric float() rejects: training's loop goes on, the other
+    metrics are kept, one warning names the metric."""
+    from trainwatch import Monitor
+    from trainwatch.outputs import MemoryOutput
+
+    net, loss, opt = make_net()
+    mem = MemoryOutput()
+    mon = Monitor(net, loss=loss, optimizer=opt, callbacks=[], outputs=[mem], progress=False)
+    with mon.run(epochs=2):
+        for _ in range(2):
+            mon.epoch_begin()
+            mon.epoch_end({"val_accuracy": [0.5, 0.6], "val_loss": 0.7})
+    warned = [a for a in mon.alerts.history if a.code == "metrics.not_a_number"]
+    assert len(warned) == 1 and "'val_accuracy'" in warned[0].message
+    assert mon.state.metrics["val_loss"] == 0.7 and "val_accuracy" not in mon.state.metrics
+    assert len(mem.scalars_log["loss/val"]) == 2
+
+
 def test_stop_request_ends_training_cleanly():
     class StopAtFive(Callback):
         def on_step_end(self, state):

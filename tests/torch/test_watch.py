@@ -525,3 +525,31 @@ def test_a_capture_that_runs_out_of_memory_never_stops_training(monkeypatch, fai
     # what needs no capture is still written at the failed step
     assert [step for step, _ in mem.histograms["weights/0.weight"]] == [0, 4]
     assert [step for step, _ in mem.histograms["activations/0"]] == [4]
+
+
+def test_bad_losses_and_metrics_are_reported_once_and_never_stop_training():
+    """A loss that is no scalar, a loss that is no number, a metric that is no number:
+    each is left out with one warning, and training and the other values go on."""
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mem = MemoryOutput()
+    (xt, yt), _ = data(n_train=128)
+    per_example = nn.CrossEntropyLoss(reduction="none")
+    with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+               callbacks=[MetricLogger(every=1)]) as w:
+        for i, start in enumerate(range(0, 128, 32)):
+            losses = per_example(model(xt[start:start + 32]), yt[start:start + 32])
+            reported = {0: losses, 1: "nan?", 2: None}.get(i, losses.mean())
+            w.loss(reported, yt[start:start + 32])
+            opt.zero_grad()
+            losses.mean().backward()
+            opt.step()
+            w.epoch_end({"val_accuracy": "high" if i == 0 else 0.5, "val_loss": 0.7})
+    codes = [a.code for a in w.monitor.alerts.history]
+    assert codes.count("watch.bad_loss") == 1  # once, whatever came after
+    assert codes.count("metrics.not_a_number") == 1
+    assert "callback.error" not in codes
+    assert w.step == 4
+    assert mem.steps("loss/train") == [3]  # only the scalar loss was recorded
+    assert mem.steps("accuracy/val") == [2, 3, 4]  # "high" left out, the rest written
+    assert mem.steps("loss/val") == [1, 2, 3, 4]

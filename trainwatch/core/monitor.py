@@ -192,7 +192,7 @@ class Monitor:
 
     def validation_end(self, metrics: Mapping[str, float]) -> None:
         """Call after validation with e.g. ``{"val_loss": .., "val_accuracy": ..}``."""
-        self.state.metrics.update({k: float(v) for k, v in metrics.items()})
+        self.state.metrics.update(self.metric_floats(metrics))
         self.callbacks.call("on_validation_end", self.state)
         self._read_queued()
 
@@ -201,10 +201,26 @@ class Monitor:
         (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``)."""
         s = self.state
         if metrics:
-            s.metrics.update({k: float(v) for k, v in metrics.items()})
+            s.metrics.update(self.metric_floats(metrics))
         self.callbacks.call("on_epoch_end", s)
         self._read_queued()
         s.epoch += 1
+
+    def metric_floats(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """``metrics`` as floats (numbers, numpy and framework scalars); a value that is not
+        a number is left out and reported once per name (``metrics.not_a_number``), so a
+        bad metric never stops training."""
+        out = {}
+        for name, value in metrics.items():
+            try:
+                out[name] = float(value)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                self.alerts.fire(
+                    "metrics.not_a_number", "warning",
+                    f"metric {name!r} = {value!r:.80} is not a number ({exc}); it is left out",
+                    self.state.step, tensor=name,
+                    suggestion="report numbers (a float, or a one-element tensor)")
+        return out
 
     def _read_queued(self) -> None:
         """Read every value queued with :meth:`Callback.read_at_step_end` in one transfer and

@@ -151,7 +151,9 @@ class Watcher:
             # the same optimizer step)
             self._targets_reported = True
             self.monitor.state.targets = targets
-        value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        value = self._scalar(loss)
+        if value is None:
+            return loss
         if predictions is None:
             predictions = self._predictions
         if isinstance(predictions, torch.Tensor):
@@ -163,6 +165,24 @@ class Watcher:
             self._loss_partial.append(_sum(losses))
             losses.clear()
         return loss
+
+    def _scalar(self, loss: Any) -> Any:
+        """The loss as kept (a detached one-element tensor, or a float), or None for a value
+        that is no scalar loss: reported once (``watch.bad_loss``), never raised."""
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() == 1:
+                return loss.detach()
+            problem = f"a tensor of shape {tuple(loss.shape)}, not a scalar"
+        else:
+            try:
+                return float(loss)
+            except (TypeError, ValueError):
+                problem = f"{loss!r:.60}, not a number"
+        self.monitor.alerts.fire(
+            "watch.bad_loss", "warning", f"watcher.loss() got {problem}; that loss is not "
+            "recorded (nor any other that is not a scalar)", self.monitor.state.step,
+            suggestion="pass the batch's scalar loss (reduction='mean' or 'sum')")
+        return None
 
     def backward_end(self) -> None:
         """Optional: announce the end of the backward pass (else the optimizer's step
@@ -180,7 +200,7 @@ class Watcher:
         epoch (read once, here)."""
         if self._closed:
             return
-        values = {k: float(v) for k, v in (metrics or {}).items()}
+        values = self.monitor.metric_floats(metrics or {})
         count = 1024 * len(self._loss_partial) + len(self._losses)
         if "train_loss" not in values and count:
             total = _sum(self._loss_partial + self._losses)  # partial sums and the rest
