@@ -496,8 +496,10 @@ class LossMonitor(Callback):
             if not active:
                 return {"message": f"the batch loss scatter is down to {spread:.0%} of its "
                                    f"level"}
-            batch = (f"batch size {len(inputs)}" if hasattr(inputs, "__len__")
-                     else "the batch size")
+            try:
+                batch = f"batch size {len(inputs)}"
+            except TypeError:  # no batch (None), or one without a length
+                batch = "the batch size"
             return {"message": (f"the batch loss scatters by {spread:.0%} of its level over "
                                 f"the last {span} steps (threshold {self.noise_threshold:.0%}; "
                                 f"{batch})"),
