@@ -327,15 +327,19 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each default callback alone")
+    parser.add_argument("--only", action="append", default=[], metavar="CALLBACK",
+                        help="also time this default callback alone (repeatable)")
     parser.add_argument("--batch", type=int, default=32,
                         help="CPU batch size (32 as in the example; larger: longer steps)")
     parser.add_argument("--loader", action="store_true",
                         help="also run the CPU loop with the example's DataLoader")
     args = parser.parse_args()
     modes = ["bare", "hooks only", "watched", "watched + progress bar"]
-    if args.breakdown:
-        modes += [f"only {type(cb).__name__}" for cb in default_callbacks()
-                  if type(cb).__name__ != "MetricLogger"]
+    names = [type(cb).__name__ for cb in default_callbacks() if type(cb).__name__ != "MetricLogger"]
+    unknown = set(args.only) - set(names)
+    if unknown:
+        parser.error(f"--only: {sorted(unknown)} not among the default callbacks {names}")
+    modes += [f"only {name}" for name in names if args.breakdown or name in args.only]
     if not args.skip_cpu:
         bench(digits_workload(args.epochs, batch=args.batch), args.pairs, modes)
         if args.loader:
