@@ -622,3 +622,37 @@ def test_one_wrong_entry_of_a_large_tensor_is_located(where):
         report = check_module(model, nn.CrossEntropyLoss(), x, y, **options)
         assert report.failed == ["2.weight"], (options, report)
         assert report.params["2.weight"].worst_index == where
+
+
+class PaddedTied(nn.Module):
+    """Token embeddings with a padding row, tied to the output layer (as language models do):
+    the padding row gets a gradient from the output layer only."""
+
+    def __init__(self, bug=None):
+        super().__init__()
+        self.emb = nn.Embedding(12, 6, padding_idx=0)
+        self.mix = CustomLinear(6, 6, bug=bug)
+        self.out = nn.Linear(6, 12, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.mix(self.emb(tokens).mean(1))))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_embedding_padding_row_is_held_as_pytorch_defines_it(tied):
+    """nn.Embedding(padding_idx=p) gives row p no gradient from the lookup: that is PyTorch's
+    definition, not a bug, so the check holds the row in the lookups (and only there: a tied
+    output layer's use of it is checked). A planted bug elsewhere is still found."""
+    torch.manual_seed(0)
+    tokens = torch.tensor([[0, 3, 5], [2, 0, 0], [7, 1, 0]])  # 0: the padding token
+    model = PaddedTied() if tied else nn.Sequential(nn.Embedding(12, 6, padding_idx=0),
+                                                    nn.Flatten(), nn.Linear(18, 12))
+    report = check_module(model, nn.CrossEntropyLoss(), tokens, torch.tensor([1, 4, 9]))
+    assert report.passed, report
+    assert any("padding_idx" in note for note in report.notes)
+    if tied:
+        torch.manual_seed(0)
+        buggy = check_module(PaddedTied(bug="factor2"), nn.CrossEntropyLoss(), tokens,
+                             torch.tensor([1, 4, 9]))
+        assert "mix.weight" in buggy.failed and "emb.weight" not in buggy.failed

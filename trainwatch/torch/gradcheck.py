@@ -207,10 +207,15 @@ class KinkRecorder(TorchFunctionMode):
         self.parts: list[torch.Tensor] = []
         self._weights: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self._generator = torch.Generator().manual_seed(seed)  # private: no global state
+        #: id(embedding weight) -> (padding_idx, that row's value at the checked point): the
+        #: lookups read the row as it was (see :func:`check_module`)
+        self.held_rows: dict[int, tuple[int, torch.Tensor]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name == "embedding" and self.held_rows:
+            args, kwargs = self._hold_padding_row(args, kwargs)
         if name not in _KINK_NAMES:  # the common case (conv, linear, add, ...): no kink
             return func(*args, **kwargs)
         if name in _POOLS:  # one pooling pass that also returns the winners, not two
@@ -224,6 +229,18 @@ class KinkRecorder(TorchFunctionMode):
         if pattern is not None:
             self.parts.append(pattern.detach())
         return out
+
+    def _hold_padding_row(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        weight = _arg(args, kwargs, 1, "weight")
+        held = self.held_rows.get(id(weight))
+        if held is None or _arg(args, kwargs, 2, "padding_idx") != held[0]:
+            return args, kwargs
+        row, value = held
+        weight = weight.clone()
+        weight[row] = value
+        if len(args) > 1:
+            return (args[0], weight, *args[2:]), kwargs
+        return args, {**kwargs, "weight": weight}
 
     def reset(self) -> None:
         self.parts.clear()
@@ -380,6 +397,19 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     slots = _buffer_slots(model, list(working))
     stand_ins = {**leaves, **frozen, **working}
     kinks = KinkRecorder(seed)
+    # An embedding's padding_idx row gets no gradient from the lookup, by PyTorch's
+    # definition: the finite differences hold it too, so that only its other uses (a tied
+    # output layer) count, as in autograd.
+    param_names = {id(p): n for n, p in named}
+    held = []
+    for module in model.modules():
+        pad = getattr(module, "padding_idx", None)
+        name = param_names.get(id(getattr(module, "weight", None)))
+        if isinstance(module, nn.Embedding) and pad is not None and name is not None:
+            kinks.held_rows[id(leaves[name])] = (pad, leaves[name][pad].detach().clone())
+            held.append(f"{name}: row {pad} (the embedding's padding_idx) is held at its value "
+                        "in the embedding lookups of the finite differences: PyTorch gives it "
+                        "no gradient from them")
     generators = _GlobalRandomState(seed, device)
 
     def evaluate() -> torch.Tensor:
@@ -419,6 +449,8 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                             else g.detach().to(device="cpu", dtype=torch.float64).numpy())
                         for n, g in zip(names, grads)}
             del loss, grads
-            return check_gradients(numerical_loss, base, analytic, seed=seed, **options)
+            report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
+            report.notes += held
+            return report
     finally:
         kinks.reset()
