@@ -656,3 +656,17 @@ def test_an_embedding_padding_row_is_held_as_pytorch_defines_it(tied):
         buggy = check_module(PaddedTied(bug="factor2"), nn.CrossEntropyLoss(), tokens,
                              torch.tensor([1, 4, 9]))
         assert "mix.weight" in buggy.failed and "emb.weight" not in buggy.failed
+
+
+def test_an_embedding_with_max_norm_is_checked_where_its_renormalisation_leaves_it():
+    """max_norm renormalises the looked-up rows in place, outside autograd: the check runs
+    at the renormalised point without renormalising again, and the model keeps its rows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, max_norm=1.0), nn.Flatten(), nn.Linear(8, 3))
+    before = model[0].weight.detach().clone()
+    tokens = torch.tensor([[1, 2], [3, 4], [5, 1]])
+    assert (before[tokens.unique()].norm(dim=1) > 1.0).all()  # every looked-up row renormed
+    report = check_module(model, nn.CrossEntropyLoss(), tokens, torch.tensor([0, 1, 2]))
+    assert report.passed, report
+    assert any("max_norm" in note for note in report.notes)
+    assert torch.equal(model[0].weight, before)

@@ -210,12 +210,14 @@ class KinkRecorder(TorchFunctionMode):
         #: id(embedding weight) -> (padding_idx, that row's value at the checked point): the
         #: lookups read the row as it was (see :func:`check_module`)
         self.held_rows: dict[int, tuple[int, torch.Tensor]] = {}
+        #: ids of embedding weights whose lookups skip their max_norm renormalisation
+        self.no_renorm: set[int] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name == "embedding" and self.held_rows:
-            args, kwargs = self._hold_padding_row(args, kwargs)
+        if name == "embedding" and (self.held_rows or self.no_renorm):
+            args, kwargs = self._embedding_args(args, kwargs)
         if name not in _KINK_NAMES:  # the common case (conv, linear, add, ...): no kink
             return func(*args, **kwargs)
         if name in _POOLS:  # one pooling pass that also returns the winners, not two
@@ -230,17 +232,24 @@ class KinkRecorder(TorchFunctionMode):
             self.parts.append(pattern.detach())
         return out
 
-    def _hold_padding_row(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _embedding_args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``F.embedding``'s arguments with the weight's padding row held and its max_norm
+        renormalisation skipped, where :func:`check_module` asked for it."""
         weight = _arg(args, kwargs, 1, "weight")
-        held = self.held_rows.get(id(weight))
-        if held is None or _arg(args, kwargs, 2, "padding_idx") != held[0]:
-            return args, kwargs
-        row, value = held
-        weight = weight.clone()
-        weight[row] = value
-        if len(args) > 1:
-            return (args[0], weight, *args[2:]), kwargs
-        return args, {**kwargs, "weight": weight}
+        key = id(weight)
+        held = self.held_rows.get(key)
+        if held is not None and _arg(args, kwargs, 2, "padding_idx") == held[0]:
+            row, value = held
+            weight = weight.clone()
+            weight[row] = value
+        args = (args[0], weight, *args[2:]) if len(args) > 1 else args
+        kwargs = {**kwargs, "weight": weight} if "weight" in kwargs else dict(kwargs)
+        if key in self.no_renorm:
+            if len(args) > 3:
+                args = (*args[:3], None, *args[4:])
+            else:
+                kwargs["max_norm"] = None
+        return args, kwargs
 
     def reset(self) -> None:
         self.parts.clear()
@@ -328,6 +337,23 @@ def _numpy_mark() -> tuple[int, int] | None:
         return None
 
 
+def _embedding_weights(model: nn.Module, named: list[tuple[str, nn.Parameter]]
+                       ) -> tuple[list[tuple[str, int]], list[str]]:
+    """The checked embedding weights with a padding row, as (name, padding_idx), and those
+    with a max_norm, by their ``named_parameters()`` names (tied weights under their first)."""
+    names = {id(p): n for n, p in named}
+    padded, renormed = [], []
+    for module in model.modules():
+        name = names.get(id(getattr(module, "weight", None)))
+        if not isinstance(module, nn.Embedding) or name is None:
+            continue
+        if module.padding_idx is not None:
+            padded.append((name, module.padding_idx))
+        if module.max_norm is not None:
+            renormed.append(name)
+    return padded, renormed
+
+
 def _buffer_slots(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, str]]:
     """(owning module, attribute) of each named buffer."""
     slots = []
@@ -397,19 +423,19 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     slots = _buffer_slots(model, list(working))
     stand_ins = {**leaves, **frozen, **working}
     kinks = KinkRecorder(seed)
-    # An embedding's padding_idx row gets no gradient from the lookup, by PyTorch's
-    # definition: the finite differences hold it too, so that only its other uses (a tied
-    # output layer) count, as in autograd.
-    param_names = {id(p): n for n, p in named}
-    held = []
-    for module in model.modules():
-        pad = getattr(module, "padding_idx", None)
-        name = param_names.get(id(getattr(module, "weight", None)))
-        if isinstance(module, nn.Embedding) and pad is not None and name is not None:
-            kinks.held_rows[id(leaves[name])] = (pad, leaves[name][pad].detach().clone())
-            held.append(f"{name}: row {pad} (the embedding's padding_idx) is held at its value "
-                        "in the embedding lookups of the finite differences: PyTorch gives it "
-                        "no gradient from them")
+    # Embeddings, as PyTorch defines their gradients: the padding_idx row gets none from the
+    # lookup, so the finite differences hold it in the lookups too (its other uses, a tied
+    # output layer, still count); max_norm renormalises looked-up rows in place, outside
+    # autograd, so the check runs at the renormalised point (the analytic pass renormalises
+    # the stand-ins) with the renormalisation skipped in the finite differences.
+    padded, renormed = _embedding_weights(model, named)
+    kinks.no_renorm.update(id(leaves[name]) for name in renormed)
+    notes = [f"{name}: row {pad} (the embedding's padding_idx) is held in the embedding "
+             "lookups of the finite differences: PyTorch gives it no gradient from them"
+             for name, pad in padded]
+    notes += [f"{name}: checked where the embedding's max_norm renormalisation left it, "
+              "which the finite differences then skip (autograd does not differentiate it)"
+              for name in renormed]
     generators = _GlobalRandomState(seed, device)
 
     def evaluate() -> torch.Tensor:
@@ -449,8 +475,13 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                             else g.detach().to(device="cpu", dtype=torch.float64).numpy())
                         for n, g in zip(names, grads)}
             del loss, grads
+            for name in renormed:  # the point the analytic pass renormalised
+                base[name] = leaves[name].detach().to(device="cpu",
+                                                      dtype=torch.float64).numpy().copy()
+            for name, pad in padded:  # (after the renormalisation, which may touch the row)
+                kinks.held_rows[id(leaves[name])] = (pad, leaves[name][pad].detach().clone())
             report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
-            report.notes += held
+            report.notes += notes
             return report
     finally:
         kinks.reset()
