@@ -670,3 +670,30 @@ def test_an_embedding_with_max_norm_is_checked_where_its_renormalisation_leaves_
     assert report.passed, report
     assert any("max_norm" in note for note in report.notes)
     assert torch.equal(model[0].weight, before)
+
+
+KINKED = {
+    "hardswish": lambda: nn.Hardswish(), "hardtanh": lambda: nn.Hardtanh(),
+    "relu6": lambda: nn.ReLU6(), "leaky_relu": lambda: nn.LeakyReLU(0.1),
+    "prelu": lambda: nn.PReLU(), "rrelu_training": lambda: nn.RReLU(),
+    "softshrink": lambda: nn.Softshrink(0.1), "threshold": lambda: nn.Threshold(0.1, 0.0),
+}
+POOLS = {
+    "adaptive_max": lambda: nn.AdaptiveMaxPool2d(2), "lp_pool": lambda: nn.LPPool2d(2, 2),
+    "fractional_max_training": lambda: nn.FractionalMaxPool2d(2, output_size=2),
+}
+
+
+@pytest.mark.parametrize("name", list(KINKED) + list(POOLS))
+def test_kinked_activations_and_pools_pass(name):
+    """Activations with kinks (random slopes too: RReLU in training mode draws them, seeded
+    like dropout) and max-like pools (FractionalMaxPool2d draws its regions) give no false
+    alarm."""
+    torch.manual_seed(0)
+    if name in KINKED:
+        model, x = nn.Sequential(nn.Linear(6, 8), KINKED[name](), nn.Linear(8, 3)), (3, 6)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), POOLS[name](), nn.Flatten(), nn.Linear(8, 3))
+        x = (3, 1, 6, 6)
+    report = check_module(model, nn.CrossEntropyLoss(), torch.randn(*x), torch.tensor([0, 1, 2]))
+    assert report.passed and not report.nondeterministic, report
