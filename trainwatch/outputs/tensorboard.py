@@ -436,8 +436,7 @@ class TensorBoardOutput(Output):
     def _write(self, summary: Any, step: int, wall_time: float | None = None) -> None:
         event = self._Event(wall_time=time.time() if wall_time is None else wall_time,
                             step=int(step), summary=summary)
-        self._events.write_event(event)
-        self._dirty = True
+        self._write_bytes(event.SerializeToString())
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """All of a step's scalars in one event (written at the next flush, within
@@ -485,6 +484,7 @@ class TensorBoardOutput(Output):
                 self._write_bytes(scalar_event_bytes(wall_time, step, items, heads))
 
     def _write_bytes(self, event: bytes) -> None:
+        """Append one serialised event (every write goes through here)."""
         self._events._write_serialized_event(event)
         self._dirty = True
 

@@ -238,6 +238,8 @@ class KinkRecorder(TorchFunctionMode):
         weight = _arg(args, kwargs, 1, "weight")
         key = id(weight)
         held = self.held_rows.get(key)
+        if held is None and key not in self.no_renorm:  # another embedding
+            return args, kwargs
         if held is not None and _arg(args, kwargs, 2, "padding_idx") == held[0]:
             row, value = held
             weight = weight.clone()
