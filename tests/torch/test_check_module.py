@@ -697,3 +697,73 @@ def test_kinked_activations_and_pools_pass(name):
         x = (3, 1, 6, 6)
     report = check_module(model, nn.CrossEntropyLoss(), torch.randn(*x), torch.tensor([0, 1, 2]))
     assert report.passed and not report.nondeterministic, report
+
+
+@pytest.mark.parametrize("style", ["parametrization", "hook"])
+def test_spectral_norm_is_checked_with_its_power_iteration_held(style):
+    """Spectral normalisation's power iteration updates u and v in place, outside autograd:
+    the finite differences hold them at the analytic pass's values, so a correct layer passes
+    (un-held, it read as wrong: 0.25 relative error with the hook-based form), a planted bug
+    below it is still found, and the model keeps its u, v and training flags."""
+    torch.manual_seed(0)
+    wrap = (nn.utils.parametrizations.spectral_norm if style == "parametrization"
+            else nn.utils.spectral_norm)
+    model = nn.Sequential(wrap(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    before = snapshot(model)
+    report = check_module(model, nn.CrossEntropyLoss(), x, y)
+    assert report.passed, report
+    assert any("power iteration" in note for note in report.notes)
+    assert_untouched(model, before)
+    torch.manual_seed(0)
+    buggy = nn.Sequential(CustomLinear(6, 6, bug="factor2"), wrap(nn.Linear(6, 5)), nn.Tanh(),
+                          nn.Linear(5, 3))
+    assert check_module(buggy, nn.CrossEntropyLoss(), x, y).failed[:1] == ["0.weight"]
+
+
+class PrivateNoise(nn.Module):
+    """Draws noise from a generator it owns, and makes its initial state with the default
+    dtype (float32), as recurrent models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(3, 4, batch_first=True)
+        self.out = nn.Linear(4, 2)
+        self.generator = torch.Generator().manual_seed(1)
+
+    def forward(self, x):
+        h0 = torch.zeros(1, x.shape[0], 4)
+        noise = 0.1 * torch.randn(x.shape, generator=self.generator)
+        return self.out(self.rnn(x + noise, h0)[1][0])
+
+
+def test_a_model_generator_is_reset_before_every_evaluation_and_default_dtype_tensors_match():
+    torch.manual_seed(0)
+    model = PrivateNoise()
+    state = model.generator.get_state()
+    dtype = torch.get_default_dtype()
+    report = check_module(model, nn.MSELoss(), torch.randn(4, 5, 3), torch.randn(4, 2))
+    assert report.passed and not report.nondeterministic, report
+    assert torch.equal(model.generator.get_state(), state)  # left where it was
+    assert torch.get_default_dtype() == dtype
+
+
+@pytest.mark.parametrize("flag", ["sparse", "scale_grad_by_freq"])
+def test_embedding_gradient_options(flag):
+    """Sparse gradients are checked dense; scale_grad_by_freq (rows' gradients divided by
+    their counts, by definition not the loss's gradient) is switched off for the check, and
+    said so. The module keeps its flag."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 3, **{flag: True}), nn.Flatten(), nn.Linear(6, 2))
+    tokens = torch.tensor([[1, 1], [1, 2], [3, 1], [4, 5]])  # token 1 four times
+    report = check_module(model, nn.MSELoss(), tokens, torch.randn(4, 2))
+    assert report.passed, report
+    assert getattr(model[0], flag) is True
+    assert any("scale_grad_by_freq" in note for note in report.notes) == (
+        flag == "scale_grad_by_freq")
+
+
+def test_an_uninitialised_lazy_module_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="model: .*lazy.*forward pass"):
+        check_module(nn.Sequential(nn.LazyLinear(3)), nn.MSELoss(), torch.randn(2, 4),
+                     torch.randn(2, 3))

@@ -6,8 +6,14 @@ reparametrisation, what ``torch.func.functional_call`` does for one call) and sw
 exit, also on an exception, so the model itself (its parameters, buffers, ``.grad`` fields
 and training flag) is never written. Before every evaluation the engine's values are copied
 into the stand-ins, the buffers reset (BatchNorm updates its running statistics in place)
-and the random generators put back: dropout draws the same masks in the analytic pass and in
-every numerical evaluation. Every numerical evaluation runs under a :class:`KinkRecorder` (a
+and the random generators put back (the global ones and any the model keeps as an
+attribute): dropout draws the same masks in the analytic pass and in every numerical
+evaluation. torch's default dtype is float64 meanwhile, so tensors the forward makes
+(``torch.zeros(...)``) match. What PyTorch computes outside autograd is held, as autograd
+holds it: an embedding's padding row and max_norm renormalisation, spectral normalisation's
+power iteration (its u and v stay where the analytic pass left them).
+
+Every numerical evaluation runs under a :class:`KinkRecorder` (a
 ``TorchFunctionMode``) that notes which side of each kink the forward pass is on,
 functional code included, and hands the engine a short fingerprint of it with the loss, in
 one device-to-host transfer. The probes, thresholds and the report come from the numpy
@@ -304,13 +310,15 @@ def _pinned_random_state(device: torch.device) -> Iterator[None]:
         random.setstate(py_state)
 
 
-class _GlobalRandomState:
-    """Puts the global generators back where they were before every evaluation: torch's (CPU,
-    and the device's) seeded with ``seed``, numpy's and Python's restored to their state at
-    construction. numpy's costs ~25 µs to restore, so it is restored only after an evaluation
-    that drew from it (its Mersenne Twister's position and first word, read in place, tell)."""
+class _RandomStates:
+    """Puts the random generators back where they were before every evaluation: torch's
+    global ones (CPU, and the device's) seeded with ``seed``; numpy's and Python's, and the
+    generators the model keeps as attributes (its own noise or dropout source), restored to
+    their state at construction (:meth:`restore` leaves the model's as they were). numpy's
+    costs ~25 µs to restore, so it is restored only after an evaluation that drew from it
+    (its Mersenne Twister's position and first word, read in place, tell)."""
 
-    def __init__(self, seed: int, device: torch.device):
+    def __init__(self, seed: int, device: torch.device, model: nn.Module):
         self.seed = seed
         self.cuda = None
         if device.type == "cuda":
@@ -318,6 +326,9 @@ class _GlobalRandomState:
         self.np_state = np.random.get_state()
         self.py_state = random.getstate()
         self._np_mark = _numpy_mark()
+        owned = {id(v): v for m in model.modules() for v in vars(m).values()
+                 if isinstance(v, torch.Generator)}
+        self.owned = [(g, g.get_state()) for g in owned.values()]
 
     def reset(self) -> None:
         torch.default_generator.manual_seed(self.seed)
@@ -326,6 +337,12 @@ class _GlobalRandomState:
         if self._np_mark is None or _numpy_mark() != self._np_mark:
             np.random.set_state(self.np_state)
         random.setstate(self.py_state)
+        self.restore()
+
+    def restore(self) -> None:
+        """The model's own generators as they were at construction."""
+        for generator, state in self.owned:
+            generator.set_state(state)
 
 
 def _numpy_mark() -> tuple[int, int] | None:
@@ -346,8 +363,12 @@ def _embedding_weights(model: nn.Module, named: list[tuple[str, nn.Parameter]]
     names = {id(p): n for n, p in named}
     padded, renormed = [], []
     for module in model.modules():
-        name = names.get(id(getattr(module, "weight", None)))
-        if not isinstance(module, nn.Embedding) or name is None:
+        # (read from _parameters: reading a parametrised weight would compute it, and a
+        # spectral norm's power iteration would write the model's u and v)
+        if not isinstance(module, nn.Embedding):
+            continue
+        name = names.get(id(module._parameters.get("weight")))
+        if name is None:
             continue
         if module.padding_idx is not None:
             padded.append((name, module.padding_idx))
@@ -363,6 +384,54 @@ def _buffer_slots(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, s
         prefix, _, attr = name.rpartition(".")
         slots.append((model.get_submodule(prefix), attr))
     return slots
+
+
+def _power_iterations(model: nn.Module, buffers: dict[str, torch.Tensor]
+                      ) -> list[tuple[nn.Module, list[str]]]:
+    """Spectral normalisations that run their power iteration (training mode), both
+    ``torch.nn.utils.parametrizations.spectral_norm`` and the older hook-based
+    ``torch.nn.utils.spectral_norm``: (the module whose training flag switches the iteration,
+    the full names of its ``u`` and ``v`` buffers)."""
+    from torch.nn.utils.parametrizations import _SpectralNorm
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    found = []
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        if not module.training:
+            continue
+        attrs = ["_u", "_v"] if isinstance(module, _SpectralNorm) else []
+        attrs += [f"{hook.name}{end}" for hook in module._forward_pre_hooks.values()
+                  if isinstance(hook, SpectralNorm) for end in ("_u", "_v")]
+        names = [dot + attr for attr in attrs if dot + attr in buffers]
+        if names:
+            found.append((module, names))
+    return found
+
+
+@contextlib.contextmanager
+def _attributes(changes: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """``setattr(obj, name, value)`` for each change, each put back on exit."""
+    before = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+    try:
+        for obj, name, value in changes:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in reversed(before):
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
+def _default_float64() -> Iterator[None]:
+    """torch's default dtype float64 (tensors a forward makes, ``torch.zeros(...)`` for an
+    initial hidden state, match the float64 stand-ins), then restored."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, seed: int = 0,
@@ -403,6 +472,9 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     device = model_device(model)
     if device.type == "mps":  # no float64 there: check on the CPU
         device = torch.device("cpu")
+    if any(nn.parameter.is_lazy(p) for p in model.parameters()):
+        raise ValueError("model: has uninitialised lazy parameters (LazyLinear, LazyConv2d, "
+                         "...): run one forward pass before checking it")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("model: has no parameter that requires a gradient")
@@ -438,7 +510,24 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     notes += [f"{name}: checked where the embedding's max_norm renormalisation left it, "
               "which the finite differences then skip (autograd does not differentiate it)"
               for name in renormed]
-    generators = _GlobalRandomState(seed, device)
+    # Embeddings' gradient options: sparse gradients are checked dense, and a row's
+    # scale_grad_by_freq (its gradient divided by its count in the batch, by definition not
+    # the loss's gradient) is switched off for the check.
+    weight_names = {id(p): n for n, p in named}
+    embedding_flags = [(m, flag, False) for m in model.modules()
+                       if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+                       for flag in ("scale_grad_by_freq", "sparse") if getattr(m, flag)]
+    notes += [f"{weight_names.get(id(m._parameters.get('weight')), 'an embedding')}: checked "
+              "without scale_grad_by_freq (which divides each row's gradient by its count in "
+              "the batch)"
+              for m, flag, _ in embedding_flags if flag == "scale_grad_by_freq"]
+    # Spectral normalisation's power iteration updates u and v in place, outside autograd:
+    # the finite differences hold them where the analytic pass left them (no iteration).
+    power = _power_iterations(model, working)
+    notes += [f"{names_[0].rpartition('.')[0] or 'the model'}: spectral normalisation's power "
+              "iteration is held at the analytic pass's u and v in the finite differences "
+              "(autograd does not differentiate it)" for _, names_ in power]
+    generators = _RandomStates(seed, device, model)
 
     def evaluate() -> torch.Tensor:
         if working:
@@ -469,21 +558,29 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     threads = 1 if device.type == "cpu" and small else None
     try:
         with (suspended(), _pinned_random_state(device), _intra_op_threads(threads),
+              _default_float64(), _attributes(embedding_flags),
               _reparametrize_module(model, stand_ins, tie_weights=True)):
             with torch.enable_grad():
                 loss = evaluate()
                 grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
             analytic = {n: (np.zeros_like(base[n]) if g is None
-                            else g.detach().to(device="cpu", dtype=torch.float64).numpy())
-                        for n, g in zip(names, grads)}
+                            else g.detach().to(device="cpu", dtype=torch.float64).to_dense()
+                            .numpy()) for n, g in zip(names, grads)}
             del loss, grads
             for name in renormed:  # the point the analytic pass renormalised
                 base[name] = leaves[name].detach().to(device="cpu",
                                                       dtype=torch.float64).numpy().copy()
             for name, pad in padded:  # (after the renormalisation, which may touch the row)
                 kinks.held_rows[id(leaves[name])] = (pad, leaves[name][pad].detach().clone())
-            report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
+            slot_of = dict(zip(working, slots))
+            for _, held in power:  # the u, v the analytic pass iterated to
+                for name in held:
+                    owner, attr = slot_of[name]
+                    buffers[name].copy_(owner._buffers[attr])
+            with _attributes([(module, "training", False) for module, _ in power]):
+                report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
             report.notes += notes
             return report
     finally:
         kinks.reset()
+        generators.restore()
