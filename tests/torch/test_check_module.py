@@ -767,3 +767,32 @@ def test_an_uninitialised_lazy_module_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="model: .*lazy.*forward pass"):
         check_module(nn.Sequential(nn.LazyLinear(3)), nn.MSELoss(), torch.randn(2, 4),
                      torch.randn(2, 3))
+
+
+class StopGradient(nn.Module):
+    """A straight-through estimator (``h + (round(h) - h).detach()``) and a detached
+    penalty: autograd treats both detached values as constants."""
+
+    def __init__(self, bug=None):
+        super().__init__()
+        self.a = CustomLinear(4, 4, bug=bug)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        quantised = h + (torch.round(h * 4) / 4 - h).detach()
+        return self.b(quantised) + (h.detach() ** 2).sum(1, keepdim=True)
+
+
+def test_stop_gradients_are_held_as_autograd_holds_them():
+    """Without holding the detached values, the finite differences see through them and
+    a.weight/a.bias read as wrong; held, the module passes and a planted bug in `a` is still
+    found."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 4), torch.randn(4, 2)
+    report = check_module(StopGradient(), nn.MSELoss(), x, y)
+    assert report.passed, report
+    assert any("2 detach() result(s)" in note for note in report.notes), report.notes
+    torch.manual_seed(0)
+    buggy = check_module(StopGradient(bug="factor2"), nn.MSELoss(), x, y)
+    assert buggy.failed == ["a.weight"], buggy

@@ -10,8 +10,9 @@ and the random generators put back (the global ones and any the model keeps as a
 attribute): dropout draws the same masks in the analytic pass and in every numerical
 evaluation. torch's default dtype is float64 meanwhile, so tensors the forward makes
 (``torch.zeros(...)``) match. What PyTorch computes outside autograd is held, as autograd
-holds it: an embedding's padding row and max_norm renormalisation, spectral normalisation's
-power iteration (its u and v stay where the analytic pass left them).
+holds it: the results of ``detach()`` (stop-gradients, straight-through estimators), an
+embedding's padding row and max_norm renormalisation, spectral normalisation's power
+iteration (its u and v stay where the analytic pass left them).
 
 Every numerical evaluation runs under a :class:`KinkRecorder` (a
 ``TorchFunctionMode``) that notes which side of each kink the forward pass is on,
@@ -218,10 +219,21 @@ class KinkRecorder(TorchFunctionMode):
         self.held_rows: dict[int, tuple[int, torch.Tensor]] = {}
         #: ids of embedding weights whose lookups skip their max_norm renormalisation
         self.no_renorm: set[int] = set()
+        #: the analytic pass (``recording``): only ``detach()`` calls are seen, their results
+        #: kept (None for a tensor that needed no gradient); the numerical passes get the
+        #: n-th kept result back from their n-th ``detach()``: a stop-gradient holds its value
+        #: for the finite differences as it does for autograd
+        self.recording = False
+        self.detached: list[torch.Tensor | None] = []
+        self._detaches = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name == "detach":
+            return self._detach(func, args, kwargs)
+        if self.recording:
+            return func(*args, **kwargs)
         if name == "embedding" and (self.held_rows or self.no_renorm):
             args, kwargs = self._embedding_args(args, kwargs)
         if name not in _KINK_NAMES:  # the common case (conv, linear, add, ...): no kink
@@ -259,8 +271,20 @@ class KinkRecorder(TorchFunctionMode):
                 kwargs["max_norm"] = None
         return args, kwargs
 
+    def _detach(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        out = func(*args, **kwargs)
+        if self.recording:
+            self.detached.append(out.clone() if args[0].requires_grad else None)
+            return out
+        index, self._detaches = self._detaches, self._detaches + 1
+        held = self.detached[index] if index < len(self.detached) else None
+        if held is None or held.shape != out.shape:  # not a stop-gradient (or another path)
+            return out
+        return held.clone()  # (a copy: the forward may write into what it detached)
+
     def reset(self) -> None:
         self.parts.clear()
+        self._detaches = 0
 
     def fingerprints(self) -> list[torch.Tensor]:
         """One float64 0-d tensor per recorded pattern (on its device)."""
@@ -560,8 +584,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
         with (suspended(), _pinned_random_state(device), _intra_op_threads(threads),
               _default_float64(), _attributes(embedding_flags),
               _reparametrize_module(model, stand_ins, tie_weights=True)):
-            with torch.enable_grad():
+            kinks.recording = True
+            with torch.enable_grad(), kinks:
                 loss = evaluate()
+            kinks.recording = False
+            with torch.enable_grad():
                 grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
             analytic = {n: (np.zeros_like(base[n]) if g is None
                             else g.detach().to(device="cpu", dtype=torch.float64).to_dense()
@@ -579,6 +606,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                     buffers[name].copy_(owner._buffers[attr])
             with _attributes([(module, "training", False) for module, _ in power]):
                 report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
+            held = sum(value is not None for value in kinks.detached)
+            if held:
+                notes.append(f"{held} detach() result(s) of the forward (stop-gradients) are held "
+                             "at the analytic pass's values in the finite differences, as "
+                             "autograd holds them")
             report.notes += notes
             return report
     finally:
