@@ -73,3 +73,17 @@ def test_trainer_fits_a_two_input_model_from_forward_inputs():
     assert [step for step, _ in check.reports] == [1, 4, 7]
     assert all(r.passed and list(r.params) == ["a.weight", "a.bias", "b.weight", "b.bias"]
                for _, r in check.reports)
+
+
+def test_concatenate_joins_every_batch_argument_and_keeps_the_others():
+    a = ForwardInputs((torch.zeros(2, 3), 0.5, (np.zeros(2), torch.zeros(2))),
+                      {"mask": np.array([True, False]), "extra": {"t": torch.arange(2)}})
+    b = ForwardInputs((torch.ones(3, 3), 0.7, (np.ones(3), torch.ones(3))),
+                      {"mask": np.array([False, True, True]), "extra": {"t": torch.arange(3)}})
+    joined = ForwardInputs.concatenate([a, b])
+    assert len(joined) == 5 and torch.equal(joined.args[0], torch.cat([a.args[0], b.args[0]]))
+    assert joined.args[1] == 0.5  # no batch: the first's
+    np.testing.assert_array_equal(joined.args[2][0], [0, 0, 1, 1, 1])
+    assert torch.equal(joined.args[2][1], torch.tensor([0.0, 0, 1, 1, 1]))
+    np.testing.assert_array_equal(joined.kwargs["mask"], [True, False, False, True, True])
+    assert torch.equal(joined.kwargs["extra"]["t"], torch.tensor([0, 1, 0, 1, 2]))

@@ -391,6 +391,43 @@ def test_gradient_check_runs_on_a_batch_of_several_forward_arguments():
     assert seen[0].kwargs == {"scale": 0.5} and len(seen[0][:2]) == 2
 
 
+def test_stepwise_accuracy_gap_on_a_batch_of_several_forward_arguments():
+    """AccuracyGapMonitor(every=N) keeps the first training examples it sees as host copies
+    and joins them: with a forward of several arguments they are ForwardInputs, joined
+    argument by argument; the gap is evaluated on them and on the validation subset."""
+    model = TwoInputNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (xt, yt), (xv, yv) = data(n_train=128, n_val=64)
+
+    def side(x):
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1).repeat(1, 2)
+
+    val = (ForwardInputs((xv, side(xv)), {"scale": 0.5}), yv)
+    gap = AccuracyGapMonitor(every=2, validation_data=val, subset=48)
+    mem = MemoryOutput()
+    criterion = nn.CrossEntropyLoss()
+    with watch(model, opt, criterion, callbacks=[gap], outputs=[mem], progress=False,
+               raise_errors=True) as w:
+        for start in range(0, 128, 32):
+            xb, yb = xt[start:start + 32], yt[start:start + 32]
+            loss = criterion(model(xb, side(xb), scale=0.5), yb)
+            w.loss(loss, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    kept, targets = gap._train_subset
+    assert isinstance(kept, ForwardInputs) and len(kept) == 48 and kept.kwargs == {"scale": 0.5}
+    np.testing.assert_array_equal(kept.args[0], xt[:48].numpy())
+    np.testing.assert_array_equal(targets, yt[:48].numpy())
+    written = mem.scalars_log["accuracy/train_subset"]
+    assert [step for step, _ in written] == [2, 4]
+    model.eval()
+    with torch.no_grad():  # the last evaluation saw the final model
+        expected = (model(xt[:48], side(xt[:48]), scale=0.5).argmax(1) == yt[:48]).float().mean()
+    assert written[-1][1] == pytest.approx(float(expected))
+    assert [step for step, _ in mem.scalars_log["accuracy/val_subset"]] == [2, 4]
+
+
 # -- no host reads on idle steps ---------------------------------------------------------------
 
 def reads_per_step(model, opt, callbacks, mem):

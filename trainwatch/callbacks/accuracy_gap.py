@@ -171,7 +171,7 @@ class AccuracyGapMonitor(Callback):
         if (state.step + 1) % every:
             return
         if self._train_subset is None:
-            self._finish_collecting()
+            self._finish_collecting(state)
         backend = state.backend
         train_loss, train_acc = backend.evaluate(*self._train_subset)
         val_loss, val_acc = backend.evaluate(*self._val_subset)
@@ -208,13 +208,13 @@ class AccuracyGapMonitor(Callback):
         self._train_parts.append((xb, yb))
         self._train_seen += len(xb)
         if self._train_seen >= self.subset:
-            self._finish_collecting()
+            self._finish_collecting(state)
 
-    def _finish_collecting(self) -> None:
+    def _finish_collecting(self, state: RunState) -> None:
         """Freeze the training subset (also when fewer than ``subset`` examples were seen)."""
         parts, self._train_parts = self._train_parts, []
-        self._train_subset = (np.concatenate([p[0] for p in parts]),
-                              np.concatenate([p[1] for p in parts]))
+        join = state.backend.concatenate
+        self._train_subset = (join([p[0] for p in parts]), join([p[1] for p in parts]))
 
     def _evaluate(self, state: RunState, step: int, train_acc: float, val_acc: float,
                   train_loss: float | None, val_loss: float | None) -> None:

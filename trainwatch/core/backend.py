@@ -281,6 +281,11 @@ class Backend(ABC):
         """A host numpy copy of a batch (inputs or targets) from the training loop."""
         return np.array(x, copy=True)
 
+    def concatenate(self, batches: Sequence[Any]) -> Any:
+        """One batch holding the examples of ``batches`` (host copies from :meth:`to_host`),
+        in order."""
+        return np.concatenate(batches)
+
     def count_correct(self, predictions: Any, targets: Any) -> Any:
         """How many rows are classified right, as a framework scalar (on a GPU it stays on
         the device: read it later with :meth:`scalars_to_host`)."""

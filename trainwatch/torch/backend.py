@@ -215,6 +215,20 @@ def as_tensor(value: Any, device: torch.device, float_dtype: torch.dtype) -> Any
     return value
 
 
+def _host_copy(value: Any) -> Any:
+    """A host numpy copy of a tensor or array, inside tuples, lists and dicts too; other
+    values as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy().copy()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_host_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    return value
+
+
 def _forward_inputs(inputs: Any) -> Any:
     """A batch as the model takes it: a tuple (a Trainer batch of several inputs) is the
     forward's positional arguments."""
@@ -396,10 +410,17 @@ class TorchBackend(Backend):
         still there to name); a CUDA one is a device sync."""
         return self._on_cpu
 
-    def to_host(self, x: Any) -> np.ndarray:
+    def to_host(self, x: Any) -> Any:
+        if isinstance(x, ForwardInputs):  # a host copy of each tensor or array argument
+            return x.map(_host_copy)
         if isinstance(x, torch.Tensor):
             return x.detach().cpu().numpy().copy()
         return np.array(x, copy=True)
+
+    def concatenate(self, batches: Sequence[Any]) -> Any:
+        if isinstance(batches[0], ForwardInputs):
+            return ForwardInputs.concatenate(batches)
+        return super().concatenate(batches)
 
     def scalars_to_host(self, values: Sequence[Any]) -> list[float]:
         """Python floats of many 0-d tensors (or numbers) in one transfer, e.g. the losses of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,16 @@ class ForwardInputs:
         return ForwardInputs(tuple(fn(a) for a in self.args),
                              {k: fn(v) for k, v in self.kwargs.items()})
 
+    @staticmethod
+    def concatenate(parts: Sequence[ForwardInputs]) -> ForwardInputs:
+        """The examples of several batches of one forward as one batch: every tensor or array
+        argument joined along dim 0 (inside tuples, lists and dicts too), the other arguments
+        the first batch's."""
+        first = parts[0]
+        return ForwardInputs(
+            tuple(_joined([p.args[i] for p in parts]) for i in range(len(first.args))),
+            {k: _joined([p.kwargs[k] for p in parts]) for k in first.kwargs})
+
     def __getitem__(self, index: slice) -> ForwardInputs:
         return self.map(lambda v: _sliced(v, index))
 
@@ -63,6 +73,17 @@ def _sliced(value: Any, index: slice) -> Any:
     if isinstance(value, dict):
         return {k: _sliced(v, index) for k, v in value.items()}
     return value
+
+
+def _joined(values: list[Any]) -> Any:
+    first = values[0]
+    if _is_batch(first):
+        return torch.cat(values) if isinstance(first, torch.Tensor) else np.concatenate(values)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_joined([v[i] for v in values]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _joined([v[k] for v in values]) for k in first}
+    return first
 
 
 def _batch_size(value: Any) -> int | None:
