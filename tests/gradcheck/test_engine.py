@@ -127,6 +127,32 @@ def test_max_seconds_leaves_the_first_evaluation_out_of_the_extrapolation():
     assert stopped.value.evaluations == 1  # past the limit after the first one
 
 
+def test_a_known_evaluation_time_stops_a_check_that_cannot_fit_before_its_first_evaluation():
+    """With ``evaluation_seconds`` (a lower bound known beforehand), a check whose planned
+    evaluations cannot fit ``max_seconds`` stops without calling the loss; one that fits runs
+    as without it."""
+    case = make_tanh_mlp()
+    calls = []
+
+    def counted(params):
+        calls.append(1)
+        return case.loss_fn(params)
+
+    full = check_gradients(counted, case.params, case.grads, seed=1)
+    planned = len(calls)
+    calls.clear()
+    with pytest.raises(CheckTimeout) as stopped:
+        check_gradients(counted, case.params, case.grads, seed=1, max_seconds=1.0,
+                        evaluation_seconds=0.1)
+    assert calls == [] and stopped.value.evaluations == 0
+    assert stopped.value.estimated_seconds == pytest.approx(0.1 * planned)
+    fits = check_gradients(counted, case.params, case.grads, seed=1, max_seconds=60.0,
+                           evaluation_seconds=1e-4)
+    assert fits.to_dict() | {"seconds": 0} == full.to_dict() | {"seconds": 0}
+    with pytest.raises(ValueError, match=r"^evaluation_seconds: must be > 0"):
+        check_gradients(counted, case.params, case.grads, evaluation_seconds=-1)
+
+
 def test_unknown_options_raise_type_error_naming_all_of_them():
     case = make_tanh_mlp()
     with pytest.raises(TypeError) as info:

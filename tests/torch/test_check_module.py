@@ -2,6 +2,7 @@
 comes back untouched."""
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -796,3 +797,32 @@ def test_stop_gradients_are_held_as_autograd_holds_them():
     torch.manual_seed(0)
     buggy = check_module(StopGradient(bug="factor2"), nn.MSELoss(), x, y)
     assert buggy.failed == ["a.weight"], buggy
+
+
+class SlowForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        time.sleep(0.01)
+        return self.a(x)
+
+
+def test_a_check_that_cannot_fit_its_time_limit_stops_after_the_analytic_pass():
+    """The analytic pass (a forward and a backward) tells how long an evaluation takes at
+    least: a check whose evaluations cannot fit max_seconds stops before any of them, with
+    an estimate of its whole length; the model comes back untouched."""
+    from trainwatch.gradcheck import CheckTimeout
+
+    model = SlowForward()
+    x, y = torch.randn(3, 4), torch.randn(3, 2)
+    before = snapshot(model)
+    with pytest.raises(CheckTimeout) as stopped:
+        check_module(model, nn.MSELoss(), x, y, max_seconds=0.05)
+    assert model.forwards == 1 and stopped.value.evaluations == 0
+    assert stopped.value.estimated_seconds > 0.05
+    assert_untouched(model, before)
+    assert check_module(model, nn.MSELoss(), x, y, max_seconds=30.0).passed

@@ -18,8 +18,8 @@ bugs of the engine's zoo are all caught with these probes (20 seeds). On the dem
 takes ~12 ms of CPU; with ``every=1000`` and ``warmup_steps=50`` the demo (20 epochs of the
 digits CNN, 460 steps, ~0.9 s of CPU) runs one, at step 50: ~1.3 % of its training time,
 within the 2 % budget (``benchmarks/gradcheck_overhead.py``). A first check that would
-outlast ``time_limit`` (1 s) stops, after three loss evaluations that show it, and waits for the
-budget instead of stalling a big model's run.
+outlast ``time_limit`` (1 s) stops, after its analytic pass or three loss evaluations that show
+it, and waits for the budget instead of stalling a big model's run.
 Steps between checks cost one integer comparison (~0.1 µs with the hook call).
 """
 
@@ -94,12 +94,13 @@ class GradientCheck(Callback):
             None: no budget.
         time_limit: seconds the first check may take regardless of the budget (default 1.0;
             with ``budget`` only). A first check that would take longer stops (info alert
-            ``gradcheck.deferred``, once): as soon as its first three loss evaluations show it,
-            at the limit otherwise. It runs again, in full, once the budget allows its
-            estimated length: a small model is checked right after the warm-up, a model
-            whose check takes minutes (a ResNet in float64) not before the run is long
-            enough to afford it, and its first attempt costs three evaluations, not
-            ``time_limit``.
+            ``gradcheck.deferred``, once): on a torch model as soon as its analytic pass
+            shows it (an evaluation is a forward pass, a third of it), else as soon as its
+            first three loss evaluations do, at the limit otherwise. It runs again, in full,
+            once the budget allows its estimated length: a small model is checked right
+            after the warm-up, a model whose check takes minutes (a ResNet in float64) not
+            before the run is long enough to afford it, and its first attempt costs an
+            analytic pass (or three evaluations), not ``time_limit``.
         **options: passed to the engine: ``coordinates`` (default 1 here), ``directions``
             (default 1 here), ``h``, ``thresholds``, ``depth_allowance``, ... (see
             :data:`trainwatch.gradcheck.DEFAULTS`). Unknown names raise TypeError, bad values

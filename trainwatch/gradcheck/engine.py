@@ -97,6 +97,11 @@ DEFAULTS: dict[str, Any] = {
     # stop with CheckTimeout once the check has run this many seconds, or as soon as its
     # evaluations so far show that it would (None: no limit)
     "max_seconds": None,
+    # with max_seconds: a lower bound on one evaluation's seconds known before the check
+    # (check_module passes a third of its analytic pass, a forward and a backward); a check
+    # whose planned evaluations cannot fit at that speed stops before the first (None: the
+    # first evaluations tell)
+    "evaluation_seconds": None,
 }
 
 EPS: dict[str, float] = {name: float(np.finfo(name).eps)
@@ -130,6 +135,7 @@ class Options:
     repeats: int
     precision: str
     max_seconds: float | None
+    evaluation_seconds: float | None
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> Options:
@@ -164,6 +170,8 @@ class Options:
                               ("auto", "float64", "float32", "float16")),
             max_seconds=None if v["max_seconds"] is None else _positive("max_seconds",
                                                                         v["max_seconds"]),
+            evaluation_seconds=(None if v["evaluation_seconds"] is None
+                                else _positive("evaluation_seconds", v["evaluation_seconds"])),
         )
 
 
@@ -977,12 +985,16 @@ def check_gradients(loss_fn: LossFn, params: Mapping[str, Any], grads: Mapping[s
         raise ValueError(f"sweep: must be True or False, got {sweep!r}")
 
     started = time.perf_counter()
-    work, dtypes = _copies(params)
-    sections = [[n for n in work if n in grads]]
+    sections = [[n for n in params if n in grads]]
     if reg_grads is not None:
-        sections.append([n for n in work if n in reg_grads])
-    deadline = (None if opts.max_seconds is None
-                else _Deadline(opts.max_seconds, _planned_evaluations(work, sections, opts)))
+        sections.append([n for n in params if n in reg_grads])
+    planned = _planned_evaluations({n: np.asarray(p) for n, p in params.items()}, sections, opts)
+    if opts.max_seconds is not None and opts.evaluation_seconds is not None:
+        estimate = planned * opts.evaluation_seconds
+        if estimate > opts.max_seconds:  # cannot fit: stop before copying anything
+            raise CheckTimeout(time.perf_counter() - started, 0, estimate)
+    work, dtypes = _copies(params)
+    deadline = None if opts.max_seconds is None else _Deadline(opts.max_seconds, planned)
     root = np.random.SeedSequence(int(seed))
     data_seq, reg_seq = root.spawn(2)
     evaluations = 0

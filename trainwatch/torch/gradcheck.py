@@ -39,6 +39,7 @@ import ctypes
 import functools
 import inspect
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -584,6 +585,7 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
         with (suspended(), _pinned_random_state(device), _intra_op_threads(threads),
               _default_float64(), _attributes(embedding_flags),
               _reparametrize_module(model, stand_ins, tie_weights=True)):
+            started = time.perf_counter()
             kinks.recording = True
             with torch.enable_grad(), kinks:
                 loss = evaluate()
@@ -594,6 +596,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                             else g.detach().to(device="cpu", dtype=torch.float64).to_dense()
                             .numpy()) for n, g in zip(names, grads)}
             del loss, grads
+            if options.get("max_seconds") is not None:
+                # an evaluation is a forward pass, about a third of the analytic pass: a
+                # check that cannot fit its time limit stops now, not after 3 evaluations
+                options = {"evaluation_seconds": (time.perf_counter() - started) / 3,
+                           **options}
             for name in renormed:  # the point the analytic pass renormalised
                 base[name] = leaves[name].detach().to(device="cpu",
                                                       dtype=torch.float64).numpy().copy()
