@@ -590,3 +590,48 @@ def test_bad_losses_and_metrics_are_reported_once_and_never_stop_training():
     assert mem.steps("loss/train") == [3]  # only the scalar loss was recorded
     assert mem.steps("accuracy/val") == [2, 3, 4]  # "high" left out, the rest written
     assert mem.steps("loss/val") == [1, 2, 3, 4]
+
+
+def test_a_watched_model_can_be_deep_copied_pickled_and_saved_and_the_copy_is_not_watched(
+        tmp_path):
+    """copy.deepcopy(model) (an EMA model, a best-model snapshot) and torch.save(model) copy
+    the module's hooks: they must not drag the watcher along (its writers hold locks: this
+    raised "cannot pickle '_thread.lock'"), and the copy's forwards are not the watched
+    model's batches. Also during a step that captures activations."""
+    import copy
+    import pickle
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    seen = []
+
+    class Batches(Callback):
+        def on_batch_begin(self, state):
+            seen.append(state.step)
+
+    w = watch(model, opt, criterion, logdir=tmp_path, progress=False, raise_errors=True,
+              callbacks=[HistogramMonitor(every=2), Batches()])
+    torch.manual_seed(0)
+    copies = []
+    for _ in range(4):
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+        out = model(x)  # on even steps the layers are capturing now
+        copies.append(copy.deepcopy(model))
+        loss = criterion(out, y)
+        w.loss(loss, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema = copies[-1].train()
+        ema(torch.randn(8, 4)).sum().backward()  # a training forward of the copy: not watched
+    saved = tmp_path / "model.pt"
+    torch.save(model, saved)
+    pickle.loads(pickle.dumps(opt))
+    loaded = torch.load(saved, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert w.step == 4 and seen == [0, 1, 2, 3]
+    w.close()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert "callback.error" not in {a.code for a in w.monitor.alerts.history}

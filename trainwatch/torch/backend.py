@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -213,6 +213,29 @@ def as_tensor(value: Any, device: torch.device, float_dtype: torch.dtype) -> Any
     if isinstance(value, ForwardInputs):
         return value.map(lambda v: as_tensor(v, device, float_dtype))
     return value
+
+
+class CopySafeHook:
+    """A hook trainwatch puts on the user's model or optimizer: it calls ``fn`` while the
+    original lives, and becomes inert in a copy. ``copy.deepcopy(model)`` (an EMA model, a
+    best-model snapshot), ``pickle`` and ``torch.save(model)`` copy a module's hooks; a bound
+    method or closure of trainwatch's would drag the watcher (its writers, locks, threads)
+    along and fail, or make the copy report to the original's watcher. The copy's hook does
+    nothing: the copy is not watched."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any] | None):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return None if self.fn is None else self.fn(*args)
+
+    def __deepcopy__(self, memo: dict) -> CopySafeHook:
+        return CopySafeHook(None)
+
+    def __reduce__(self) -> tuple:
+        return (CopySafeHook, (None,))
 
 
 def _host_copy(value: Any) -> Any:
@@ -443,7 +466,8 @@ class TorchBackend(Backend):
         if self._handles:
             return
         for name, module in self._leaves:
-            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+            self._handles.append(
+                module.register_forward_hook(CopySafeHook(self._make_hook(name))))
 
     def _make_hook(self, name: str):
         # These run inside the model's forward and backward: they must never raise there (a

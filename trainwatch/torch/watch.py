@@ -29,7 +29,13 @@ from torch import nn
 from trainwatch.core.callback import Callback
 from trainwatch.core.monitor import Monitor
 from trainwatch.core.state import RunState
-from trainwatch.torch.backend import TorchBackend, acc_dtype, is_suspended, stack_scalars
+from trainwatch.torch.backend import (
+    CopySafeHook,
+    TorchBackend,
+    acc_dtype,
+    is_suspended,
+    stack_scalars,
+)
 from trainwatch.torch.inputs import ForwardInputs
 
 
@@ -78,10 +84,12 @@ class Watcher:
         self._await_output = False
         self._predictions: Any = None
         self._handles = [
-            model.register_forward_pre_hook(self._forward_pre, with_kwargs=True),
-            model.register_forward_hook(self._forward_post),
-            optimizer.register_step_pre_hook(self._step_pre),
-            optimizer.register_step_post_hook(self._step_post),
+            # (copy-safe: copy.deepcopy(model) or torch.save(model) while watched works, and
+            # the copy is not watched)
+            model.register_forward_pre_hook(CopySafeHook(self._forward_pre), with_kwargs=True),
+            model.register_forward_hook(CopySafeHook(self._forward_post)),
+            optimizer.register_step_pre_hook(CopySafeHook(self._step_pre)),
+            optimizer.register_step_post_hook(CopySafeHook(self._step_post)),
         ]
         self.monitor.train_begin(epochs, steps_per_epoch)
 
