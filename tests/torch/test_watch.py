@@ -635,3 +635,31 @@ def test_a_watched_model_can_be_deep_copied_pickled_and_saved_and_the_copy_is_no
     w.close()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert "callback.error" not in {a.code for a in w.monitor.alerts.history}
+
+
+def test_without_targets_or_a_loss_function_gradient_checks_say_so_and_training_goes_on():
+    """A loop that reports no targets gets one info alert naming what is missing and how to
+    give it; watch(..., loss_fn=None) leaves GradientCheck out of the defaults (nothing to
+    check with) instead of failing at its first check."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    w = watch(model, opt, criterion, progress=False, raise_errors=True,
+              callbacks=[GradientCheck(warmup_steps=2, budget=None)])
+    no_loss_fn = watch(nn.Linear(2, 2), torch.optim.SGD(model.parameters(), lr=0.1),
+                       progress=False)
+    assert not any(isinstance(cb, GradientCheck) for cb in no_loss_fn.monitor.callbacks)
+    assert any(isinstance(cb, UpdateRatioMonitor) for cb in no_loss_fn.monitor.callbacks)
+    no_loss_fn.close()
+    for _ in range(5):
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+        loss = criterion(model(x), y)
+        w.loss(loss)  # no targets
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w.close()
+    skipped = [a for a in w.monitor.alerts.history if a.code == "gradcheck.skipped"]
+    assert len(skipped) == 1 and skipped[0].step == 2
+    assert "its targets" in skipped[0].message and "inputs" not in skipped[0].message
+    assert "watcher.loss(loss, targets)" in skipped[0].suggestion

@@ -189,10 +189,16 @@ class GradientCheck(Callback):
             return
         if state.inputs is None or state.targets is None:
             self._next_check = state.step + 1
+            missing = " and ".join(what for what, value in (("inputs", state.inputs),
+                                                            ("targets", state.targets))
+                                   if value is None)
             state.alerts.fire(
                 "gradcheck.skipped", "info",
-                "GradientCheck needs the batch, but the loop did not give it", state.step,
-                suggestion="pass the batch to Monitor.batch_begin(inputs, targets)")
+                f"GradientCheck needs the batch, but the loop did not give its {missing}",
+                state.step,
+                suggestion="with trainwatch.torch.watch, report the targets: "
+                           "watcher.loss(loss, targets); in a loop of your own, "
+                           "Monitor.batch_begin(inputs, targets)")
             return
         if self._over_budget():
             self._next_check = state.step + 1

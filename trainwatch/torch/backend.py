@@ -664,7 +664,8 @@ class TorchBackend(Backend):
         from trainwatch.torch.gradcheck import check_module
 
         if self.loss_fn is None:
-            raise ValueError("loss: a loss function is needed for gradient checks")
+            raise ValueError("loss_fn: gradient checks need the loss function "
+                             "(watch(model, optimizer, loss_fn), or GradientCheck left out)")
         return check_module(self._module, self.loss_fn, _forward_inputs(inputs), targets,
                             seed=seed, **options)
 

@@ -69,9 +69,11 @@ class Watcher:
         self.optimizer = optimizer
         self.backend = TorchBackend(model, loss_fn, optimizer)
         if callbacks is None:
-            from trainwatch.callbacks import default_callbacks
+            from trainwatch.callbacks import GradientCheck, default_callbacks
 
             callbacks = default_callbacks(figures=figures)
+            if loss_fn is None:  # no loss function to check with
+                callbacks = [cb for cb in callbacks if not isinstance(cb, GradientCheck)]
         self.monitor = Monitor(self.backend, logdir=logdir, callbacks=callbacks,
                                **monitor_kwargs)
         self._in_step = False
@@ -291,7 +293,7 @@ def watch(
         model: the ``nn.Module`` being trained (its training-mode forwards mark batches).
         optimizer: its optimizer (its step hooks mark the backward's end and the step).
         loss_fn: the loss ``loss_fn(outputs, targets)`` (needed by gradient checks and
-            validation; None switches those off).
+            validation; None leaves GradientCheck out of the default callbacks).
         logdir: folder for TensorBoard files and ``alerts.jsonl`` (None: nothing on disk).
         callbacks: None (default) for :func:`~trainwatch.callbacks.default_callbacks`.
         **monitor_kwargs: ``figures`` (with the default callbacks, also draw the
