@@ -411,6 +411,23 @@ def _buffer_slots(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, s
     return slots
 
 
+def _embedding_gradient_flags(model: nn.Module) -> list[tuple[nn.Module, str, bool]]:
+    """(embedding, flag, False) for each gradient option an embedding has switched on:
+    ``sparse`` (its gradient is then checked dense) and ``scale_grad_by_freq`` (each row's
+    gradient divided by its count in the batch: by definition not the loss's gradient, so
+    it is switched off for the check). For :func:`_attributes`."""
+    return [(m, flag, False) for m in model.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+            for flag in ("scale_grad_by_freq", "sparse") if getattr(m, flag)]
+
+
+def _weight_name(module: nn.Module, named: list[tuple[str, nn.Parameter]]) -> str:
+    """The ``named_parameters()`` name of a module's own ``weight`` (read from
+    ``_parameters``: a parametrised weight would be computed)."""
+    weight = module._parameters.get("weight")
+    return next((n for n, p in named if p is weight), type(module).__name__)
+
+
 def _power_iterations(model: nn.Module, buffers: dict[str, torch.Tensor]
                       ) -> list[tuple[nn.Module, list[str]]]:
     """Spectral normalisations that run their power iteration (training mode), both
@@ -535,23 +552,16 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     notes += [f"{name}: checked where the embedding's max_norm renormalisation left it, "
               "which the finite differences then skip (autograd does not differentiate it)"
               for name in renormed]
-    # Embeddings' gradient options: sparse gradients are checked dense, and a row's
-    # scale_grad_by_freq (its gradient divided by its count in the batch, by definition not
-    # the loss's gradient) is switched off for the check.
-    weight_names = {id(p): n for n, p in named}
-    embedding_flags = [(m, flag, False) for m in model.modules()
-                       if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
-                       for flag in ("scale_grad_by_freq", "sparse") if getattr(m, flag)]
-    notes += [f"{weight_names.get(id(m._parameters.get('weight')), 'an embedding')}: checked "
-              "without scale_grad_by_freq (which divides each row's gradient by its count in "
-              "the batch)"
+    embedding_flags = _embedding_gradient_flags(model)
+    notes += [f"{_weight_name(m, named)}: checked without scale_grad_by_freq (which divides "
+              "each row's gradient by its count in the batch)"
               for m, flag, _ in embedding_flags if flag == "scale_grad_by_freq"]
     # Spectral normalisation's power iteration updates u and v in place, outside autograd:
     # the finite differences hold them where the analytic pass left them (no iteration).
     power = _power_iterations(model, working)
-    notes += [f"{names_[0].rpartition('.')[0] or 'the model'}: spectral normalisation's power "
+    notes += [f"{uv[0].rpartition('.')[0] or 'the model'}: spectral normalisation's power "
               "iteration is held at the analytic pass's u and v in the finite differences "
-              "(autograd does not differentiate it)" for _, names_ in power]
+              "(autograd does not differentiate it)" for _, uv in power]
     generators = _RandomStates(seed, device, model)
 
     def evaluate() -> torch.Tensor:
