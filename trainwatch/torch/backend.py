@@ -26,7 +26,7 @@ from trainwatch.core.backend import (
     TensorNorms,
 )
 from trainwatch.outputs.base import HistogramData
-from trainwatch.torch.inputs import ForwardInputs
+from trainwatch.torch.inputs import ForwardInputs, map_arrays
 
 # -- suspension: trainwatch's own forward passes (gradient checks, evaluation) must not be seen
 # by trainwatch's hooks (activation capture, the watcher's batch detection).
@@ -195,24 +195,20 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 def as_tensor(value: Any, device: torch.device, float_dtype: torch.dtype) -> Any:
     """A batch on ``device``: numpy floats become ``float_dtype``, numpy integers int64;
-    tensors only move device; tuples/lists/dicts are converted item by item."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device=device, non_blocking=True)
-    if isinstance(value, np.ndarray):
-        if np.issubdtype(value.dtype, np.floating):
-            return torch.as_tensor(np.ascontiguousarray(value), dtype=float_dtype, device=device)
-        if np.issubdtype(value.dtype, np.integer):
-            return torch.as_tensor(np.ascontiguousarray(value), dtype=torch.int64, device=device)
-        if value.dtype == np.bool_:
-            return torch.as_tensor(value, device=device)
-        raise TypeError(f"cannot convert a numpy array of {value.dtype} to a tensor")
-    if isinstance(value, (tuple, list)):
-        return type(value)(as_tensor(v, device, float_dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: as_tensor(v, device, float_dtype) for k, v in value.items()}
-    if isinstance(value, ForwardInputs):
-        return value.map(lambda v: as_tensor(v, device, float_dtype))
-    return value
+    tensors only move device; tuples/lists/dicts (and ForwardInputs) are converted item by
+    item."""
+    def convert(a: Any) -> torch.Tensor:
+        if isinstance(a, torch.Tensor):
+            return a.to(device=device, non_blocking=True)
+        if np.issubdtype(a.dtype, np.floating):
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=float_dtype, device=device)
+        if np.issubdtype(a.dtype, np.integer):
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64, device=device)
+        if a.dtype == np.bool_:
+            return torch.as_tensor(a, device=device)
+        raise TypeError(f"cannot convert a numpy array of {a.dtype} to a tensor")
+
+    return map_arrays(convert, value)
 
 
 class CopySafeHook:
@@ -238,18 +234,11 @@ class CopySafeHook:
         return (CopySafeHook, (None,))
 
 
-def _host_copy(value: Any) -> Any:
-    """A host numpy copy of a tensor or array, inside tuples, lists and dicts too; other
-    values as they are."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy().copy()
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_host_copy(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _host_copy(v) for k, v in value.items()}
-    return value
+def _host_copy(a: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A host numpy copy of a tensor or array."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy().copy()
+    return a.copy()
 
 
 def _forward_inputs(inputs: Any) -> Any:
@@ -434,10 +423,8 @@ class TorchBackend(Backend):
         return self._on_cpu
 
     def to_host(self, x: Any) -> Any:
-        if isinstance(x, ForwardInputs):  # a host copy of each tensor or array argument
-            return x.map(_host_copy)
-        if isinstance(x, torch.Tensor):
-            return x.detach().cpu().numpy().copy()
+        if isinstance(x, (ForwardInputs, torch.Tensor)):  # (each tensor or array argument)
+            return map_arrays(_host_copy, x)
         return np.array(x, copy=True)
 
     def concatenate(self, batches: Sequence[Any]) -> Any:

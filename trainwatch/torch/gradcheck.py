@@ -51,7 +51,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from torch.overrides import TorchFunctionMode
 
 from trainwatch.torch.backend import model_device, suspended
-from trainwatch.torch.inputs import ForwardInputs
+from trainwatch.torch.inputs import ForwardInputs, map_arrays
 
 #: on the CPU, models up to this many parameters are checked with one intra-op thread
 SINGLE_THREAD_PARAMETERS = 1_000_000
@@ -59,25 +59,20 @@ SINGLE_THREAD_PARAMETERS = 1_000_000
 
 def _to_float64(value: Any, device: torch.device) -> Any:
     """Inputs/targets for the check: floating tensors/arrays in float64 on ``device``,
-    integers int64; tuples, lists and dicts converted item by item."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.is_floating_point():
-            return value.to(device=device, dtype=torch.float64)
-        return value.to(device=device)
-    if isinstance(value, np.ndarray):
-        if np.issubdtype(value.dtype, np.floating):
-            return torch.tensor(value, dtype=torch.float64, device=device)
-        if np.issubdtype(value.dtype, np.integer):
-            return torch.tensor(value, dtype=torch.int64, device=device)
-        return torch.tensor(value, device=device)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_float64(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_float64(v, device) for k, v in value.items()}
-    if isinstance(value, ForwardInputs):
-        return value.map(lambda v: _to_float64(v, device))
-    return value
+    integers int64; tuples, lists, dicts and ForwardInputs converted item by item."""
+    def convert(a: Any) -> torch.Tensor:
+        if isinstance(a, torch.Tensor):
+            a = a.detach()
+            if a.is_floating_point():
+                return a.to(device=device, dtype=torch.float64)
+            return a.to(device=device)
+        if np.issubdtype(a.dtype, np.floating):
+            return torch.tensor(a, dtype=torch.float64, device=device)
+        if np.issubdtype(a.dtype, np.integer):
+            return torch.tensor(a, dtype=torch.int64, device=device)
+        return torch.tensor(a, device=device)
+
+    return map_arrays(convert, value)
 
 
 def _float64_copy(t: torch.Tensor) -> torch.Tensor:

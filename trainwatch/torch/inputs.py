@@ -30,10 +30,6 @@ class ForwardInputs:
         """``model(*args, **kwargs)``."""
         return model(*self.args, **self.kwargs)
 
-    def map(self, fn: Callable[[Any], Any]) -> ForwardInputs:
-        """A copy with ``fn`` applied to every argument (``fn`` handles containers itself)."""
-        return ForwardInputs(tuple(fn(a) for a in self.args),
-                             {k: fn(v) for k, v in self.kwargs.items()})
 
     @staticmethod
     def concatenate(parts: Sequence[ForwardInputs]) -> ForwardInputs:
@@ -46,7 +42,7 @@ class ForwardInputs:
             {k: _joined([p.kwargs[k] for p in parts]) for k in first.kwargs})
 
     def __getitem__(self, index: slice) -> ForwardInputs:
-        return self.map(lambda v: _sliced(v, index))
+        return map_arrays(lambda a: a[index] if a.ndim >= 1 else a, self)
 
     def __len__(self) -> int:
         for value in (*self.args, *self.kwargs.values()):
@@ -65,13 +61,17 @@ def _is_batch(value: Any) -> bool:
     return isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim >= 1
 
 
-def _sliced(value: Any, index: slice) -> Any:
-    if _is_batch(value):
-        return value[index]
+def map_arrays(fn: Callable[[Any], Any], value: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor and numpy array in it, inside tuples,
+    lists, dicts and :class:`ForwardInputs`; other values as they are."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return fn(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(_sliced(v, index) for v in value)
+        return type(value)(map_arrays(fn, v) for v in value)
     if isinstance(value, dict):
-        return {k: _sliced(v, index) for k, v in value.items()}
+        return {k: map_arrays(fn, v) for k, v in value.items()}
+    if isinstance(value, ForwardInputs):
+        return ForwardInputs(map_arrays(fn, value.args), map_arrays(fn, value.kwargs))
     return value
 
 
