@@ -380,14 +380,9 @@ def _embedding_weights(model: nn.Module, named: list[tuple[str, nn.Parameter]]
                        ) -> tuple[list[tuple[str, int]], list[str]]:
     """The checked embedding weights with a padding row, as (name, padding_idx), and those
     with a max_norm, by their ``named_parameters()`` names (tied weights under their first)."""
-    names = {id(p): n for n, p in named}
     padded, renormed = [], []
     for module in model.modules():
-        # (read from _parameters: reading a parametrised weight would compute it, and a
-        # spectral norm's power iteration would write the model's u and v)
-        if not isinstance(module, nn.Embedding):
-            continue
-        name = names.get(id(module._parameters.get("weight")))
+        name = _weight_name(module, named) if isinstance(module, nn.Embedding) else None
         if name is None:
             continue
         if module.padding_idx is not None:
@@ -397,12 +392,12 @@ def _embedding_weights(model: nn.Module, named: list[tuple[str, nn.Parameter]]
     return padded, renormed
 
 
-def _buffer_slots(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, str]]:
-    """(owning module, attribute) of each named buffer."""
-    slots = []
+def _buffer_slots(model: nn.Module, names: list[str]) -> dict[str, tuple[nn.Module, str]]:
+    """Name -> (owning module, attribute) of each named buffer."""
+    slots = {}
     for name in names:
         prefix, _, attr = name.rpartition(".")
-        slots.append((model.get_submodule(prefix), attr))
+        slots[name] = (model.get_submodule(prefix), attr)
     return slots
 
 
@@ -416,11 +411,12 @@ def _embedding_gradient_flags(model: nn.Module) -> list[tuple[nn.Module, str, bo
             for flag in ("scale_grad_by_freq", "sparse") if getattr(m, flag)]
 
 
-def _weight_name(module: nn.Module, named: list[tuple[str, nn.Parameter]]) -> str:
-    """The ``named_parameters()`` name of a module's own ``weight`` (read from
-    ``_parameters``: a parametrised weight would be computed)."""
+def _weight_name(module: nn.Module, named: list[tuple[str, nn.Parameter]]) -> str | None:
+    """The name in ``named`` of a module's own ``weight``, or None (not checked). Read from
+    ``_parameters``: reading a parametrised weight would compute it, and a spectral norm's
+    power iteration would write the model's u and v."""
     weight = module._parameters.get("weight")
-    return next((n for n, p in named if p is weight), type(module).__name__)
+    return next((n for n, p in named if p is weight), None)
 
 
 def _power_iterations(model: nn.Module, buffers: dict[str, torch.Tensor]
@@ -548,8 +544,8 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
               "which the finite differences then skip (autograd does not differentiate it)"
               for name in renormed]
     embedding_flags = _embedding_gradient_flags(model)
-    notes += [f"{_weight_name(m, named)}: checked without scale_grad_by_freq (which divides "
-              "each row's gradient by its count in the batch)"
+    notes += [f"{_weight_name(m, named) or type(m).__name__}: checked without "
+              "scale_grad_by_freq (which divides each row's gradient by its count in the batch)"
               for m, flag, _ in embedding_flags if flag == "scale_grad_by_freq"]
     # Spectral normalisation's power iteration updates u and v in place, outside autograd:
     # the finite differences hold them where the analytic pass left them (no iteration).
@@ -562,7 +558,7 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     def evaluate() -> torch.Tensor:
         if working:
             torch._foreach_copy_(list(working.values()), list(buffers.values()))
-            for (owner, attr), tensor in zip(slots, working.values()):
+            for (owner, attr), tensor in zip(slots.values(), working.values()):
                 if owner._buffers.get(attr) is not tensor:
                     owner._buffers[attr] = tensor
         generators.reset()
@@ -611,10 +607,9 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                                                       dtype=torch.float64).numpy().copy()
             for name, pad in padded:  # (after the renormalisation, which may touch the row)
                 kinks.held_rows[id(leaves[name])] = (pad, leaves[name][pad].detach().clone())
-            slot_of = dict(zip(working, slots))
             for _, held in power:  # the u, v the analytic pass iterated to
                 for name in held:
-                    owner, attr = slot_of[name]
+                    owner, attr = slots[name]
                     buffers[name].copy_(owner._buffers[attr])
             with _attributes([(module, "training", False) for module, _ in power]):
                 report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
