@@ -143,19 +143,15 @@ def acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _stack(scalars: Sequence[torch.Tensor], device: torch.device,
-           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Stack 0-d tensors that may differ in dtype or device into one vector."""
-    return torch.stack([s.to(device=device, dtype=dtype) for s in scalars])
-
-
 def stack_scalars(scalars: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """0-d tensors as one vector: one ``stack`` (dtypes promote) where they share a device,
-    else each moved to ``device`` in its accumulation dtype first."""
+    """One-element tensors as one vector: one ``stack`` (dtypes promote) where they share a
+    device, else each moved to ``device`` in its accumulation dtype first."""
+    scalars = [s if s.dim() == 0 else s.reshape(()) for s in scalars]
     try:
-        return torch.stack(list(scalars))
+        return torch.stack(scalars)
     except RuntimeError:  # on several devices
-        return _stack(scalars, device, acc_dtype(device))
+        dtype = acc_dtype(device)
+        return torch.stack([s.to(device=device, dtype=dtype) for s in scalars])
 
 
 def _detached_copy(t: torch.Tensor) -> torch.Tensor:
@@ -284,10 +280,8 @@ class TorchBackend(Backend):
         named = [(n, p) for n, p in self._module.named_parameters() if p.requires_grad]
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        devices = {p.device for p in self._params}
         self._device = self._params[0].device if self._params else model_device(model)
         self._on_cpu = self._device.type == "cpu"  # asked every step: device.type costs ~2 µs
-        self._one_device = len(devices) <= 1
         self._before: list[torch.Tensor] | None = None
         self._leaves = leaf_modules(self._module)
         self._layers = [LayerInfo(name, layer_kind(m)) for name, m in self._leaves]
@@ -331,10 +325,7 @@ class TorchBackend(Backend):
         flat = [n for g in groups for n in g]
         if not flat:
             return [[] for _ in groups]
-        if self._one_device:
-            values = torch.stack(flat).tolist()
-        else:
-            values = _stack(flat, self._device).tolist()
+        values = stack_scalars(flat, self._device).tolist()
         out, start = [], 0
         for g in groups:
             out.append(values[start:start + len(g)])
@@ -435,8 +426,7 @@ class TorchBackend(Backend):
     def scalars_to_host(self, values: Sequence[Any]) -> list[float]:
         """Python floats of many 0-d tensors (or numbers) in one transfer, e.g. the losses of
         the last N steps kept on the device."""
-        tensors = [v if v.dim() == 0 else v.reshape(()) for v in values
-                   if isinstance(v, torch.Tensor)]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
         if not tensors or (len(tensors) <= 4 and self._on_cpu):
             return [float(v) for v in values]  # a few CPU scalars: cheaper than a stack
         with torch.no_grad():

@@ -269,8 +269,7 @@ class Watcher:
 def _sum(values: list[Any]) -> Any:
     """Sum of floats and/or scalar tensors, on the tensors' device (no host transfer), in
     float64 where the device has it."""
-    tensors = [v if v.dim() == 0 else v.reshape(()) for v in values
-               if isinstance(v, torch.Tensor)]
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
     total: Any = math.fsum(v for v in values if not isinstance(v, torch.Tensor))
     if tensors:
         stacked = stack_scalars(tensors, tensors[0].device)
