@@ -146,7 +146,7 @@ class AccuracyGapMonitor(Callback):
         self._underfit = False
         self._val_subset: tuple[Any, Any] | None = None
         self._train_subset: tuple[Any, Any] | None = None
-        self._train_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._train_parts: list[tuple[Any, Any]] = []  # host copies (see Backend.to_host)
         self._train_seen = 0
 
     # -- hooks ---------------------------------------------------------------------------------
