@@ -154,3 +154,83 @@ def test_reads_queued_in_a_step_are_read_together_and_handed_back_in_order():
         mon.batch_begin()
         mon.step_end()
         assert cheap.got == [[7.0]] and mon.state.queued_reads == []
+
+
+class EveryThird(Callback):
+    """Works on steps 0, 3, 6, ...; reads the batch only on steps 0, 6, 12, ..."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def next_step(self, step):
+        return -(-step // 3) * 3
+
+    def reads_batch(self, step):
+        return step % 6 == 0
+
+    def on_batch_begin(self, state):
+        self.log.append(("third", state.step))
+
+    def on_epoch_end(self, state):
+        self.log.append(("third epoch end", state.step))
+
+
+def drive(cbs, state, steps):
+    """The Monitor's order of calls for `steps` steps; returns batch_needed per step."""
+    needed = []
+    cbs.schedule(state)
+    for _ in range(steps):
+        needed.append(cbs.batch_needed)
+        cbs.call("on_batch_begin", state)
+        cbs.call("on_step_end", state)
+        state.step += 1
+        cbs.advance(state)
+    return needed
+
+
+def test_a_sleeping_callback_sees_only_the_steps_it_asked_for():
+    log = []
+    cbs = CallbackList([EveryThird(log), Recorder(log, "always")])
+    state = make_state()
+    needed = drive(cbs, state, 8)
+    assert [s for t, s in log if t == "third"] == [0, 3, 6]
+    assert [t for t, _ in log].count("always") == 16  # every step, both hooks
+    # the batch is needed on the steps a callback that sees them reads it (Recorder keeps
+    # the default: every step)
+    assert needed == [True] * 8
+
+
+def test_batch_needed_follows_reads_batch_of_the_awake_callbacks():
+    log = []
+    cbs = CallbackList([EveryThird(log)])
+    needed = drive(cbs, make_state(), 13)
+    assert [i for i, n in enumerate(needed) if n] == [0, 6, 12]  # not 3 or 9: awake, no read
+
+
+def test_epoch_hooks_reach_sleeping_callbacks_and_reschedule_them():
+    log = []
+    cbs = CallbackList([EveryThird(log)])
+    state = make_state()
+    drive(cbs, state, 4)  # asleep until step 6
+    cbs.call("on_epoch_end", state)
+    assert log[-1] == ("third epoch end", 4)
+    state.step = 9  # e.g. a loop that skipped steps; schedule() asks everyone again
+    cbs.schedule(state)
+    cbs.call("on_batch_begin", state)
+    assert log[-1] == ("third", 9)
+
+
+def test_a_callback_whose_next_step_raises_is_reported_and_sleeps_for_good():
+    class BadSchedule(Recorder):
+        def next_step(self, step):
+            raise RuntimeError("no schedule")
+
+    alerts = AlertManager()
+    log = []
+    cbs = CallbackList([BadSchedule(log, "bad"), Recorder(log, "good")])
+    state = make_state(alerts)
+    drive(cbs, state, 3)
+    assert [t for t, _ in log].count("bad") == 0  # asked first, at schedule(): disabled
+    assert [t for t, _ in log].count("good") == 6
+    errors = [a for a in alerts.history if a.code == "callback.error"]
+    assert len(errors) == 1 and "BadSchedule.next_step" in errors[0].message

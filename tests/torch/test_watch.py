@@ -663,3 +663,44 @@ def test_without_targets_or_a_loss_function_gradient_checks_say_so_and_training_
     assert len(skipped) == 1 and skipped[0].step == 2
     assert "its targets" in skipped[0].message and "inputs" not in skipped[0].message
     assert "watcher.loss(loss, targets)" in skipped[0].suggestion
+
+
+def test_the_model_carries_forward_hooks_only_on_steps_whose_batch_is_read():
+    """A histogram every 4 steps reads the batch on steps 0, 4, 8, ...: only then does the
+    model carry trainwatch's forward hooks (elsewhere torch's fast call path); a callback
+    that keeps the default reads_batch gets them every step."""
+    class Seen(Callback):
+        def __init__(self):
+            self.hooked, self.inputs = [], []
+
+        def next_step(self, step):
+            return step
+
+        def reads_batch(self, step):
+            return False
+
+        def on_loss_computed(self, s):
+            self.hooked.append(bool(s.backend.model._forward_pre_hooks))
+            self.inputs.append(s.inputs is not None)
+
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen, mem = Seen(), MemoryOutput()
+    w = watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+              callbacks=[seen, HistogramMonitor(every=4, figure_every=None)])
+    loop(model, opt, w, epochs=2)  # 16 steps
+    w.close()
+    reads = [step % 4 == 0 for step in range(16)]
+    assert seen.hooked == reads and seen.inputs == reads
+    assert [s for s, _ in mem.histograms["activations/2"]] == [0, 4, 8, 12]
+
+    class Every(Callback):  # the default: reads every batch
+        def on_loss_computed(self, s):
+            seen.inputs.append(s.inputs is not None)
+
+    seen.inputs = []
+    w = watch(model, opt, callbacks=[Every()], progress=False)
+    loop(model, opt, w, epochs=1)
+    w.close()
+    assert seen.inputs == [True] * 8
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import NEVER, Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -161,6 +161,16 @@ class AccuracyGapMonitor(Callback):
             if self.train_data is not None:
                 self._train_subset = fixed_subset(*self.train_data, self.subset)
         state.writer.layout(charts)
+
+    def next_step(self, step: int) -> int:
+        if self.every is None:
+            return NEVER  # epoch ends only
+        if self._train_subset is None:
+            return step  # collecting the training subset from the batches
+        return next_multiple(step + 1, self.every) - 1  # evaluates after steps every-1, ...
+
+    def reads_batch(self, step: int) -> bool:
+        return self._train_subset is None
 
     def on_step_end(self, state: RunState) -> None:
         every = self.every

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import NEVER, Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -218,12 +218,25 @@ class FilterImages(Callback):
         self.max_filters = count("max_filters", max_filters)
         self.tensor: str | None = None
         self._pending_start = self.at_start
+        self._input_shape: tuple[int, ...] = ()  # the batch's, when seen
         self._last_step: int | None = None
         self._disabled = False
 
     # -- hooks ---------------------------------------------------------------------------------
 
+    def next_step(self, step: int) -> int:
+        if self._pending_start:
+            return step
+        if self.every is None:
+            return NEVER  # epoch ends only
+        return next_multiple(step + 1, self.every) - 1  # writes after steps every-1, ...
+
+    def reads_batch(self, step: int) -> bool:
+        return not self._input_shape and self.image_shape is None
+
     def on_step_begin(self, state: RunState) -> None:
+        if state.inputs is not None:  # the input images' shape, for a dense first layer
+            self._input_shape = tuple(getattr(state.inputs, "shape", ()))
         if not self._pending_start:
             return
         self._pending_start = False
@@ -299,7 +312,8 @@ class FilterImages(Callback):
         if self.image_shape is not None:
             return self.image_shape
         inputs = state.inputs
-        dims = tuple(getattr(inputs, "shape", ())[1:]) if inputs is not None else ()
+        dims = (tuple(getattr(inputs, "shape", ()))
+                if inputs is not None else self._input_shape)[1:]
         if len(dims) in (2, 3) and math.prod(dims) == in_features:
             return dims
         return _square_image(in_features)

@@ -176,6 +176,11 @@ class GradientCheck(Callback):
             "passed (1) / failed (0)": ("Multiline", [r"^gradcheck/passed$"]),
         }})
 
+    def next_step(self, step: int) -> int:
+        if self._first_loss is None and self.warmup_loss_drop is not None:
+            return step  # until the first loss is seen
+        return max(step, self._next_check)
+
     def on_loss_computed(self, state: RunState) -> None:
         if self._first_loss is None and self.warmup_loss_drop is not None and (
                 state.loss is not None):

@@ -39,7 +39,7 @@ from trainwatch.core.backend import (
     alive_units,
     saturated_fraction,
 )
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.base import HistogramData
@@ -251,6 +251,11 @@ class HistogramMonitor(Callback):
         self._ends: tuple[tuple[str, int], tuple[str, int]] | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
+
+    def next_step(self, step: int) -> int:
+        # (awake while capturing: a scheduled step that never reached its backward pass
+        # gives its capture back at the next batch)
+        return step if self._capturing else next_multiple(step, self.every)
 
     def on_batch_begin(self, state: RunState) -> None:
         if state.step % self.every:

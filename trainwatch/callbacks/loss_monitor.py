@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.alerts.rules import Streak
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -198,6 +198,7 @@ class LossMonitor(Callback):
         #: the first batch's loss and its expected value (None until checked / when unknown)
         self.initial_loss: float | None = None
         self.expected_initial: float | None = None
+        self._initial_context: tuple[float | None, str, Any] = (None, "", None)
         #: the latest evaluation: progress over the plateau window, relative spread
         self.window_progress: float = math.nan
         self.relative_spread: float = math.nan
@@ -212,10 +213,21 @@ class LossMonitor(Callback):
                                                r"^loss/relative_spread$"]),
         }})
 
+    def next_step(self, step: int) -> int:
+        nxt = next_multiple(step, self.check_every)
+        if self.check_tensors_every is not None and not self._nonfinite_seen:
+            nxt = min(nxt, next_multiple(step, self.check_tensors_every))
+        return nxt
+
+    def reads_batch(self, step: int) -> bool:
+        return step == 0 and self.check_initial  # the number of classes, from the outputs
+
     def on_loss_computed(self, state: RunState) -> None:
         step = state.step
         if step % self.check_every or state.loss is None:
             return
+        if step == 0 and self.check_initial:  # what the first loss is judged by, kept now
+            self._initial_context = (*self._expected(state), state.data_loss)
         loss, urgent = state.loss, False
         if state.backend.host_reads_cheap:  # the first loss and a NaN are seen on their step
             loss = float(loss.item() if hasattr(loss, "item") else loss)  # item: 2x float()
@@ -324,8 +336,8 @@ class LossMonitor(Callback):
     # -- the initial loss -------------------------------------------------------------------------
 
     def _check_initial(self, state: RunState, total: float) -> None:
-        value = total if state.data_loss is None else float(state.data_loss)
-        expected, how = self._expected(state)
+        expected, how, data_loss = self._initial_context
+        value = total if data_loss is None else float(data_loss)
         self.initial_loss = value
         self.expected_initial = expected
         if expected is None or not math.isfinite(value):
@@ -333,7 +345,7 @@ class LossMonitor(Callback):
         tol = self.initial_tolerance
         if expected / (1 + tol) <= value <= expected * (1 + tol):
             return
-        which = "data loss, regularisation off" if state.data_loss is not None else (
+        which = "data loss, regularisation off" if data_loss is not None else (
             "total loss; the loop reports no separate data loss")
         factor = value / expected
         if value > expected:
@@ -490,7 +502,7 @@ class LossMonitor(Callback):
         active = self._condition("noise", step, raw,
                                  spread > self.noise_threshold / 1.25 and calm)
         span = self._noise_n * self.check_every
-        inputs = state.inputs
+        inputs = state.inputs if state.inputs is not None else state.targets  # (its length)
 
         def describe() -> dict[str, str]:
             if not active:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.console import ConsoleOutput
@@ -42,6 +42,12 @@ class MetricLogger(Callback):
             "accuracy": {"train vs validation": ("Multiline", [r"^accuracy/train$",
                                                                r"^accuracy/val$"])},
         })
+
+    def next_step(self, step: int) -> int:
+        return next_multiple(step, self.every)
+
+    def reads_batch(self, step: int) -> bool:
+        return False
 
     def on_step_end(self, state: RunState) -> None:
         if state.step % self.every or state.loss is None:

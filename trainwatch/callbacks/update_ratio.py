@@ -50,7 +50,7 @@ from typing import Any
 
 from trainwatch.alerts.rules import Hysteresis, Streak
 from trainwatch.core.backend import TensorNorms
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -242,6 +242,12 @@ class UpdateRatioMonitor(Callback):
                 "Multiline", [r"^update_ratio_log10/"]),
             "all tensors": ("Multiline", [r"^update_ratio/"]),
         }})
+
+    def next_step(self, step: int) -> int:
+        return next_multiple(step, self.every)
+
+    def reads_batch(self, step: int) -> bool:
+        return False
 
     def on_step_begin(self, state: RunState) -> None:
         if state.step % self.every:

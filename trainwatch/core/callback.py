@@ -11,10 +11,17 @@ Hook points, in the order they happen during one run::
     on_train_end            (always called, also when training raised)
 
 Every hook receives the run's :class:`~trainwatch.core.state.RunState`.
+
+A callback that works now and then (every N steps, at epoch ends) says so with
+:meth:`Callback.next_step`: the dispatcher skips its batch hooks until that step, so an idle
+callback costs nothing between its steps, and with :meth:`Callback.reads_batch` whether it
+reads the batch there (a watched torch model gets its forward hooks only for such steps).
 """
 
 from __future__ import annotations
 
+import heapq
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,6 +41,18 @@ HOOKS: tuple[str, ...] = (
     "on_epoch_end",
     "on_train_end",
 )
+
+#: the hooks of one batch, which a callback sees only from its :meth:`Callback.next_step` on
+STEP_HOOKS: tuple[str, ...] = HOOKS[2:7]
+
+#: a :meth:`Callback.next_step` meaning "no batch hook any more" (epoch and train hooks only)
+NEVER: int = sys.maxsize
+
+
+def next_multiple(step: int, every: int) -> int:
+    """The first multiple of ``every`` at or after ``step``: the next step of a callback
+    that works on the steps with ``step % every == 0``."""
+    return -(-step // every) * every
 
 
 class StopTraining(Exception):
@@ -82,6 +101,23 @@ class Callback:
             then(state.backend.scalars_to_host(values))
         else:
             state.queued_reads.append((self, list(values), then))
+
+    def next_step(self, step: int) -> int:
+        """The first global step, ``step`` or later, whose batch hooks (``on_batch_begin`` to
+        ``on_step_end``) this callback needs; the dispatcher skips them until then, so a
+        callback that works every N steps costs nothing in between (:data:`NEVER`: epoch
+        and train hooks only). Asked when training begins, after every step the callback
+        saw, and after each epoch end. Default: ``step`` (every step)."""
+        return step
+
+    def reads_batch(self, step: int) -> bool:
+        """Whether this callback reads the batch on ``step`` (a step it sees):
+        ``state.inputs``, ``state.predictions`` or captured activations. A torch model
+        watched with :func:`trainwatch.torch.watch` gets its forward hooks (torch's slower
+        call path, ~10 µs a step) only for steps some callback reads; on the others
+        ``state.inputs`` and ``state.predictions`` are None (the loss and the targets are
+        always there). Asked before each step the callback sees. Default True."""
+        return True
 
     def on_train_begin(self, state: RunState) -> None:
         """Before the first epoch: allocate buffers, write layouts, check the setup."""
@@ -142,8 +178,17 @@ class CallbackList:
         self.callbacks.sort(key=lambda cb: cb.order)
         self.raise_errors = raise_errors
         self.disabled: set[int] = set()
-        # Per hook, only the callbacks that override it: an idle hook costs one loop over [].
-        self._by_hook = {h: [cb for cb in self.callbacks if _overrides(cb, h)] for h in HOOKS}
+        # Per hook, only the callbacks that override it: an idle hook costs one loop over [];
+        # for the batch hooks, of those only the ones awake at this step (see next_step).
+        self._overriding = {h: [cb for cb in self.callbacks if _overrides(cb, h)]
+                            for h in HOOKS}
+        self._by_hook = dict(self._overriding)
+        self._position = {id(cb): i for i, cb in enumerate(self.callbacks)}
+        self._awake: list[Callback] = list(self.callbacks)
+        self._asleep: list[tuple[int, int, Callback]] = []  # heap of (wake step, position, cb)
+        #: whether a callback awake at the current step reads its batch
+        #: (:meth:`Callback.reads_batch`); set by :meth:`schedule` and :meth:`advance`
+        self.batch_needed = True
 
     def __iter__(self):
         return iter(self.callbacks)
@@ -162,6 +207,54 @@ class CallbackList:
                 state.request_stop(stop.reason)
             except Exception as exc:  # noqa: BLE001 - watching never kills training
                 self._failed(cb, hook, exc, state)
+
+    def schedule(self, state: RunState) -> None:
+        """Ask every enabled callback for its next step from ``state.step`` (when training
+        begins, after an epoch end)."""
+        self._awake, self._asleep = list(self.callbacks), []
+        self._rebuild()
+        self.advance(state)
+
+    def advance(self, state: RunState) -> None:
+        """At a new step (``state.step``): the callbacks awake so far say when they next
+        need the batch hooks (sleeping until then), those whose step has come wake up, and
+        :attr:`batch_needed` tells whether one of them reads this step's batch."""
+        step, asleep, awake = state.step, self._asleep, []
+        changed = False
+        for cb in self._awake:
+            if self.disabled and id(cb) in self.disabled:
+                changed = True
+                continue
+            wake = self._ask(cb, "next_step", state, step)
+            if wake > step:
+                heapq.heappush(asleep, (wake, self._position[id(cb)], cb))
+                changed = True
+            else:
+                awake.append(cb)
+        while asleep and asleep[0][0] <= step:
+            cb = heapq.heappop(asleep)[2]
+            changed = True
+            if not (self.disabled and id(cb) in self.disabled):
+                awake.append(cb)
+        if changed:
+            awake.sort(key=lambda cb: self._position[id(cb)])
+            self._awake = awake
+            self._rebuild()
+        self.batch_needed = any(self._ask(cb, "reads_batch", state, step) for cb in awake)
+
+    def _ask(self, cb: Callback, what: str, state: RunState, step: int) -> Any:
+        """``cb.next_step(step)`` or ``cb.reads_batch(step)``; a callback that raises there
+        is handled as in its hooks (and, disabled, sleeps for good)."""
+        try:
+            return getattr(cb, what)(step)
+        except Exception as exc:  # noqa: BLE001 - watching never kills training
+            self._failed(cb, what, exc, state)
+            return NEVER if what == "next_step" else False
+
+    def _rebuild(self) -> None:
+        awake = {id(cb) for cb in self._awake}
+        for hook in STEP_HOOKS:
+            self._by_hook[hook] = [cb for cb in self._overriding[hook] if id(cb) in awake]
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:

@@ -150,6 +150,7 @@ class Monitor:
         self.state.epochs = epochs
         self.state.steps_per_epoch = steps_per_epoch
         self.callbacks.call("on_train_begin", self.state)
+        self.callbacks.schedule(self.state)
 
     def epoch_begin(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch (``epoch`` defaults to the next one)."""
@@ -189,6 +190,7 @@ class Monitor:
             self._read_queued()
         s.step += 1
         s.batch_index += 1
+        self.callbacks.advance(s)
 
     def validation_end(self, metrics: Mapping[str, float]) -> None:
         """Call after validation with e.g. ``{"val_loss": .., "val_accuracy": ..}``."""
@@ -205,6 +207,7 @@ class Monitor:
         self.callbacks.call("on_epoch_end", s)
         self._read_queued()
         s.epoch += 1
+        self.callbacks.schedule(s)
 
     def metric_floats(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """``metrics`` as floats (numbers, numpy and framework scalars); a value that is not
@@ -281,6 +284,12 @@ class Monitor:
     def step(self) -> int:
         """The global step (optimizer steps taken)."""
         return self.state.step
+
+    @property
+    def batch_needed(self) -> bool:
+        """Whether a callback reads the current step's batch (inputs, predictions,
+        activations); see :meth:`Callback.reads_batch`."""
+        return self.callbacks.batch_needed
 
     def summary(self) -> str:
         """Alerts of the run and why it stopped, as text."""

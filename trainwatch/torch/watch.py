@@ -11,9 +11,12 @@
         watcher.epoch_end({"val_accuracy": acc})   # one line per epoch
     watcher.close()                                # or use `with watch(...) as watcher:`
 
-The optimizer's step hooks announce the backward's end and the step, a forward pre-hook on
-the model announces each batch (its first training-mode forward after a step); the loss is
-kept as a tensor and read only on the steps a callback logs it.
+The optimizer's step hooks announce the backward's end and the step. On the steps whose batch
+a callback reads (:meth:`~trainwatch.Callback.reads_batch`: a gradient check, a histogram
+round), a forward pre-hook and hook on the model catch the batch (its first training-mode
+forward after a step) and its outputs; on the other steps the model carries no hook of
+trainwatch's and takes torch's fast call path. The loss is kept as a tensor and read only on
+the steps a callback logs it.
 """
 
 from __future__ import annotations
@@ -85,17 +88,36 @@ class Watcher:
         self._closed = False
         self._await_output = False
         self._predictions: Any = None
+        # (copy-safe hooks: copy.deepcopy(model) or torch.save(model) while watched works,
+        # and the copy is not watched)
         self._handles = [
-            # (copy-safe: copy.deepcopy(model) or torch.save(model) while watched works, and
-            # the copy is not watched)
-            model.register_forward_pre_hook(CopySafeHook(self._forward_pre), with_kwargs=True),
-            model.register_forward_hook(CopySafeHook(self._forward_post)),
             optimizer.register_step_pre_hook(CopySafeHook(self._step_pre)),
             optimizer.register_step_post_hook(CopySafeHook(self._step_post)),
         ]
+        self._forward_hooks = (CopySafeHook(self._forward_pre), CopySafeHook(self._forward_post))
+        self._forward_handles: list[Any] = []  # attached for the steps that read the batch
         self.monitor.train_begin(epochs, steps_per_epoch)
+        self._follow_schedule()
 
     # -- hooks -----------------------------------------------------------------------------------
+
+    def _follow_schedule(self) -> None:
+        """Attach the model's forward hooks for a step whose batch a callback reads, and
+        remove them for the others (a module with hooks takes torch's slower call path)."""
+        needed = self.monitor.batch_needed
+        if needed and not self._forward_handles:
+            pre, post = self._forward_hooks
+            self._forward_handles = [
+                self.model.register_forward_pre_hook(pre, with_kwargs=True),
+                self.model.register_forward_hook(post),
+            ]
+        elif not needed and self._forward_handles:
+            self._remove_forward_hooks()
+
+    def _remove_forward_hooks(self) -> None:
+        for handle in self._forward_handles:
+            handle.remove()
+        self._forward_handles = []
 
     def _open_batch(self, inputs: Any) -> None:
         if not self._epoch_open:
@@ -142,6 +164,7 @@ class Watcher:
             return
         self.monitor.step_end()
         self._in_step = False
+        self._follow_schedule()
 
     # -- what the loop reports --------------------------------------------------------------------
 
@@ -222,6 +245,7 @@ class Watcher:
             self.monitor.validation_end(values)
         self.monitor.epoch_end(values)
         self._epoch_open = False
+        self._follow_schedule()
 
     # -- results and detaching ---------------------------------------------------------------------
 
@@ -256,6 +280,7 @@ class Watcher:
             for handle in self._handles:
                 handle.remove()
             self._handles = []
+            self._remove_forward_hooks()
             self.backend.remove_hooks()
 
     def __enter__(self) -> Watcher:
