@@ -44,3 +44,49 @@ def all_callbacks(validation_data):
         HistogramMonitor(every=3, figure_every=2),
         FilterImages(every=4),
     ]
+
+
+def scheduled_callbacks(validation_data):
+    """Every callback on schedules of different periods (and one on epoch ends only): for
+    the tests that sleeping between steps changes nothing."""
+    from trainwatch import (
+        AccuracyGapMonitor,
+        FilterImages,
+        GradientCheck,
+        HistogramMonitor,
+        LossMonitor,
+        MetricLogger,
+        UpdateRatioMonitor,
+    )
+
+    return [
+        MetricLogger(every=3),
+        LossMonitor(every=4, check_tensors_every=5, plateau_window=8, noise_window=8),
+        UpdateRatioMonitor(every=3),
+        GradientCheck(every=7, warmup_steps=2, examples=2, budget=None),
+        AccuracyGapMonitor(every=5, validation_data=validation_data, subset=64),
+        AccuracyGapMonitor(),
+        HistogramMonitor(every=4, figure_every=None),
+        FilterImages(every=6),
+    ]
+
+
+def every_step_dispatch(monkeypatch):
+    """Make every callback see every step and read every batch (what the dispatcher did
+    before callbacks could sleep): the reference run of those tests."""
+    from trainwatch.core.callback import CallbackList
+
+    monkeypatch.setattr(CallbackList, "_ask",
+                        lambda self, cb, what, state, step: step if what == "next_step" else True)
+
+
+def dashboard(memory, alerts):
+    """What a run showed (MemoryOutput and alert history), wall-clock values left out."""
+    scalars = {tag: points for tag, points in memory.scalars_log.items()
+               if tag != "gradcheck/seconds"}
+    histograms = {tag: [(step, h.edges.tolist(), h.counts.tolist(), h.sum)
+                        for step, h in points] for tag, points in memory.histograms.items()}
+    images = {tag: [(step, image.tobytes()) for step, image in points]
+              for tag, points in memory.images.items()}
+    texts = {tag: [step for step, _ in points] for tag, points in memory.texts.items()}
+    return scalars, histograms, images, texts, [(a.code, a.step, a.tensor) for a in alerts]

@@ -132,3 +132,29 @@ def test_trainer_learns_the_digits():
         *data[0], epochs=8, batch_size=32, validation_data=data[1])
     assert history["val_accuracy"][-1] > 0.9
     assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_callbacks_sleeping_between_their_steps_write_what_every_step_dispatch_writes(
+        monkeypatch):
+    """Each callback's next_step is the truth: a run whose callbacks sleep until their next
+    step writes the same scalars, histograms and images and raises the same alerts as one
+    that calls every callback at every step."""
+    from tests.helpers import dashboard, every_step_dispatch, scheduled_callbacks
+    from trainwatch.outputs import MemoryOutput
+
+    def run():
+        data = digits(n_train=320, n_val=100)
+        net, loss, opt = make_net()
+        memory = MemoryOutput()
+        trainer = Trainer(net, loss, opt, callbacks=scheduled_callbacks(data[1]),
+                          outputs=[memory], progress=False)
+        trainer.fit(*data[0], epochs=3, batch_size=32, validation_data=data[1])
+        return dashboard(memory, trainer.monitor.alerts.history)
+
+    sleeping = run()
+    every_step_dispatch(monkeypatch)
+    assert run() == sleeping
+    scalars, histograms, images, _, _ = sleeping
+    assert [s for s, _ in scalars["loss/train"]] == list(range(0, 30, 3))
+    assert [point[0] for point in histograms["weights/fc1.weight"]] == [0, 4, 8, 12, 16, 20, 24, 28]
+    assert "gradcheck/passed" in scalars and images

@@ -704,3 +704,31 @@ def test_the_model_carries_forward_hooks_only_on_steps_whose_batch_is_read():
     w.close()
     assert seen.inputs == [True] * 8
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_sleeping_callbacks_and_idle_forward_hooks_write_what_every_step_dispatch_writes(
+        monkeypatch):
+    """With callbacks asleep between their steps and the model's forward hooks attached only
+    on the steps whose batch is read, a watched run writes the same dashboard and raises the
+    same alerts as one whose callbacks see every step and every batch."""
+    from tests.helpers import dashboard, every_step_dispatch, scheduled_callbacks
+
+    (_, _), (xv, yv) = data()
+
+    def run():
+        model = small_cnn()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        memory = MemoryOutput()
+        w = watch(model, opt, nn.CrossEntropyLoss(), outputs=[memory], progress=False,
+                  callbacks=scheduled_callbacks((xv[:64], yv[:64])))
+        loop(model, opt, w, epochs=3)
+        w.close()
+        return dashboard(memory, w.monitor.alerts.history)
+
+    sleeping = run()
+    every_step_dispatch(monkeypatch)
+    assert run() == sleeping
+    scalars, histograms, images, texts, _ = sleeping
+    assert [p[0] for p in histograms["activations/2"]] == [0, 4, 8, 12, 16, 20]
+    assert [s for s, _ in scalars["gradcheck/passed"]] == [2, 9, 16, 23]
+    assert images and [s for s, _ in scalars["accuracy/val_subset"]] == [5, 10, 15, 20]
