@@ -20,7 +20,7 @@ digits CNN, 460 steps, ~0.9 s of CPU) runs one, at step 50: ~1.3 % of its traini
 within the 2 % budget (``benchmarks/gradcheck_overhead.py``). A first check that would
 outlast ``time_limit`` (1 s) stops, after its analytic pass or three loss evaluations that show
 it, and waits for the budget instead of stalling a big model's run.
-Steps between checks cost one integer comparison (~0.1 µs with the hook call).
+Between checks the callback sleeps (:meth:`next_step`): the steps in between never call it.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class GradientCheck(Callback):
             self._first_loss = float(state.loss)
 
     def on_backward_end(self, state: RunState) -> None:
-        if state.step < self._next_check:  # the idle path: one comparison
+        if state.step < self._next_check:  # (awake for the first loss only)
             return
         if not self._warm and not self._loss_has_fallen(state):
             self._next_check = (state.step // LOSS_READ_EVERY + 1) * LOSS_READ_EVERY
