@@ -1,6 +1,16 @@
-"""Assertions shared by the tests."""
+"""Assertions and callback sets shared by the tests."""
 
 import numpy as np
+
+from trainwatch import (
+    AccuracyGapMonitor,
+    FilterImages,
+    GradientCheck,
+    HistogramMonitor,
+    LossMonitor,
+    MetricLogger,
+    UpdateRatioMonitor,
+)
 
 
 def assert_identical(a, b, path="state"):
@@ -23,16 +33,6 @@ def all_callbacks(validation_data):
     extra work switched on (figures, the step-wise gap on subsets evaluated mid-training,
     gradient checks not held back by the time budget, and one stopped by its time limit):
     for the bit-identical tests."""
-    from trainwatch import (
-        AccuracyGapMonitor,
-        FilterImages,
-        GradientCheck,
-        HistogramMonitor,
-        LossMonitor,
-        MetricLogger,
-        UpdateRatioMonitor,
-    )
-
     return [
         MetricLogger(every=1),
         LossMonitor(every=2, check_tensors_every=3),
@@ -49,16 +49,6 @@ def all_callbacks(validation_data):
 def scheduled_callbacks(validation_data):
     """Every callback on schedules of different periods (and one on epoch ends only): for
     the tests that sleeping between steps changes nothing."""
-    from trainwatch import (
-        AccuracyGapMonitor,
-        FilterImages,
-        GradientCheck,
-        HistogramMonitor,
-        LossMonitor,
-        MetricLogger,
-        UpdateRatioMonitor,
-    )
-
     return [
         MetricLogger(every=3),
         LossMonitor(every=4, check_tensors_every=5, plateau_window=8, noise_window=8),
