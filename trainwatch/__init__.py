@@ -20,7 +20,7 @@ from trainwatch.callbacks import (
     default_callbacks,
 )
 from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
-from trainwatch.core.callback import Callback, CallbackList, StopTraining
+from trainwatch.core.callback import NEVER, Callback, CallbackList, StopTraining, next_multiple
 from trainwatch.core.monitor import Monitor, as_backend
 from trainwatch.core.state import RunState
 from trainwatch.core.trainer import Trainer
@@ -55,5 +55,7 @@ __all__ = [
     "GradientCheck",
     "HistogramMonitor",
     "LossMonitor",
+    "NEVER",
+    "next_multiple",
     "UpdateRatioMonitor",
 ]

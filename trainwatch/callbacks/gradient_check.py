@@ -29,7 +29,7 @@ import math
 import time
 from typing import Any
 
-from trainwatch.core.callback import Callback
+from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count, flag
 from trainwatch.core.state import RunState
 from trainwatch.gradcheck.engine import CheckTimeout
@@ -190,7 +190,7 @@ class GradientCheck(Callback):
         if state.step < self._next_check:  # (awake for the first loss only)
             return
         if not self._warm and not self._loss_has_fallen(state):
-            self._next_check = (state.step // LOSS_READ_EVERY + 1) * LOSS_READ_EVERY
+            self._next_check = next_multiple(state.step + 1, LOSS_READ_EVERY)
             return
         if state.inputs is None or state.targets is None:
             self._next_check = state.step + 1
