@@ -36,12 +36,12 @@ def all_callbacks(validation_data):
     return [
         MetricLogger(every=1),
         LossMonitor(every=2, check_tensors_every=3),
-        UpdateRatioMonitor(every=1),
+        UpdateRatioMonitor(every=1, budget=None),
         GradientCheck(every=5, warmup_steps=2, examples=2, budget=None),
         # and a first check stopped part-way by its time limit, then held for the budget
         GradientCheck(every=1000, warmup_steps=3, examples=2, budget=0.5, time_limit=1e-6),
         AccuracyGapMonitor(every=4, validation_data=validation_data, subset=64),
-        HistogramMonitor(every=3, figure_every=2),
+        HistogramMonitor(every=3, figure_every=2, budget=None),
         FilterImages(every=4),
     ]
 
@@ -52,11 +52,11 @@ def scheduled_callbacks(validation_data):
     return [
         MetricLogger(every=3),
         LossMonitor(every=4, check_tensors_every=5, plateau_window=8, noise_window=8),
-        UpdateRatioMonitor(every=3),
+        UpdateRatioMonitor(every=3, budget=None),
         GradientCheck(every=7, warmup_steps=2, examples=2, budget=None),
         AccuracyGapMonitor(every=5, validation_data=validation_data, subset=64),
         AccuracyGapMonitor(),
-        HistogramMonitor(every=4, figure_every=None),
+        HistogramMonitor(every=4, figure_every=None, budget=None),
         FilterImages(every=6),
     ]
 

@@ -508,11 +508,15 @@ def test_budget_holds_back_checks_that_would_cost_too_much_of_the_run():
         check = GradientCheck(every=1, warmup_steps=1, budget=budget)
         Trainer(net, nn.SoftmaxCrossEntropy(), nn.SGD(net, lr=0.1),
                 callbacks=[check, SlowStep()], progress=False).fit(x, y, epochs=2, batch_size=32)
-        results[budget] = (len(check.reports), check.deferred, check.seconds)
+        results[budget] = (len(check.reports), check.deferred, check.seconds,
+                           check.budget.elapsed, check._seconds)
     unbounded, bounded = results[None], results[0.05]
     assert unbounded[0] == 19 and unbounded[1] == 0  # steps 1..19: every step checked
     assert 1 <= bounded[0] < unbounded[0] and bounded[1] > 0
-    assert bounded[1] + bounded[0] == 19  # every due step either checked or held back
+    # a held-back check sleeps until the step it should fit at, not retrying every step
+    assert bounded[1] + bounded[0] < 19
+    checks, _, seconds, elapsed, last = bounded
+    assert seconds <= 0.05 * elapsed + last  # within the budget, give or take one check
 
 
 def test_a_first_check_past_its_time_limit_stops_and_runs_once_the_budget_allows_it():
@@ -537,7 +541,9 @@ def test_a_first_check_past_its_time_limit_stops_and_runs_once_the_budget_allows
     assert "time_limit" in deferred[0].message
     assert len(check.reports) == 1  # the whole check ran once, later
     step, report = check.reports[0]
-    assert step > 2 and check.deferred == step - 2  # stopped at 2, held back until then
+    # stopped at 2, then moved to where the budget covers it (once or twice: the estimate
+    # of the steps to come is refined at the step it named)
+    assert step > 2 and 1 <= check.deferred < step - 2
     assert report.passed
 
 

@@ -99,7 +99,8 @@ def test_activation_figure_has_one_panel_per_layer():
 
 def test_huge_initial_weights_saturate_tanh_and_raise_an_alert_naming_the_layer(digits):
     # He scaling for 64 inputs is std 0.18; 3.0 is about 17 times that
-    trainer, mem = train(tanh_net(scale=3.0), [HistogramMonitor(every=5)], digits, epochs=1)
+    trainer, mem = train(tanh_net(scale=3.0), [HistogramMonitor(budget=None, every=5)], digits,
+                         epochs=1)
     sat = fired(trainer, "activations.saturated")
     assert {a.tensor for a in sat} == {"tanh1", "tanh2"}
     assert all(a.step == 0 for a in sat)  # seen on the very first step
@@ -109,7 +110,7 @@ def test_huge_initial_weights_saturate_tanh_and_raise_an_alert_naming_the_layer(
 
 
 def test_a_healthy_tanh_net_raises_no_activation_alert(digits):
-    trainer, mem = train(tanh_net(), [HistogramMonitor(every=5)], digits, epochs=3)
+    trainer, mem = train(tanh_net(), [HistogramMonitor(budget=None, every=5)], digits, epochs=3)
     assert not [a for a in trainer.monitor.alerts.history if a.code in ACTIVATION_CODES]
     assert max(mem.scalar("activations/tanh1/saturated_fraction")) < 0.1
     ratios = mem.scalar("gradients/norm_ratio_first_last")
@@ -120,7 +121,7 @@ def test_a_large_negative_bias_kills_relus_and_raises_dead(digits):
     model = nn.Sequential([nn.Dense(64, 64, rng=0), nn.ReLU(), nn.Dense(64, 32, rng=1),
                            nn.ReLU(), nn.Dense(32, 10, rng=2)])
     model.layers["fc1"].params["bias"][:] = -10.0
-    trainer, mem = train(model, [HistogramMonitor(every=5)], digits, epochs=2)
+    trainer, mem = train(model, [HistogramMonitor(budget=None, every=5)], digits, epochs=2)
     dead = fired(trainer, "activations.dead")
     assert "relu1" in {a.tensor for a in dead}
     first = next(a for a in dead if a.tensor == "relu1")
@@ -144,7 +145,7 @@ def test_the_dead_alert_counts_units_silent_in_every_batch_of_the_window(digits)
     first.params["weight"][...] = np.eye(64)
     first.params["bias"][...] = -0.9
     model = nn.Sequential([first, nn.ReLU(), nn.Dense(64, 10, rng=1)])
-    monitor = HistogramMonitor(every=5, dead_alert=0.05, dead_window=3)
+    monitor = HistogramMonitor(budget=None, every=5, dead_alert=0.05, dead_window=3)
     trainer, mem = train(model, [monitor, Inputs()], digits, epochs=1, lr=1e-9, batch_size=16)
     active = [(b > 0.9).any(axis=0) for b in Inputs.seen]  # pixels are multiples of 1/16
     per_batch = [np.mean(~a) for a in active]
@@ -157,7 +158,7 @@ def test_the_dead_alert_counts_units_silent_in_every_batch_of_the_window(digits)
 
 def test_a_healthy_relu_net_has_few_dead_units(digits):
     model = nn.Sequential([nn.Dense(64, 64, rng=0), nn.ReLU(), nn.Dense(64, 10, rng=1)])
-    trainer, mem = train(model, [HistogramMonitor(every=5)], digits, epochs=2)
+    trainer, mem = train(model, [HistogramMonitor(budget=None, every=5)], digits, epochs=2)
     assert not fired(trainer, "activations.dead")
     assert max(mem.scalar("activations/relu1/dead_fraction")) < 0.3
 
@@ -167,7 +168,7 @@ def test_a_deep_small_weight_sigmoid_stack_raises_vanishing(digits):
     for i in range(6):
         layers += [nn.Dense(64, 64, rng=i, weight_scale=0.05), nn.Sigmoid()]
     model = nn.Sequential([*layers, nn.Dense(64, 10, rng=9)])
-    trainer, mem = train(model, [HistogramMonitor(every=5)], digits, epochs=1)
+    trainer, mem = train(model, [HistogramMonitor(budget=None, every=5)], digits, epochs=1)
     vanishing = fired(trainer, "gradients.vanishing")
     assert len(vanishing) == 1 and vanishing[0].value < 1e-3
     assert "fc1.weight" in vanishing[0].message
@@ -181,7 +182,7 @@ def test_a_tiny_first_layer_raises_exploding(digits):
     # comes back through normal He-scaled weights: the ratio is far above 1e3.
     model = nn.Sequential([nn.Dense(64, 64, rng=0, weight_scale=1e-5), nn.ReLU(),
                            nn.Dense(64, 64, rng=1), nn.ReLU(), nn.Dense(64, 10, rng=2)])
-    trainer, mem = train(model, [HistogramMonitor(every=5)], digits, epochs=1)
+    trainer, mem = train(model, [HistogramMonitor(budget=None, every=5)], digits, epochs=1)
     exploding = fired(trainer, "gradients.exploding")
     assert len(exploding) == 1 and exploding[0].value > 1e3
     assert mem.scalar("gradients/norm_ratio_first_last")[0] > 1e3
@@ -199,7 +200,8 @@ def conv_net():
 def test_histogram_tags_and_counts(digits):
     x, y = digits
     images = (x[:128].reshape(-1, 1, 8, 8), y[:128])
-    trainer, mem = train(conv_net(), [HistogramMonitor(every=3)], images, epochs=1, batch_size=32)
+    trainer, mem = train(conv_net(), [HistogramMonitor(budget=None, every=3)], images, epochs=1,
+                         batch_size=32)
     layers = ["conv1", "relu1", "pool1", "fc1"]  # flatten1 is pool1 reshaped: skipped
     tensors = ["conv1.weight", "conv1.bias", "fc1.weight", "fc1.bias"]
     expected = ({f"activations/{n}" for n in layers}
@@ -230,8 +232,8 @@ def test_gradient_ratio_is_the_rms_ratio_of_the_first_and_last_weight_gradients(
     """From the gradient histograms' sums of squares when they are written, else from the
     backend's norms: the same number either way."""
     x, y = digits
-    trainer, mem = train(tanh_net(), [HistogramMonitor(every=1, which=which)], (x[:64], y[:64]),
-                         epochs=1)
+    trainer, mem = train(tanh_net(), [HistogramMonitor(budget=None, every=1, which=which)],
+                         (x[:64], y[:64]), epochs=1)
     grads = trainer.backend.gradients()  # the one step's gradients (no zero_grad after it)
     first, last = grads["fc1.weight"], grads["fc3.weight"]
     expected = gradient_rms_ratio(float(np.linalg.norm(first)), first.size,
@@ -240,8 +242,8 @@ def test_gradient_ratio_is_the_rms_ratio_of_the_first_and_last_weight_gradients(
 
 
 def test_which_selects_histograms_but_statistics_stay(digits):
-    trainer, mem = train(tanh_net(), [HistogramMonitor(every=5, which=("weights",))], digits,
-                         epochs=1)
+    trainer, mem = train(tanh_net(), [HistogramMonitor(budget=None, every=5, which=("weights",))],
+                         digits, epochs=1)
     assert {t.split("/")[0] for t in mem.histograms} == {"weights"}
     assert "activations/tanh1/saturated_fraction" in mem.tags
 
@@ -255,17 +257,18 @@ def test_capture_is_on_only_for_scheduled_steps(digits):
             self.seen.append((state.step, state.backend.model.capture))
 
     model = tanh_net()
-    train(model, [HistogramMonitor(every=4), Probe()], digits, epochs=1)
+    train(model, [HistogramMonitor(budget=None, every=4), Probe()], digits, epochs=1)
     assert [s for s, on in Probe.seen if on] == [0, 4, 8]
     assert len(Probe.seen) == 10
     assert model.capture is False
 
 
 def test_figure_every_counts_scheduled_steps(digits):
-    trainer, mem = train(tanh_net(), [HistogramMonitor(every=2, figure_every=3)], digits,
-                         epochs=1)
+    trainer, mem = train(tanh_net(), [HistogramMonitor(budget=None, every=2, figure_every=3)],
+                         digits, epochs=1)
     assert [s for s, _ in mem.figures["activations/distribution"]] == [0, 6]
-    _, mem = train(tanh_net(), [HistogramMonitor(every=2, figure_every=None)], digits, epochs=1)
+    _, mem = train(tanh_net(), [HistogramMonitor(budget=None, every=2, figure_every=None)], digits,
+                   epochs=1)
     assert not mem.figures
 
 
@@ -276,7 +279,7 @@ def test_watching_does_not_change_training(digits):
         trainer, _ = train(model, callbacks, digits, epochs=2)
         return trainer.backend.state_dict()
 
-    a, b = run([]), run([HistogramMonitor(every=3, figure_every=2)])
+    a, b = run([]), run([HistogramMonitor(budget=None, every=3, figure_every=2)])
     for k, v in a["model"]["params"].items():
         assert np.array_equal(v, b["model"]["params"][k]), k
     assert a["model"]["rng_state"] == b["model"]["rng_state"]
@@ -285,7 +288,7 @@ def test_watching_does_not_change_training(digits):
 def test_histograms_read_back_from_tensorboard(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(tanh_net(), [HistogramMonitor(every=5, figure_every=None)], digits, epochs=1,
+    train(tanh_net(), [HistogramMonitor(budget=None, every=5, figure_every=None)], digits, epochs=1,
           logdir=tmp_path)
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0,
                                                          "images": 0, "tensors": 0})

@@ -15,7 +15,7 @@ from trainwatch.outputs.memory import MemoryOutput
 
 def every10(**kwargs) -> UpdateRatioMonitor:
     """The monitor measuring every 10 steps: the schedule these tests' step numbers assume."""
-    return UpdateRatioMonitor(every=10, **kwargs)
+    return UpdateRatioMonitor(budget=None, every=10, **kwargs)
 
 SIZE = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
 WEIGHTS = ("fc1.weight", "fc2.weight")
@@ -124,7 +124,7 @@ def test_ratio_is_the_applied_change_over_the_weights(digits, make_opt):
     opt = make_opt(model)
     loss_fn = nn.SoftmaxCrossEntropy()
     mem = MemoryOutput()
-    monitor = UpdateRatioMonitor(every=3)
+    monitor = UpdateRatioMonitor(budget=None, every=3)
     mon = Monitor(model, loss=loss_fn, optimizer=opt, callbacks=[monitor], progress=False,
                   outputs=[mem], raise_errors=True)
     expected: dict[int, dict[str, float]] = {}
@@ -170,7 +170,7 @@ def test_watching_does_not_change_training(digits):
         return model.named_parameters()
 
     plain = run([])
-    watched = run([UpdateRatioMonitor(every=1)])
+    watched = run([UpdateRatioMonitor(budget=None, every=1)])
     for k in plain:
         np.testing.assert_array_equal(plain[k], watched[k])
 

@@ -74,8 +74,8 @@ def loop(model, opt, watcher, *, epochs=2, batch=64, seed=0, on_batch=None):
 
 
 def frequent_callbacks():
-    return [MetricLogger(every=2), UpdateRatioMonitor(every=2),
-            HistogramMonitor(every=4, figure_every=None),
+    return [MetricLogger(every=2), UpdateRatioMonitor(budget=None, every=2),
+            HistogramMonitor(budget=None, every=4, figure_every=None),
             GradientCheck(every=6, warmup_steps=3, budget=None),
             FilterImages(every=4), AccuracyGapMonitor()]
 
@@ -127,7 +127,8 @@ def test_close_removes_every_hook_and_stops_watching():
     bare = all_hooks(model, opt)
     mem = MemoryOutput()
     w = watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
-              callbacks=[MetricLogger(every=1), HistogramMonitor(every=1, figure_every=None)])
+              callbacks=[MetricLogger(every=1),
+                         HistogramMonitor(budget=None, every=1, figure_every=None)])
     assert all_hooks(model, opt) != bare
     loop(model, opt, w, epochs=1)
     assert w.step == 8 and "activations/2" in mem.histograms
@@ -242,8 +243,8 @@ def test_a_compiled_model_is_watched_under_its_own_names():
     check = GradientCheck(every=4, warmup_steps=2, budget=None)
     criterion = nn.CrossEntropyLoss()
     with watch(compiled, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
-               callbacks=[UpdateRatioMonitor(every=2), check,
-                          HistogramMonitor(every=3, figure_every=None)]) as w:
+               callbacks=[UpdateRatioMonitor(budget=None, every=2), check,
+                          HistogramMonitor(budget=None, every=3, figure_every=None)]) as w:
         for _ in range(6):
             x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
             loss = criterion(compiled(x), y)
@@ -458,9 +459,9 @@ def test_idle_steps_read_nothing_from_the_device(monkeypatch):
     model = small_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     mem = MemoryOutput()
-    callbacks = [MetricLogger(every=5), UpdateRatioMonitor(every=5),
-                 HistogramMonitor(every=5, figure_every=None), GradientCheck(every=8, budget=None,
-                                                                             warmup_steps=4)]
+    callbacks = [MetricLogger(every=5), UpdateRatioMonitor(budget=None, every=5),
+                 HistogramMonitor(budget=None, every=5, figure_every=None),
+                 GradientCheck(every=8, budget=None, warmup_steps=4)]
     reads = reads_per_step(model, opt, callbacks, mem)
     written = {step for log_ in (mem.scalars_log, mem.histograms) for series in log_.values()
                for step, _ in series}
@@ -485,7 +486,7 @@ def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     mem = MemoryOutput()
     callbacks = [MetricLogger(every=5), LossMonitor(every=10, check_tensors_every=None),
-                 UpdateRatioMonitor(every=5)]
+                 UpdateRatioMonitor(budget=None, every=5)]
     reads = reads_per_step(model, opt, callbacks, mem)
     assert [s for s, n in enumerate(reads) if n] == [0, 5, 10, 15]
     assert all(reads[s] == 1 for s in (0, 5, 10, 15)), reads
@@ -552,7 +553,7 @@ def test_a_capture_that_runs_out_of_memory_never_stops_training(monkeypatch, fai
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     mem = MemoryOutput()
     with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
-               callbacks=[HistogramMonitor(every=4, figure_every=None)]) as w:
+               callbacks=[HistogramMonitor(budget=None, every=4, figure_every=None)]) as w:
         loop(model, opt, w, epochs=1)
     assert w.step == 8
     failed = [a for a in w.monitor.alerts.history if a.code == "activations.capture_failed"]
@@ -611,7 +612,7 @@ def test_a_watched_model_can_be_deep_copied_pickled_and_saved_and_the_copy_is_no
             seen.append(state.step)
 
     w = watch(model, opt, criterion, logdir=tmp_path, progress=False, raise_errors=True,
-              callbacks=[HistogramMonitor(every=2), Batches()])
+              callbacks=[HistogramMonitor(budget=None, every=2), Batches()])
     torch.manual_seed(0)
     copies = []
     for _ in range(4):
@@ -687,7 +688,7 @@ def test_the_model_carries_forward_hooks_only_on_steps_whose_batch_is_read():
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     seen, mem = Seen(), MemoryOutput()
     w = watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
-              callbacks=[seen, HistogramMonitor(every=4, figure_every=None)])
+              callbacks=[seen, HistogramMonitor(budget=None, every=4, figure_every=None)])
     loop(model, opt, w, epochs=2)  # 16 steps
     w.close()
     reads = [step % 4 == 0 for step in range(16)]

@@ -29,6 +29,7 @@ import math
 import time
 from typing import Any
 
+from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count, flag
 from trainwatch.core.state import RunState
@@ -88,10 +89,11 @@ class GradientCheck(Callback):
             with the step-size sweep on the failing tensors and write its figure (default
             True; costs nothing while checks pass).
         budget: the most checking may take, as a fraction of the run's wall time so far
-            (default 0.02). A check that is due but would go over (judged by the duration of
-            the previous one) waits until training has run long enough. On a big model,
-            where one check takes seconds, this spaces checks out more than ``every``.
-            None: no budget.
+            (default 0.02; a :class:`~trainwatch.core.budget.TimeBudget`). A check that is
+            due but would go over (judged by the duration of the previous one) moves to the
+            first step at which it fits, if steps keep their average length. On a big
+            model, where one check takes seconds, this spaces checks out more than
+            ``every``. None: no budget.
         time_limit: seconds the first check may take regardless of the budget (default 1.0;
             with ``budget`` only). A first check that would take longer stops (info alert
             ``gradcheck.deferred``, once): on a torch model as soon as its analytic pass
@@ -109,7 +111,8 @@ class GradientCheck(Callback):
     Attributes:
         reports: ``(step, report)`` of every check of the current run, in order.
         seconds: wall-clock seconds spent checking in the current run.
-        deferred: how many times a due check was held back by ``budget`` (or stopped by
+        budget: the :class:`~trainwatch.core.budget.TimeBudget` (``budget.fraction``).
+        deferred: how many times a due check was moved later by ``budget`` (or stopped by
             ``time_limit``).
     """
 
@@ -132,10 +135,7 @@ class GradientCheck(Callback):
         self.seed = count("seed", seed, 0)
         self.stop_on_failure = flag("stop_on_failure", stop_on_failure)
         self.sweep_on_failure = flag("sweep_on_failure", sweep_on_failure)
-        if budget is not None and not (isinstance(budget, (int, float))
-                                       and not isinstance(budget, bool) and 0 < budget <= 1):
-            raise ValueError(f"budget: must be a fraction in (0, 1] or None, got {budget!r}")
-        self.budget = None if budget is None else float(budget)
+        self.budget = TimeBudget(budget, name="budget")
         if time_limit is not None and not (isinstance(time_limit, (int, float))
                                            and not isinstance(time_limit, bool)
                                            and math.isfinite(time_limit) and time_limit > 0):
@@ -157,9 +157,13 @@ class GradientCheck(Callback):
         self._failing = False  # inside a failure episode (no sweep until it passes again)
         self._seconds = 0.0  # the last check's duration, or the estimate of a stopped one
         self._estimated = False  # _seconds is an estimate: the next check runs unlimited
-        self.seconds = 0.0
-        self._started = time.perf_counter()
+        self.budget.start()
         self.deferred = 0  # due checks held back by the budget
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock seconds spent checking in the current run."""
+        return self.budget.seconds
 
     @property
     def last_report(self) -> Any:
@@ -206,7 +210,7 @@ class GradientCheck(Callback):
                            "Monitor.batch_begin(inputs, targets)")
             return
         if self._over_budget():
-            self._next_check = state.step + 1
+            self._next_check = self.budget.earliest_step(state.step + 1, self._seconds)
             self.deferred += 1
             return
         self._warm = True
@@ -214,14 +218,14 @@ class GradientCheck(Callback):
         try:
             report = self._check(state)
         except CheckTimeout as stop:
-            self._next_check = state.step + 1
+            self._next_check = self.budget.earliest_step(state.step + 1, self._seconds)
             self.deferred += 1
             state.alerts.fire(
                 "gradcheck.deferred", "info",
                 f"the first gradient check stopped after {stop.seconds:.2g} s (time_limit "
                 f"{self.time_limit:g} s); the whole check would take about "
                 f"{self._seconds:.2g} s, so it waits until that fits within "
-                f"{self.budget:.0%} of the run's time", state.step,
+                f"{self.budget.fraction:.0%} of the run's time", state.step,
                 suggestion="pass GradientCheck(time_limit=None) to check right after the "
                            "warm-up whatever it costs, or a larger budget")
             return
@@ -237,10 +241,9 @@ class GradientCheck(Callback):
     def _over_budget(self) -> bool:
         """Would one more check (as long as the last, or as estimated) take checking past
         ``budget`` of the run's wall time? Never true before the first check started."""
-        if self.budget is None or not (self.reports or self._estimated):
+        if not (self.reports or self._estimated):
             return False
-        elapsed = time.perf_counter() - self._started
-        return self.seconds + self._seconds > self.budget * elapsed
+        return not self.budget.allows(self._seconds)
 
     def _loss_has_fallen(self, state: RunState) -> bool:
         if self.warmup_loss_drop is None or state.loss is None:
@@ -253,7 +256,7 @@ class GradientCheck(Callback):
         inputs = state.inputs[: self.examples]
         targets = state.targets[: self.examples]
         seed = self.seed + state.step
-        limited = (self.budget is not None and self.time_limit is not None
+        limited = (self.budget.fraction is not None and self.time_limit is not None
                    and not self.reports and not self._estimated)
         limit = {"max_seconds": self.time_limit} if limited else {}
         started = time.perf_counter()
@@ -262,7 +265,7 @@ class GradientCheck(Callback):
                                                    **limit)
         except CheckTimeout as stop:
             spent = time.perf_counter() - started
-            self.seconds += spent
+            self.budget.add(spent)
             # the backend's own work (copies, the analytic pass) plus the engine's estimate
             self._seconds = spent - stop.seconds + stop.estimated_seconds
             self._estimated = True
@@ -275,7 +278,7 @@ class GradientCheck(Callback):
         self._failing = failed
         self._seconds = time.perf_counter() - started
         self._estimated = False
-        self.seconds += self._seconds
+        self.budget.add(self._seconds)
         return report
 
     def _write(self, state: RunState, report: Any) -> None:

@@ -39,6 +39,7 @@ from trainwatch.core.backend import (
     alive_units,
     saturated_fraction,
 )
+from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -153,7 +154,8 @@ def _positive(name: str, value: Any, *, upper: float | None = None) -> float:
 class HistogramMonitor(Callback):
     """Every ``every`` steps: per-layer histograms and activation statistics, with alerts.
 
-    On a scheduled step (``step % every == 0``, step 0 included) it turns activation capture
+    On a scheduled step (a multiple of ``every``, step 0 included, spaced further where
+    ``budget`` asks for it) it turns activation capture
     on before the forward pass, and after the backward pass writes (step = the batch's
     global step):
 
@@ -166,7 +168,7 @@ class HistogramMonitor(Callback):
     * every ``figure_every``-th scheduled step, the figure ``activations/distribution``
       (matplotlib, about 100 ms to render: keep it rare).
 
-    Then capture goes off again, so the other steps cost an integer modulo.
+    Then capture goes off again; the other steps never call it.
 
     Alerts (warnings, per layer for the first two, once per episode, with hysteresis):
     ``activations.saturated`` when a layer's saturated fraction exceeds ``saturated_alert``,
@@ -200,6 +202,11 @@ class HistogramMonitor(Callback):
         figure_every: draw the figure at every this-many-th scheduled step, the first one
             included, e.g. 5; default None: never (matplotlib costs ~0.5 s to import once
             and ~0.1 s a figure; ``default_callbacks(figures=True)`` sets 5).
+        budget: the most measuring may take, as a fraction of the run's wall time (default
+            0.005; a :class:`~trainwatch.core.budget.TimeBudget`): on a small model whose
+            steps take a millisecond, where a round of histograms costs several steps, a
+            due round moves to a later multiple of ``every``. None: every ``every`` steps
+            whatever it costs.
     """
 
     order = 20
@@ -218,8 +225,10 @@ class HistogramMonitor(Callback):
         vanishing_ratio: float = 1e-3,
         exploding_ratio: float = 1e3,
         figure_every: int | None = None,
+        budget: float | None = 0.005,
     ):
         self.every = count("every", every)
+        self.budget = TimeBudget(budget, name="budget")
         self.bins = count("bins", bins)
         if isinstance(which, str):
             which = (which,)
@@ -255,7 +264,12 @@ class HistogramMonitor(Callback):
     def next_step(self, step: int) -> int:
         # (awake while capturing: a scheduled step that never reached its backward pass
         # gives its capture back at the next batch)
-        return step if self._capturing else next_multiple(step, self.every)
+        if self._capturing:
+            return step
+        return next_multiple(self.budget.earliest_step(step, self.budget.mean), self.every)
+
+    def on_train_begin(self, state: RunState) -> None:
+        self.budget.start(state.step)
 
     def on_batch_begin(self, state: RunState) -> None:
         if state.step % self.every:
@@ -269,7 +283,9 @@ class HistogramMonitor(Callback):
         if state.step % self.every:
             return
         try:
-            self._measure(state)
+            with self.budget:
+                self.budget.count()
+                self._measure(state)
         finally:
             if self._capturing:
                 self._stop_capture(state)

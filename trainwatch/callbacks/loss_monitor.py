@@ -214,6 +214,8 @@ class LossMonitor(Callback):
         }})
 
     def next_step(self, step: int) -> int:
+        if self.check_every == 1:  # (every step: asked after each one)
+            return step
         nxt = next_multiple(step, self.check_every)
         if self.check_tensors_every is not None and not self._nonfinite_seen:
             nxt = min(nxt, next_multiple(step, self.check_tensors_every))

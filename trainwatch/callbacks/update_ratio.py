@@ -50,6 +50,7 @@ from typing import Any
 
 from trainwatch.alerts.rules import Hysteresis, Streak
 from trainwatch.core.backend import TensorNorms
+from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -122,9 +123,9 @@ class UpdateRatioMonitor(Callback):
     """Per-tensor update/weight ratio ``‖Δθ‖ / ‖θ‖``, written to TensorBoard and checked
     against a band; alerts name the tensor and suggest a learning-rate change.
 
-    Measures only on scheduled steps (``state.step % every == 0``): the parameters are
-    snapshotted in ``on_step_begin`` and compared in ``on_step_end``, all tensors in one
-    batched backend call. Other steps cost one integer modulo.
+    Measures on scheduled steps (multiples of ``every``, spaced further where ``budget``
+    asks for it): the parameters are snapshotted in ``on_step_begin`` and compared in
+    ``on_step_end``, all tensors in one batched backend call. Other steps never call it.
 
     Tags (at the step measured):
 
@@ -161,6 +162,11 @@ class UpdateRatioMonitor(Callback):
             False: they are measured and written but not judged).
         exclude: names or globs of tensors not measured at all (e.g. intentionally frozen).
         log_norms: also write weight, gradient and update norms (default True).
+        budget: the most measuring may take, as a fraction of the run's wall time (default
+            0.005; a :class:`~trainwatch.core.budget.TimeBudget`): on a model whose steps
+            take a millisecond, where one measurement costs a fraction of a step, a due
+            measurement moves to a later multiple of ``every``. None: every ``every``
+            steps whatever it costs.
     """
 
     order = 20
@@ -181,8 +187,10 @@ class UpdateRatioMonitor(Callback):
         include_biases: bool = False,
         exclude: Iterable[str] = (),
         log_norms: bool = True,
+        budget: float | None = 0.005,
     ):
         self.every = count("every", every)
+        self.budget = TimeBudget(budget, name="budget")
         self.band = _band("band", band)
         self.smoothing = _number("smoothing", smoothing, low=0.0, high=1.0)
         self.window = None if window is None else count("window", window)
@@ -237,6 +245,7 @@ class UpdateRatioMonitor(Callback):
 
     def on_train_begin(self, state: RunState) -> None:
         self._reset()
+        self.budget.start(state.step)
         state.writer.layout({"update_ratio": {
             "all tensors, log10 (band lines: band_low, band_high)": (
                 "Multiline", [r"^update_ratio_log10/"]),
@@ -244,7 +253,7 @@ class UpdateRatioMonitor(Callback):
         }})
 
     def next_step(self, step: int) -> int:
-        return next_multiple(step, self.every)
+        return next_multiple(self.budget.earliest_step(step, self.budget.mean), self.every)
 
     def reads_batch(self, step: int) -> bool:
         return False
@@ -252,21 +261,25 @@ class UpdateRatioMonitor(Callback):
     def on_step_begin(self, state: RunState) -> None:
         if state.step % self.every:
             return
-        state.backend.begin_update()
+        with self.budget:
+            self.budget.count()
+            state.backend.begin_update()
         self._measuring = True
 
     def on_step_end(self, state: RunState) -> None:
         if not self._measuring:
             return
         self._measuring = False
-        norms = state.backend.end_update_scalars()  # framework scalars, read at the step end
-        names, step = list(norms), state.step
+        with self.budget:
+            norms = state.backend.end_update_scalars()  # framework scalars, read at step end
+            names, step = list(norms), state.step
 
-        def evaluate(floats: list[float]) -> None:
-            self._evaluate(state, step, {name: TensorNorms(*floats[3 * i:3 * i + 3])
-                                         for i, name in enumerate(names)})
+            def evaluate(floats: list[float]) -> None:
+                with self.budget:
+                    self._evaluate(state, step, {name: TensorNorms(*floats[3 * i:3 * i + 3])
+                                                 for i, name in enumerate(names)})
 
-        self.read_at_step_end(state, [v for name in names for v in norms[name]], evaluate)
+            self.read_at_step_end(state, [v for name in names for v in norms[name]], evaluate)
 
     # -- internals --------------------------------------------------------------------------------
 

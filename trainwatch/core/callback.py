@@ -189,6 +189,9 @@ class CallbackList:
         #: whether a callback awake at the current step reads its batch
         #: (:meth:`Callback.reads_batch`); set by :meth:`schedule` and :meth:`advance`
         self.batch_needed = True
+        #: no callback is awake at the current step: its batch hooks would call nobody, and
+        #: a loop may skip them (the Monitor and the torch watcher do)
+        self.quiet = False
 
     def __iter__(self):
         return iter(self.callbacks)
@@ -211,7 +214,7 @@ class CallbackList:
     def schedule(self, state: RunState) -> None:
         """Ask every enabled callback for its next step from ``state.step`` (when training
         begins, after an epoch end)."""
-        self._awake, self._asleep = list(self.callbacks), []
+        self._awake, self._asleep, self.quiet = list(self.callbacks), [], False
         self._rebuild()
         self.advance(state)
 
@@ -219,7 +222,10 @@ class CallbackList:
         """At a new step (``state.step``): the callbacks awake so far say when they next
         need the batch hooks (sleeping until then), those whose step has come wake up, and
         :attr:`batch_needed` tells whether one of them reads this step's batch."""
-        step, asleep, awake = state.step, self._asleep, []
+        step, asleep = state.step, self._asleep
+        if self.quiet and (not asleep or asleep[0][0] > step):
+            return  # all asleep and none wakes: nothing to ask (the hot path of a quiet run)
+        awake: list[Callback] = []
         changed = False
         for cb in self._awake:
             if self.disabled and id(cb) in self.disabled:
@@ -240,7 +246,13 @@ class CallbackList:
             awake.sort(key=lambda cb: self._position[id(cb)])
             self._awake = awake
             self._rebuild()
-        self.batch_needed = any(self._ask(cb, "reads_batch", state, step) for cb in awake)
+        self.quiet = not awake
+        needed = False
+        for cb in awake:
+            if self._ask(cb, "reads_batch", state, step):
+                needed = True
+                break
+        self.batch_needed = needed
 
     def _ask(self, cb: Callback, what: str, state: RunState, step: int) -> Any:
         """``cb.next_step(step)`` or ``cb.reads_batch(step)``; a callback that raises there

@@ -185,6 +185,11 @@ class Monitor:
     def step_end(self) -> None:
         """Call just after ``optimizer.step()``; advances the global step."""
         s = self.state
+        if self.callbacks.quiet:  # no callback awake: no hook to call, nothing queued
+            s.step += 1
+            s.batch_index += 1
+            self.callbacks.advance(s)
+            return
         self.callbacks.call("on_step_end", s)
         if s.queued_reads:  # (checked here too: the hot path skips the call)
             self._read_queued()

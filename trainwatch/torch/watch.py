@@ -96,6 +96,7 @@ class Watcher:
         ]
         self._forward_hooks = (CopySafeHook(self._forward_pre), CopySafeHook(self._forward_post))
         self._forward_handles: list[Any] = []  # attached for the steps that read the batch
+        self._quiet = False  # no callback awake this step: the hooks only count the step
         self.monitor.train_begin(epochs, steps_per_epoch)
         self._follow_schedule()
 
@@ -104,7 +105,9 @@ class Watcher:
     def _follow_schedule(self) -> None:
         """Attach the model's forward hooks for a step whose batch a callback reads, and
         remove them for the others (a module with hooks takes torch's slower call path)."""
-        needed = self.monitor.batch_needed
+        callbacks = self.monitor.callbacks
+        self._quiet = callbacks.quiet and not self._closed
+        needed = callbacks.batch_needed
         if needed and not self._forward_handles:
             pre, post = self._forward_hooks
             self._forward_handles = [
@@ -150,7 +153,7 @@ class Watcher:
         return None
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._closed:
+        if self._quiet or self._closed:
             return
         if not self._in_step:
             self._open_batch(None)
@@ -164,7 +167,8 @@ class Watcher:
             return
         self.monitor.step_end()
         self._in_step = False
-        self._follow_schedule()
+        if not (self._quiet and self.monitor.callbacks.quiet):  # (else nothing changed)
+            self._follow_schedule()
 
     # -- what the loop reports --------------------------------------------------------------------
 
@@ -174,6 +178,14 @@ class Watcher:
         on it (when several batches make one optimizer step, the first one's);
         ``predictions`` default to the model's output of the batch's first forward.
         Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
+        if self._quiet and self._epoch_open and isinstance(loss, torch.Tensor) and (
+                loss.numel() == 1):
+            # a step no callback sees: keep the loss for the epoch's mean, and that is all
+            value = loss.detach()
+            state = self.monitor.state
+            state.loss, state.inputs, state.targets, state.predictions = value, None, None, None
+            self._keep(value)
+            return loss
         if self._closed:
             return loss
         if not self._in_step:
@@ -192,12 +204,16 @@ class Watcher:
         if isinstance(predictions, torch.Tensor):
             predictions = predictions.detach()
         self.monitor.loss_computed(value, predictions)
+        self._keep(value)
+        return loss
+
+    def _keep(self, value: Any) -> None:
+        """Keep a reported loss for the epoch's mean (``train_loss``)."""
         losses = self._losses
         losses.append(value)
         if len(losses) == 1024:  # fold on the device (no transfer) to bound memory
             self._loss_partial.append(_sum(losses))
             losses.clear()
-        return loss
 
     def _scalar(self, loss: Any) -> Any:
         """The loss as kept (a detached one-element tensor, or a float), or None for a value
@@ -274,6 +290,7 @@ class Watcher:
         if self._closed:
             return
         self._closed = True
+        self._quiet = False
         try:
             self.monitor.train_end(exception)
         finally:

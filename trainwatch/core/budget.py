@@ -1,0 +1,108 @@
+"""TimeBudget: the share of a run's wall time that one callback's work may take.
+
+A callback that does costly work now and then (a gradient check, a histogram round, an
+update measurement) times that work with its budget and asks it when the next occurrence
+fits::
+
+    def next_step(self, step):
+        return next_multiple(self.budget.earliest_step(step, self.budget.mean), self.every)
+
+    def on_step_end(self, state):
+        with self.budget:           # times the work (nested blocks count once)
+            self.budget.count()     # one occurrence
+            ...
+
+On a model whose steps are long the work fits at every scheduled step and nothing changes;
+on a small model whose steps take a millisecond, occurrences are spaced out so watching stays
+within the budget. The first occurrence is never held back (nothing is known about its cost
+before it ran), so every callback shows up on the dashboard.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class TimeBudget:
+    """Seconds spent on one callback's work, against ``fraction`` of the run's wall time.
+
+    Args:
+        fraction: the most the work may take, as a fraction in (0, 1] of the wall time since
+            :meth:`start` (e.g. 0.005 = 0.5 %), or None for no limit.
+        name: the argument's name in the error message for a bad ``fraction``.
+        clock: seconds, monotonic (default ``time.perf_counter``).
+
+    Attributes:
+        seconds: time spent inside ``with budget:`` blocks since :meth:`start`.
+        occurrences: how many occurrences of the work were counted (:meth:`count`; one
+            occurrence may be timed in several blocks, over several hooks).
+    """
+
+    def __init__(self, fraction: float | None, *, name: str = "budget",
+                 clock: Callable[[], float] = time.perf_counter):
+        if fraction is not None and not (isinstance(fraction, (int, float))
+                                         and not isinstance(fraction, bool)
+                                         and 0 < fraction <= 1):
+            raise ValueError(f"{name}: must be a fraction in (0, 1] or None, got {fraction!r}")
+        self.fraction = None if fraction is None else float(fraction)
+        self._clock = clock
+        self.start()
+
+    def start(self, step: int = 0) -> None:
+        """Begin a run at global step ``step`` (call it in ``on_train_begin``)."""
+        self.seconds = 0.0
+        self.occurrences = 0
+        self._started = self._clock()
+        self._first_step = step
+        self._entered = 0.0
+        self._depth = 0
+
+    @property
+    def elapsed(self) -> float:
+        """Wall-clock seconds since :meth:`start`."""
+        return self._clock() - self._started
+
+    @property
+    def mean(self) -> float:
+        """Mean seconds of one occurrence so far (0.0 before the first)."""
+        return self.seconds / self.occurrences if self.occurrences else 0.0
+
+    def __enter__(self) -> TimeBudget:
+        if not self._depth:  # (nested blocks count once: the outermost one)
+            self._entered = self._clock()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self.seconds += self._clock() - self._entered
+
+    def count(self) -> None:
+        """Count one occurrence (call it once per occurrence, timed with ``with``)."""
+        self.occurrences += 1
+
+    def add(self, seconds: float) -> None:
+        """Count ``seconds`` of work timed elsewhere."""
+        self.seconds += seconds
+
+    def allows(self, cost: float) -> bool:
+        """Would ``cost`` more seconds keep the work within the budget now?"""
+        return self.fraction is None or self.seconds + cost <= self.fraction * self.elapsed
+
+    def earliest_step(self, step: int, cost: float) -> int:
+        """The first global step, ``step`` or later, at which ``cost`` more seconds of work
+        fit, if the steps to come take as long as the steps so far did on average. ``step``
+        itself when it fits now, when there is no limit, or when ``cost`` is 0 (nothing
+        measured yet)."""
+        if cost <= 0 or self.allows(cost):
+            return step
+        elapsed = self.elapsed
+        per_step = elapsed / max(step - self._first_step, 1)
+        if per_step <= 0:
+            return step
+        short = (self.seconds + cost) / self.fraction - elapsed  # wall time still to run
+        return step + math.ceil(short / per_step)
