@@ -20,6 +20,7 @@ from trainwatch.callbacks import (
     default_callbacks,
 )
 from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
+from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import NEVER, Callback, CallbackList, StopTraining, next_multiple
 from trainwatch.core.monitor import Monitor, as_backend
 from trainwatch.core.state import RunState
@@ -48,6 +49,7 @@ __all__ = [
     "Severity",
     "StopTraining",
     "TensorNorms",
+    "TimeBudget",
     "Trainer",
     "as_backend",
     "default_callbacks",

@@ -234,3 +234,62 @@ def test_a_callback_whose_next_step_raises_is_reported_and_sleeps_for_good():
     assert [t for t, _ in log].count("good") == 6
     errors = [a for a in alerts.history if a.code == "callback.error"]
     assert len(errors) == 1 and "BadSchedule.next_step" in errors[0].message
+
+
+class LossReader(EveryThird):
+    """Asleep but for steps 0, 3, 6, ...; sees every loss."""
+
+    sees_every_loss = True
+
+    def on_loss_computed(self, state):
+        self.log.append(("loss", state.step))
+
+
+def test_a_callback_that_sees_every_loss_gets_it_while_asleep_and_nothing_else():
+    log = []
+    cbs = CallbackList([LossReader(log)])
+    state = make_state()
+    cbs.schedule(state)
+    quiet = []
+    for _ in range(7):
+        quiet.append(cbs.quiet)
+        for hook in ("on_batch_begin", "on_loss_computed", "on_step_end"):
+            cbs.call(hook, state)
+        state.step += 1
+        cbs.advance(state)
+    assert [s for t, s in log if t == "loss"] == list(range(7))
+    assert [s for t, s in log if t == "third"] == [0, 3, 6]
+    # quiet (a loop may skip the batch hooks but the loss) where it sleeps
+    assert quiet == [False, True, True, False, True, True, False]
+
+
+def test_a_monitor_hands_every_loss_to_a_sleeping_callback_and_reads_what_it_queues():
+    """Quiet steps (nobody awake) still hand the loss over, and a read queued there (where
+    reads are device syncs) is read at that step's end."""
+    import numpy as np
+
+    from trainwatch import Monitor, nn
+    from trainwatch.backends.numpy_backend import NumpyBackend
+
+    class SyncingBackend(NumpyBackend):
+        host_reads_cheap = False
+
+    class QueuingLossReader(LossReader):
+        def on_loss_computed(self, state):
+            super().on_loss_computed(state)
+            step = state.step
+            self.read_at_step_end(state, [np.float64(state.loss)],
+                                  lambda floats: self.log.append(("read", step, floats)))
+
+    log = []
+    model = nn.Sequential([nn.Dense(4, 3, rng=0)])
+    backend = SyncingBackend(model, nn.SoftmaxCrossEntropy(), None)
+    mon = Monitor(backend, callbacks=[QueuingLossReader(log)], progress=False)
+    with mon.run():
+        for step in range(5):
+            mon.batch_begin()
+            mon.loss_computed(float(step))
+            assert mon.callbacks.quiet == (step % 3 != 0)
+            mon.step_end()
+            assert log[-1] == ("read", step, [float(step)])  # read at its own step's end
+    assert [s for t, s, *_ in log if t == "loss"] == [0, 1, 2, 3, 4]

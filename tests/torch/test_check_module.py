@@ -451,13 +451,17 @@ def test_kink_patterns_of_torch_calls():
         [[False, True, True, True]], [3], [[3, 2]], [[False, False, True, True]],
         [[[1, 3]]], [[False, True, True, True]],
     ]
-    prints = rec.fingerprints()
-    assert len(prints) == len(parts) and all(p.dtype == torch.float64 for p in prints)
+    fingerprint = rec.fingerprint()
+    assert fingerprint.dtype == torch.float64 and fingerprint.dim() == 0
     again = KinkRecorder(0)
     again.parts = list(rec.parts)
-    assert [float(p) for p in again.fingerprints()] == [float(p) for p in prints]
-    again.parts[0] = torch.tensor([[False, False, True, True]])
-    assert float(again.fingerprints()[0]) != float(prints[0])
+    assert float(again.fingerprint()) == float(fingerprint)
+    again.parts[0] = torch.tensor([[False, False, True, True]])  # one rectifier flipped
+    assert abs(float(again.fingerprint()) - float(fingerprint)) >= 0.5
+    again.parts = list(rec.parts)
+    again.parts[2] = torch.tensor([[1, 0, 2, 3]])  # another winner
+    assert float(again.fingerprint()) != float(fingerprint)
+    assert KinkRecorder(0).fingerprint() is None  # nothing recorded
 
 
 def test_max_pool_asked_for_indices_still_gets_them_under_the_recorder():

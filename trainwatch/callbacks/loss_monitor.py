@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.alerts.rules import Streak
-from trainwatch.core.callback import Callback, next_multiple
+from trainwatch.core.callback import NEVER, Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -80,7 +80,9 @@ class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
 
-    Per step it reads the loss as a float (checking it is finite) and queues it; every
+    It sees every loss (``sees_every_loss``) and sleeps otherwise: its other hooks run on
+    the first step and the tensor-check steps only. Per step it reads the loss as a float
+    (checking it is finite) and queues it; every
     ``every`` steps the queued losses go into a ring buffer. On an accelerator
     (``backend.host_reads_cheap`` False) the losses stay on the device and are read in one
     transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
@@ -126,6 +128,7 @@ class LossMonitor(Callback):
     """
 
     order = -50
+    sees_every_loss = True  # each loss is read (on the CPU) on its own step
 
     def __init__(
         self,
@@ -214,12 +217,13 @@ class LossMonitor(Callback):
         }})
 
     def next_step(self, step: int) -> int:
-        if self.check_every == 1:  # (every step: asked after each one)
-            return step
-        nxt = next_multiple(step, self.check_every)
-        if self.check_tensors_every is not None and not self._nonfinite_seen:
-            nxt = min(nxt, next_multiple(step, self.check_tensors_every))
-        return nxt
+        # (the losses come to on_loss_computed at every step, asleep or not: the other
+        # hooks are needed for the first batch's outputs and the tensor checks only)
+        if step == 0 and self.check_initial:
+            return 0
+        if self.check_tensors_every is None or self._nonfinite_seen:
+            return NEVER
+        return next_multiple(step, self.check_tensors_every)
 
     def reads_batch(self, step: int) -> bool:
         return step == 0 and self.check_initial  # the number of classes, from the outputs

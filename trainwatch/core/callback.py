@@ -16,6 +16,9 @@ A callback that works now and then (every N steps, at epoch ends) says so with
 :meth:`Callback.next_step`: the dispatcher skips its batch hooks until that step, so an idle
 callback costs nothing between its steps, and with :meth:`Callback.reads_batch` whether it
 reads the batch there (a watched torch model gets its forward hooks only for such steps).
+A callback that needs every step's loss but nothing else of the steps in between (the loss
+rules) sets :attr:`Callback.sees_every_loss`: its ``on_loss_computed`` runs at every step,
+asleep or not, and the other hooks of those steps are skipped.
 """
 
 from __future__ import annotations
@@ -78,10 +81,16 @@ class Callback:
         raise_errors: if True an exception in this callback propagates and stops training;
             if False (default) it is reported once as a ``callback.error`` alert and the
             callback is disabled for the rest of the run.
+        sees_every_loss: if True, :meth:`on_loss_computed` is called at every step, also
+            while the callback sleeps between the steps :meth:`next_step` names (default
+            False). For work on each loss that must stay cheap: it runs on the steps no
+            other hook runs on (``LossMonitor`` reads each loss there, so that a NaN is seen
+            on its own step). ``state.inputs`` and ``state.predictions`` may be None there.
     """
 
     order: int = 0
     raise_errors: bool = False
+    sees_every_loss: bool = False
 
     @property
     def name(self) -> str:
@@ -189,8 +198,9 @@ class CallbackList:
         #: whether a callback awake at the current step reads its batch
         #: (:meth:`Callback.reads_batch`); set by :meth:`schedule` and :meth:`advance`
         self.batch_needed = True
-        #: no callback is awake at the current step: its batch hooks would call nobody, and
-        #: a loop may skip them (the Monitor and the torch watcher do)
+        #: no callback is awake at the current step: its batch hooks would call nobody but
+        #: the callbacks that see every loss (:attr:`Callback.sees_every_loss`), and a loop
+        #: may skip them (the Monitor and the torch watcher do)
         self.quiet = False
 
     def __iter__(self):
@@ -267,6 +277,9 @@ class CallbackList:
         awake = {id(cb) for cb in self._awake}
         for hook in STEP_HOOKS:
             self._by_hook[hook] = [cb for cb in self._overriding[hook] if id(cb) in awake]
+        self._by_hook["on_loss_computed"] = [
+            cb for cb in self._overriding["on_loss_computed"]
+            if id(cb) in awake or cb.sees_every_loss]
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:

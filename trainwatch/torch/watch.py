@@ -180,10 +180,12 @@ class Watcher:
         Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
         if self._quiet and self._epoch_open and isinstance(loss, torch.Tensor) and (
                 loss.numel() == 1):
-            # a step no callback sees: keep the loss for the epoch's mean, and that is all
+            # a step no callback is awake for: the loss for those that see every loss, and
+            # for the epoch's mean
             value = loss.detach()
             state = self.monitor.state
-            state.loss, state.inputs, state.targets, state.predictions = value, None, None, None
+            state.inputs = state.targets = None
+            self.monitor.loss_computed(value)
             self._keep(value)
             return loss
         if self._closed:
