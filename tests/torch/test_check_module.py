@@ -462,6 +462,15 @@ def test_kink_patterns_of_torch_calls():
     again.parts[2] = torch.tensor([[1, 0, 2, 3]])  # another winner
     assert float(again.fingerprint()) != float(fingerprint)
     assert KinkRecorder(0).fingerprint() is None  # nothing recorded
+    # read(): the loss and, on the CPU, an exact fingerprint (a hash of the patterns)
+    loss = torch.tensor(0.25, dtype=torch.float64)
+    value, exact = rec.read(loss)
+    assert value == 0.25 and exact.shape == (1,)
+    again.parts = [p.clone() for p in rec.parts]
+    assert np.array_equal(again.read(loss)[1], exact)
+    again.parts[-1] = torch.tensor([[False, True, True, False]])
+    assert not np.array_equal(again.read(loss)[1], exact)
+    assert KinkRecorder(0).read(loss)[1].shape == (0,)
 
 
 def test_max_pool_asked_for_indices_still_gets_them_under_the_recorder():
