@@ -40,7 +40,7 @@ from trainwatch.core.backend import (
     saturated_fraction,
 )
 from trainwatch.core.budget import TimeBudget
-from trainwatch.core.callback import Callback, next_multiple
+from trainwatch.core.callback import Callback
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.base import HistogramData
@@ -266,21 +266,21 @@ class HistogramMonitor(Callback):
         # gives its capture back at the next batch)
         if self._capturing:
             return step
-        return next_multiple(self.budget.earliest_step(step, self.budget.mean), self.every)
+        return self.budget.next_due(step, self.every)
 
     def on_train_begin(self, state: RunState) -> None:
         self.budget.start(state.step)
 
     def on_batch_begin(self, state: RunState) -> None:
-        if state.step % self.every:
-            if self._capturing:  # a scheduled step never reached its backward pass
-                self._stop_capture(state)
+        if self._capturing:  # a scheduled step never reached its backward pass
+            self._stop_capture(state)
+        if self.budget.next_due(state.step, self.every) != state.step:
             return
         state.backend.capture_activations(True)
         self._capturing = True
 
     def on_backward_end(self, state: RunState) -> None:
-        if state.step % self.every:
+        if not self._capturing:  # (captured from this step's batch on: a scheduled step)
             return
         try:
             with self.budget:

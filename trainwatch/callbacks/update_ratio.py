@@ -51,7 +51,7 @@ from typing import Any
 from trainwatch.alerts.rules import Hysteresis, Streak
 from trainwatch.core.backend import TensorNorms
 from trainwatch.core.budget import TimeBudget
-from trainwatch.core.callback import Callback, next_multiple
+from trainwatch.core.callback import Callback
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -253,13 +253,13 @@ class UpdateRatioMonitor(Callback):
         }})
 
     def next_step(self, step: int) -> int:
-        return next_multiple(self.budget.earliest_step(step, self.budget.mean), self.every)
+        return self.budget.next_due(step, self.every)
 
     def reads_batch(self, step: int) -> bool:
         return False
 
     def on_step_begin(self, state: RunState) -> None:
-        if state.step % self.every:
+        if self.budget.next_due(state.step, self.every) != state.step:
             return
         with self.budget:
             self.budget.count()

@@ -5,9 +5,11 @@ update measurement) times that work with its budget and asks it when the next oc
 fits::
 
     def next_step(self, step):
-        return next_multiple(self.budget.earliest_step(step, self.budget.mean), self.every)
+        return self.budget.next_due(step, self.every)
 
     def on_step_end(self, state):
+        if self.budget.next_due(state.step, self.every) != state.step:
+            return                  # (not a step it asked for: e.g. woken by another hook)
         with self.budget:           # times the work (nested blocks count once)
             self.budget.count()     # one occurrence
             ...
@@ -24,6 +26,8 @@ import math
 import time
 from collections.abc import Callable
 from typing import Any
+
+from trainwatch.core.callback import next_multiple
 
 
 class TimeBudget:
@@ -106,3 +110,8 @@ class TimeBudget:
             return step
         short = (self.seconds + cost) / self.fraction - elapsed  # wall time still to run
         return step + math.ceil(short / per_step)
+
+    def next_due(self, step: int, every: int) -> int:
+        """The first multiple of ``every``, ``step`` or later, at which one more occurrence
+        as long as the mean one so far fits (see :meth:`earliest_step`)."""
+        return next_multiple(self.earliest_step(step, self.mean), every)
