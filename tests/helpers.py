@@ -31,7 +31,8 @@ def assert_identical(a, b, path="state"):
 def all_callbacks(validation_data):
     """Every callback trainwatch has, each scheduled often and with every option that does
     extra work switched on (figures, the step-wise gap on subsets evaluated mid-training,
-    gradient checks not held back by the time budget, and one stopped by its time limit):
+    gradient checks not held back by the time budget, and one stopped by its time limit; a
+    histogram monitor under a time budget too):
     for the bit-identical tests."""
     return [
         MetricLogger(every=1),
@@ -42,6 +43,8 @@ def all_callbacks(validation_data):
         GradientCheck(every=1000, warmup_steps=3, examples=2, budget=0.5, time_limit=1e-6),
         AccuracyGapMonitor(every=4, validation_data=validation_data, subset=64),
         HistogramMonitor(every=3, figure_every=2, budget=None),
+        # and one whose rounds a (tight) time budget spaces out
+        HistogramMonitor(every=1, figure_every=None, budget=0.001),
         FilterImages(every=4),
     ]
 

@@ -152,7 +152,7 @@ class GradientCheck(Callback):
         self.reports: list[tuple[int, Any]] = []
         self._reset()
 
-    def _reset(self) -> None:
+    def _reset(self, step: int = 0) -> None:
         self.reports = []
         self._first_loss: float | None = None
         self._warm = False
@@ -160,7 +160,7 @@ class GradientCheck(Callback):
         self._failing = False  # inside a failure episode (no sweep until it passes again)
         self._seconds = 0.0  # the last check's duration, or the estimate of a stopped one
         self._estimated = False  # _seconds is an estimate: the next check runs unlimited
-        self.budget.start()
+        self.budget.start(step)
         self.deferred = 0  # due checks held back by the budget
 
     @property
@@ -176,7 +176,7 @@ class GradientCheck(Callback):
     # -- hooks ----------------------------------------------------------------------------------
 
     def on_train_begin(self, state: RunState) -> None:
-        self._reset()
+        self._reset(state.step)
         state.writer.layout({"gradcheck": {
             "max relative error per tensor (correct < 1e-7, wrong > 1e-2)": (
                 "Multiline", [r"^gradcheck/max_rel_error/"]),

@@ -257,12 +257,7 @@ class CallbackList:
             self._awake = awake
             self._rebuild()
         self.quiet = not awake
-        needed = False
-        for cb in awake:
-            if self._ask(cb, "reads_batch", state, step):
-                needed = True
-                break
-        self.batch_needed = needed
+        self.batch_needed = any(self._ask(cb, "reads_batch", state, step) for cb in awake)
 
     def _ask(self, cb: Callback, what: str, state: RunState, step: int) -> Any:
         """``cb.next_step(step)`` or ``cb.reads_batch(step)``; a callback that raises there
@@ -276,10 +271,9 @@ class CallbackList:
     def _rebuild(self) -> None:
         awake = {id(cb) for cb in self._awake}
         for hook in STEP_HOOKS:
-            self._by_hook[hook] = [cb for cb in self._overriding[hook] if id(cb) in awake]
-        self._by_hook["on_loss_computed"] = [
-            cb for cb in self._overriding["on_loss_computed"]
-            if id(cb) in awake or cb.sees_every_loss]
+            every_loss = hook == "on_loss_computed"
+            self._by_hook[hook] = [cb for cb in self._overriding[hook]
+                                   if id(cb) in awake or (every_loss and cb.sees_every_loss)]
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:

@@ -185,15 +185,9 @@ class Monitor:
     def step_end(self) -> None:
         """Call just after ``optimizer.step()``; advances the global step."""
         s = self.state
-        if self.callbacks.quiet:  # no callback awake: no hook to call
-            if s.queued_reads:  # (by a callback that sees every loss)
-                self._read_queued()
-            s.step += 1
-            s.batch_index += 1
-            self.callbacks.advance(s)
-            return
-        self.callbacks.call("on_step_end", s)
-        if s.queued_reads:  # (checked here too: the hot path skips the call)
+        if not self.callbacks.quiet:  # (quiet: no callback awake, no hook to call)
+            self.callbacks.call("on_step_end", s)
+        if s.queued_reads:  # (by this step's hooks, or by a callback that sees every loss)
             self._read_queued()
         s.step += 1
         s.batch_index += 1

@@ -604,12 +604,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 if shared.get(n) is given:
                     continue
                 a = np.asarray(given, dtype=np.float64)
-                source = torch.from_numpy(a if a.flags.writeable else a.copy())
                 if device.type == "cpu" and a is given and a.flags.writeable:
-                    leaves[n].set_(source)
+                    leaves[n].set_(torch.from_numpy(a))
                     shared[n] = a
                 else:
-                    leaves[n].copy_(source)
+                    leaves[n].copy_(torch.from_numpy(a if a.flags.writeable else a.copy()))
             kinks.reset()
             with kinks:
                 loss = evaluate()
