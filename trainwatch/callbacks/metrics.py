@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainwatch.core.callback import Callback, next_multiple
+from trainwatch.core.callback import NEVER, Callback
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.console import ConsoleOutput
@@ -22,17 +22,23 @@ class MetricLogger(Callback):
     (``accuracy/train``, ``accuracy/val``, ``loss/val``, ...). Always on: a
     :class:`~trainwatch.Monitor` adds one if the callbacks don't include it.
 
+    It needs no batch hook: it sees each loss (:attr:`~trainwatch.Callback.sees_every_loss`)
+    and sleeps otherwise, so the steps between its loss points stay quiet.
+
     Args:
         every: steps between loss points (default 10; the loss is read from the framework
             only on those steps).
     """
 
     order = -100
+    sees_every_loss = True
 
     def __init__(self, every: int = 10):
         self.every = count("every", every)
+        self._logged_step = -1  # (several batches may make one step: its first loss is kept)
 
     def on_train_begin(self, state: RunState) -> None:
+        self._logged_step = -1
         bar = state.writer.find(ConsoleOutput)
         if bar is not None and state.epochs and state.steps_per_epoch:
             bar.start(state.epochs * state.steps_per_epoch)
@@ -44,14 +50,12 @@ class MetricLogger(Callback):
         })
 
     def next_step(self, step: int) -> int:
-        return next_multiple(step, self.every)
+        return NEVER
 
-    def reads_batch(self, step: int) -> bool:
-        return False
-
-    def on_step_end(self, state: RunState) -> None:
-        if state.step % self.every or state.loss is None:
+    def on_loss_computed(self, state: RunState) -> None:
+        if state.step % self.every or state.loss is None or state.step == self._logged_step:
             return
+        self._logged_step = state.step
         tags, scalars = ["loss/train"], [state.loss]
         if state.reg_loss is not None and state.data_loss is not None:
             tags += ["loss/data", "loss/regularization"]

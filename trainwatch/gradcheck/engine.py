@@ -11,9 +11,11 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
 2. **Determinism.** The loss is evaluated ``repeats`` times at θ; if the values differ beyond
    round-off the check stops with ``nondeterministic=True`` and blames no tensor.
 3. **Precision and noise.** The loss is evaluated at 6 points ``θ ± k·s·u`` (k = 1, 2, 3, u a
-   random unit direction) for two tiny scales s; the residual of a cubic fit through the 7
-   values is the loss's round-off noise σ (pooled over the scales when they agree; else the
-   smaller: a kink crossed on the way inflates the larger scale only). A returned
+   random unit direction) for a tiny scale s; the residual of a cubic fit through the 7
+   values is the loss's round-off noise σ. Where that residual is above float64 round-off
+   (a kink crossed on the way, or a loss computed in lower precision) a second, smaller
+   scale is probed: σ is pooled over the scales when they agree, else the smaller (a kink
+   crossed inflates the larger scale only). A returned
    ``np.float32``, or values that all fit in float32's 24 bits (or a noise above
    1e-9·max(1, |loss|)), mean the loss is computed in float32: then the step is
    ``h_float32`` and the thresholds ``thresholds_float32``, and the report says so.
@@ -108,6 +110,7 @@ EPS: dict[str, float] = {name: float(np.finfo(name).eps)
                          for name in ("float64", "float32", "float16")}
 _FLOAT16_STEP = 1e-1          # step for a float16 loss (coarse: float16 has 11 bits)
 _NOISE_STEPS = (1e-6, 1e-9)   # scales of the noise probe for a float64 loss
+_CLEAN_NOISE = 1e-12          # relative σ at or below this at the first scale: no second one
 _NONDET_ULPS = 64             # two values at θ further apart than this many ulps: random loss
 _LOW_PRECISION_NOISE = 1e-9   # relative noise above this: float64 loss computed from float32
 _STRADDLE_RETRY = 0.1         # a probe that crossed a kink is retried at h times this
@@ -575,7 +578,8 @@ class Session:
         the same at every scale, while a kink crossed on the way leaves a residual that
         shrinks with s: the smallest estimate is kept. Probes whose signature changed are
         ignored (σ falls back to eps·|loss|). Consistent scales (variances within 16×) are
-        pooled.
+        pooled. A first scale whose σ is at float64 round-off (``_CLEAN_NOISE``·max(1, |loss|))
+        leaves nothing for a smaller one to correct: the later scales are skipped.
         """
         directions = {name: self.rng.standard_normal(array.shape)
                       for name, array in self.work.items()}
@@ -605,6 +609,8 @@ class Session:
                 coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
                 residual = y - basis @ coef
                 estimates.append(float(residual @ residual) / (len(ks) - 4))
+                if math.sqrt(estimates[-1]) <= _CLEAN_NOISE * max(1.0, abs(self.loss)):
+                    break  # round-off only: no kink inflated it, no lower precision shows
         finally:
             self.work.update(originals)
         if not estimates:
@@ -914,7 +920,7 @@ def _planned_evaluations(work: Mapping[str, np.ndarray], sections: list[Iterable
     and the noise probe, per tensor two for each sampled coordinate and direction."""
     total = 0
     for names in sections:
-        total += options.repeats + 6 * len(_NOISE_STEPS)  # noise probe: k = ±1, ±2, ±3
+        total += options.repeats + 6  # noise probe, one scale (k = ±1, ±2, ±3) unless unclean
         for name in names:
             size = work[name].size
             coordinates = min(options.coordinates, size)

@@ -15,8 +15,9 @@ The optimizer's step hooks announce the backward's end and the step. On the step
 a callback reads (:meth:`~trainwatch.Callback.reads_batch`: a gradient check, a histogram
 round), a forward pre-hook and hook on the model catch the batch (its first training-mode
 forward after a step) and its outputs; on the other steps the model carries no hook of
-trainwatch's and takes torch's fast call path. The loss is kept as a tensor and read only on
-the steps a callback logs it.
+trainwatch's and takes torch's fast call path. The loss is handed to the callbacks as a
+detached tensor; on an accelerator it is read only on the steps a callback logs it (a read is a
+device sync), and the epoch's losses are summed on the device.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class Watcher:
         self._forward_hooks = (CopySafeHook(self._forward_pre), CopySafeHook(self._forward_post))
         self._forward_handles: list[Any] = []  # attached for the steps that read the batch
         self._quiet = False  # no callback awake this step: the hooks only count the step
+        # on the CPU the epoch's losses are kept as floats: one item() a step costs less than
+        # the tensors kept, stacked and freed at the epoch's end
+        self._read_losses = self.backend.host_reads_cheap
         self.monitor.train_begin(epochs, steps_per_epoch)
         self._follow_schedule()
 
@@ -173,9 +177,10 @@ class Watcher:
     # -- what the loop reports --------------------------------------------------------------------
 
     def loss(self, loss: Any, targets: Any = None, predictions: Any = None) -> Any:
-        """Report the batch's loss (a tensor: it is kept, not read; the logging callbacks read
-        it on their scheduled steps). Give the batch's ``targets`` to let gradient checks run
-        on it (when several batches make one optimizer step, the first one's);
+        """Report the batch's loss (a tensor: on an accelerator it is kept, not read; the
+        logging callbacks read it on their scheduled steps). Give the batch's ``targets`` to
+        let gradient checks run on it (when several batches make one optimizer step, the
+        first one's);
         ``predictions`` default to the model's output of the batch's first forward.
         Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
         if self._quiet and self._epoch_open and isinstance(loss, torch.Tensor) and (
@@ -212,7 +217,8 @@ class Watcher:
     def _keep(self, value: Any) -> None:
         """Keep a reported loss for the epoch's mean (``train_loss``)."""
         losses = self._losses
-        losses.append(value)
+        losses.append(value.item() if self._read_losses and isinstance(value, torch.Tensor)
+                      else value)
         if len(losses) == 1024:  # fold on the device (no transfer) to bound memory
             self._loss_partial.append(_sum(losses))
             losses.clear()
