@@ -417,6 +417,26 @@ def test_signature_straddles_are_set_aside():
     assert check.verdict == "kink"
 
 
+def test_a_tensor_whose_every_direction_crossed_a_kink_is_judged_by_its_largest_entry():
+    """A kink that every move of all entries at once crosses, and a move of one entry never
+    does: with directions only, the largest-gradient entry is probed as a coordinate and
+    the wrong gradient is still caught (and a right one still passes)."""
+    theta = np.linspace(-1.0, 1.0, 50)
+
+    def loss_fn(p):
+        moved = p["w"] - theta
+        crossed = np.count_nonzero(moved) > 1 and moved.sum() > 0
+        return float(np.sum(p["w"] ** 3)), np.array([crossed])
+
+    params = {"w": theta.copy()}
+    right = 3 * theta ** 2
+    for grads, verdict in (({"w": right}, "correct"), ({"w": 2 * right}, "wrong")):
+        check = check_gradients(loss_fn, params, grads, coordinates=0, directions=1).params["w"]
+        assert check.directions == 1 and check.kinks == 1
+        assert list(check.coordinates) == [(int(np.argmax(np.abs(right))),)]
+        assert check.verdict == verdict, check
+
+
 def test_depth_allowance_loosens_the_first_tensors_most():
     case = make_tanh_mlp()
     grads = dict(case.grads)

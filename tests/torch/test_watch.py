@@ -172,7 +172,8 @@ class Recorder(Callback):
         self.events.append(("batch", s.step, None if s.inputs is None else tuple(s.inputs.shape)))
 
     def on_loss_computed(self, s):
-        self.events.append(("loss", s.step, type(s.loss).__name__, s.loss.requires_grad,
+        # (on the CPU the loss comes read, as a float: one read a step, shared)
+        self.events.append(("loss", s.step, type(s.loss).__name__, round(s.loss, 6),
                             tuple(s.predictions.shape), s.predictions.requires_grad))
 
     def on_backward_end(self, s):
@@ -217,19 +218,46 @@ def test_hook_sequence_with_accumulation_eval_and_no_grad_forwards():
     w.epoch_end({"val_accuracy": 0.5})
     w.close()
     mean = round(float(np.mean(losses)), 6)
+    seen = [round(v, 6) for v in losses]
     assert rec.events == [
         ("epoch_begin", 0),
         # the predictions are the outputs of the step's first forward, detached
-        ("batch", 0, (3, 4)), ("loss", 0, "Tensor", False, (3, 3), False),
-        ("loss", 0, "Tensor", False, (3, 3), False),
+        ("batch", 0, (3, 4)), ("loss", 0, "float", seen[0], (3, 3), False),
+        ("loss", 0, "float", seen[1], (3, 3), False),
         ("backward", 0, True), ("step_begin", 0), ("step_end", 0),
-        ("batch", 1, (3, 4)), ("loss", 1, "Tensor", False, (3, 3), False),
-        ("loss", 1, "Tensor", False, (3, 3), False),
+        ("batch", 1, (3, 4)), ("loss", 1, "float", seen[2], (3, 3), False),
+        ("loss", 1, "float", seen[3], (3, 3), False),
         ("backward", 1, True), ("step_begin", 1), ("step_end", 1),
         ("validation", {"val_accuracy": 0.5, "train_loss": pytest.approx(mean, abs=1e-6)}),
         ("epoch_end", 0, mean),
     ]
     assert w.step == 2
+
+
+def test_on_an_accelerator_callbacks_see_the_loss_as_a_detached_tensor(monkeypatch):
+    """Where a read is a device sync, the loss reaches the callbacks unread (a detached 0-d
+    tensor) and the epoch's mean is the one read."""
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
+                        property(lambda self: False))
+    seen = []
+
+    class LossType(Callback):
+        def on_loss_computed(self, s):
+            seen.append((type(s.loss).__name__, s.loss.requires_grad, float(s.loss)))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = watch(model, opt, callbacks=[LossType()], progress=False)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = nn.functional.cross_entropy(model(x), y)
+    w.loss(loss)
+    loss.backward()
+    opt.step()
+    w.epoch_end({})
+    w.close()
+    assert seen == [("Tensor", False, pytest.approx(loss.item()))]
+    assert w.monitor.state.metrics["train_loss"] == pytest.approx(loss.item())
 
 
 def test_a_compiled_model_is_watched_under_its_own_names():

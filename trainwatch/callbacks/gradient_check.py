@@ -9,16 +9,16 @@ that are wrong. The model, the optimizer and every random state are left exactly
 were: the backend checks a float64 copy (numpy) or float64 copies of the parameters (torch),
 so an interrupt (KeyboardInterrupt) in the middle of a check leaves nothing to restore.
 
-Cost. A periodic check probes ``coordinates=1`` sampled entry (the largest-gradient entry)
-and ``directions=1`` random direction per tensor, where a one-off
-:func:`trainwatch.gradcheck.check_gradients` uses 10 and 3. Every tensor and every entry stays
-covered: the direction has every component at least ``0.1/√n``, so one wrong entry shifts its
-derivative beyond the "correct" threshold, and bisection then locates the entry; the planted
-bugs of the engine's zoo are all caught with these probes (20 seeds). On the demo CNN a check
-takes ~12 ms of CPU; with ``every=1000`` and ``warmup_steps=50`` the demo (20 epochs of the
-digits CNN, 460 steps, ~0.9 s of CPU) runs one, at step 50: ~1.3 % of its training time
-(``benchmarks/gradcheck_overhead.py``; a first check is never held back by the budget, so
-every run that gets past the warm-up shows one). Later checks keep checking within 1 % of
+Cost. A periodic check probes ``directions=1`` random direction per tensor and no sampled
+entry (``coordinates=0``; the largest-gradient entry only where the direction crossed a
+kink), where a one-off :func:`trainwatch.gradcheck.check_gradients` uses 10 entries and 3
+directions. Every tensor and every entry stays covered: the direction has every component at
+least ``0.1/√n``, so one wrong entry shifts its derivative beyond the "correct" threshold,
+and bisection then locates the entry; the planted bugs of the engine's zoo are all caught
+with these probes (20 seeds). With ``every=1000`` and ``warmup_steps=50`` the demo (20
+epochs of the digits CNN, 460 steps) runs one check, at step 50
+(``benchmarks/gradcheck_overhead.py`` times it; a first check is never held back by the
+budget, so every run that gets past the warm-up shows one). Later checks keep checking within 1 % of
 the run's time: on a model whose steps take a millisecond, about one every 1500 steps
 rather than 1000; on a bigger one the budget does not bind. A first check that would
 outlast ``time_limit`` (1 s) stops, after its analytic pass or three loss evaluations that show
@@ -43,7 +43,7 @@ SEVERITY = {"wrong": "critical", "suspicious": "warning"}
 
 #: probes of a periodic check, where the engine's one-off defaults are 10 and 3 (see the
 #: module docstring); options given to :class:`GradientCheck` override them
-PERIODIC_PROBES: dict[str, int] = {"coordinates": 1, "directions": 1}
+PERIODIC_PROBES: dict[str, int] = {"coordinates": 0, "directions": 1}
 
 #: while warming up until the loss has fallen, the loss is read every this many steps only
 #: (on a GPU reading it is a device sync)
@@ -106,7 +106,7 @@ class GradientCheck(Callback):
             after the warm-up, a model whose check takes minutes (a ResNet in float64) not
             before the run is long enough to afford it, and its first attempt costs an
             analytic pass (or three evaluations), not ``time_limit``.
-        **options: passed to the engine: ``coordinates`` (default 1 here), ``directions``
+        **options: passed to the engine: ``coordinates`` (default 0 here), ``directions``
             (default 1 here), ``h``, ``thresholds``, ``depth_allowance``, ... (see
             :data:`trainwatch.gradcheck.DEFAULTS`). Unknown names raise TypeError, bad values
             ValueError, here rather than at the first check.

@@ -210,6 +210,7 @@ class LossMonitor(Callback):
 
     def on_train_begin(self, state: RunState) -> None:
         self._reset()
+        self._reads_cheap = state.backend.host_reads_cheap
         state.writer.layout({"loss": {
             "training loss, log10": ("Multiline", [r"^loss/train_log10$"]),
             "loss diagnostics": ("Multiline", [r"^loss/window_progress$",
@@ -234,17 +235,19 @@ class LossMonitor(Callback):
             return
         if step == 0 and self.check_initial:  # what the first loss is judged by, kept now
             self._initial_context = (*self._expected(state), state.data_loss)
-        loss, urgent = state.loss, False
-        if state.backend.host_reads_cheap:  # the first loss and a NaN are seen on their step
-            loss = float(loss.item() if hasattr(loss, "item") else loss)  # item: 2x float()
-            urgent = step == 0 or not math.isfinite(loss)
         # The losses since the last evaluation are taken in together, every ``every`` steps:
         # on an accelerator in one transfer (a read is a host sync), on the CPU in one warm
         # loop rather than a little work between every two training steps.
+        loss = state.loss
+        if self._reads_cheap:  # (a float already, but for a framework's own CPU scalar)
+            loss = float(loss)
+            self._unread.append((step, loss))
+            # the first loss and a NaN are judged on their step
+            if step % self.every == 0 or step == 0 or not math.isfinite(loss):
+                self._read_unread(state)
+            return
         self._unread.append((step, loss))
-        if urgent or (step % self.every == 0 and state.backend.host_reads_cheap):
-            self._read_unread(state)
-        elif step % self.every == 0:  # read with the other callbacks' reads of this step
+        if step % self.every == 0:  # read with the other callbacks' reads of this step
             unread, self._unread = self._unread, []
             self.read_at_step_end(state, [value for _, value in unread],
                                   lambda floats: self._ingest_all(state, unread, floats))

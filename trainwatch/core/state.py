@@ -29,8 +29,9 @@ class RunState:
         steps_per_epoch: batches per epoch, if known.
         inputs, targets: the current batch.
         predictions: the model's outputs for the batch (after ``on_loss_computed``).
-        loss: the batch's total loss (data + regularisation) as a float, or a framework
-            scalar (convert with ``float()`` only when you need it: on a GPU that syncs).
+        loss: the batch's total loss (data + regularisation) as a float (numpy, and torch
+            on the CPU), or a framework scalar on an accelerator (convert with ``float()``
+            only when you need it: there that syncs).
         data_loss, reg_loss: the two terms when the loop reports them (else None).
         metrics: the latest epoch-level metrics, e.g. ``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy`` (fractions in [0, 1]).

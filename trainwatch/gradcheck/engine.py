@@ -43,11 +43,13 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
    ``(J(θ+h)-J(θ))/h`` and ``(J(θ)-J(θ-h))/h`` differ by as much as the disagreement itself
    (smooth: they differ by ``h·|J''|``, vanishing with h; across a kink by the slope jump).
    A correct gradient whose estimates agree with each other but not with it is a bug.
+   A tensor whose every probe was set aside gets one more: its largest-gradient entry, as
+   a coordinate (it moves one unit by ±h, where a direction moves them all).
 
 The verdict of a tensor is its worst probe on the KNOWLEDGE §1 ladder (see
 :mod:`trainwatch.gradcheck.report`). Cost: ``2·(coordinates + directions)`` evaluations per
-tensor, plus ``repeats + 12`` (+12 for a float32 loss), plus retries, bisection and kink
-steps only where needed.
+tensor, plus ``repeats + 6`` (6 more for a loss whose noise is above float64 round-off,
+12 more for a float32 loss), plus retries, bisection and kink steps only where needed.
 """
 
 from __future__ import annotations
@@ -793,6 +795,14 @@ class Session:
                     probes.append(leaf)
                     notes.append(f"direction {number} disagrees (rel {probe.rel:.1e}); "
                                  f"bisection located entry {leaf.index} (rel {leaf.rel:.1e})")
+        if probes and all(p.kink for p in probes):
+            # every probe crossed a kink: the largest-gradient entry, one coordinate whose
+            # ±h moves far fewer units than a direction's, is the evidence left to take
+            largest = int(np.argmax(np.abs(grad)))
+            if largest not in sample:
+                probes.append(self.judge(
+                    lambda s: self.measure_coordinate(name, largest, s), thresholds))
+                notes.append("every probe crossed a kink: the largest-gradient entry probed")
         return self._summarise(name, shape, probes, n_dirs, thresholds, noise_floor, notes)
 
     def _summarise(self, name: str, shape: tuple[int, ...], probes: list[Probe], n_dirs: int,

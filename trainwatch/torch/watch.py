@@ -15,9 +15,10 @@ The optimizer's step hooks announce the backward's end and the step. On the step
 a callback reads (:meth:`~trainwatch.Callback.reads_batch`: a gradient check, a histogram
 round), a forward pre-hook and hook on the model catch the batch (its first training-mode
 forward after a step) and its outputs; on the other steps the model carries no hook of
-trainwatch's and takes torch's fast call path. The loss is handed to the callbacks as a
-detached tensor; on an accelerator it is read only on the steps a callback logs it (a read is a
-device sync), and the epoch's losses are summed on the device.
+trainwatch's and takes torch's fast call path. On the CPU the loss is read once as it is
+reported and the callbacks see a float; on an accelerator they see a detached tensor, read
+only on the steps a callback logs it (a read is a device sync), and the epoch's losses are
+summed on the device.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class Watcher:
         self._forward_hooks = (CopySafeHook(self._forward_pre), CopySafeHook(self._forward_post))
         self._forward_handles: list[Any] = []  # attached for the steps that read the batch
         self._quiet = False  # no callback awake this step: the hooks only count the step
-        # on the CPU the epoch's losses are kept as floats: one item() a step costs less than
-        # the tensors kept, stacked and freed at the epoch's end
+        # where reads are cheap (the CPU) the loss is read once, as it is reported: callbacks
+        # see it as a float (LossMonitor judges every step's), and so does the epoch's mean
         self._read_losses = self.backend.host_reads_cheap
         self.monitor.train_begin(epochs, steps_per_epoch)
         self._follow_schedule()
@@ -177,21 +178,23 @@ class Watcher:
     # -- what the loop reports --------------------------------------------------------------------
 
     def loss(self, loss: Any, targets: Any = None, predictions: Any = None) -> Any:
-        """Report the batch's loss (a tensor: on an accelerator it is kept, not read; the
-        logging callbacks read it on their scheduled steps). Give the batch's ``targets`` to
-        let gradient checks run on it (when several batches make one optimizer step, the
-        first one's);
-        ``predictions`` default to the model's output of the batch's first forward.
+        """Report the batch's loss (a scalar tensor: on the CPU read once, here; on an
+        accelerator kept on the device and read by the logging callbacks on their steps).
+        Give the batch's ``targets`` to let gradient checks run on it (when several batches
+        make one optimizer step, the first one's); ``predictions`` default to the model's
+        output of the batch's first forward.
         Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
         if self._quiet and self._epoch_open and isinstance(loss, torch.Tensor) and (
                 loss.numel() == 1):
             # a step no callback is awake for: the loss for those that see every loss, and
             # for the epoch's mean
-            value = loss.detach()
+            value = loss.item() if self._read_losses else loss.detach()
             state = self.monitor.state
             state.inputs = state.targets = None
             self.monitor.loss_computed(value)
-            self._keep(value)
+            self._losses.append(value)
+            if len(self._losses) == 1024:
+                self._fold_losses()
             return loss
         if self._closed:
             return loss
@@ -211,24 +214,24 @@ class Watcher:
         if isinstance(predictions, torch.Tensor):
             predictions = predictions.detach()
         self.monitor.loss_computed(value, predictions)
-        self._keep(value)
+        self._losses.append(value)
+        if len(self._losses) == 1024:
+            self._fold_losses()
         return loss
 
-    def _keep(self, value: Any) -> None:
-        """Keep a reported loss for the epoch's mean (``train_loss``)."""
-        losses = self._losses
-        losses.append(value.item() if self._read_losses and isinstance(value, torch.Tensor)
-                      else value)
-        if len(losses) == 1024:  # fold on the device (no transfer) to bound memory
-            self._loss_partial.append(_sum(losses))
-            losses.clear()
+    def _fold_losses(self) -> None:
+        """Fold 1024 kept losses into one partial sum (on the device: no transfer), which
+        bounds the memory the epoch's mean (``train_loss``) takes."""
+        self._loss_partial.append(_sum(self._losses))
+        self._losses.clear()
 
     def _scalar(self, loss: Any) -> Any:
-        """The loss as kept (a detached one-element tensor, or a float), or None for a value
-        that is no scalar loss: reported once (``watch.bad_loss``), never raised."""
+        """The loss as kept (a float on the CPU, else a detached one-element tensor; a number
+        as a float), or None for a value that is no scalar loss: reported once
+        (``watch.bad_loss``), never raised."""
         if isinstance(loss, torch.Tensor):
             if loss.numel() == 1:
-                return loss.detach()
+                return loss.item() if self._read_losses else loss.detach()
             problem = f"a tensor of shape {tuple(loss.shape)}, not a scalar"
         else:
             try:
