@@ -304,6 +304,23 @@ def test_exclude_skips_tensors_entirely(digits):
     assert fired(trainer) == []
 
 
+def test_two_monitors_on_one_model_share_the_step_s_measurement(digits):
+    """Two monitors (each on its own tensors, at its own pace) measuring on the same step
+    both get the step's update, the one a single monitor measures."""
+    model = mlp()
+    both = [every10(exclude=["fc2.*"]), UpdateRatioMonitor(budget=None, every=20,
+                                                           exclude=["fc1.*"])]
+    _, mem = train(model, nn.Momentum(model, lr=0.05), both, digits, epochs=1)
+    model = mlp()
+    _, alone = train(model, nn.Momentum(model, lr=0.05), [every10()], digits,
+                     epochs=1)
+    fc1, fc2 = "update_ratio/fc1.weight", "update_ratio/fc2.weight"
+    assert [s for s, _ in mem.scalars_log[fc1]] == [s for s, _ in alone.scalars_log[fc1]]
+    assert [s for s, _ in mem.scalars_log[fc2]] == [0, 20]
+    assert mem.scalars_log[fc1] == alone.scalars_log[fc1]
+    assert mem.scalars_log[fc2] == [(s, v) for s, v in alone.scalars_log[fc2] if s % 20 == 0]
+
+
 def test_is_bias():
     assert is_bias("fc1.bias") and is_bias("attn.in_proj_bias") and is_bias("bias")
     assert not is_bias("fc1.weight") and not is_bias("biased.weight")

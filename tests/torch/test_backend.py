@@ -108,8 +108,13 @@ def test_update_norms_are_the_applied_change():
             assert result[name].update == pytest.approx(change, rel=1e-5, abs=1e-12)
             assert result[name].weight == pytest.approx(float(p.detach().norm()), rel=1e-6)
             assert result[name].grad == pytest.approx(float(p.grad.norm()), rel=1e-6)
-    with pytest.raises(RuntimeError):
-        backend.end_update()  # one begin, one end
+    # a second monitor of the step gets the same measurement; a second begin_update before
+    # the step's end keeps the first snapshot
+    assert backend.end_update() == result
+    backend.begin_update()
+    backend.begin_update()
+    opt.step()
+    assert backend.end_update() == backend.end_update() != result
 
 
 def test_first_nonfinite_names_the_tensor():

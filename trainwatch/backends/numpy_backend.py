@@ -34,6 +34,8 @@ class NumpyBackend(Backend):
         self.loss_fn = loss
         self.optimizer = optimizer
         self._before: dict[str, np.ndarray] | None = None
+        self._update_open = False
+        self._update_norms: dict[str, TensorNorms] | None = None  # the last step's
 
     @property
     def loss_kind(self) -> str | None:
@@ -64,6 +66,9 @@ class NumpyBackend(Backend):
                 for k, w in self.model.named_parameters().items()}
 
     def begin_update(self) -> None:
+        if self._update_open:  # one snapshot per step, shared by every monitor of the step
+            return
+        self._update_open, self._update_norms = True, None
         params = self.model.named_parameters()
         if self._before is None or self._before.keys() != params.keys():
             self._before = {k: v.copy() for k, v in params.items()}
@@ -72,15 +77,19 @@ class NumpyBackend(Backend):
                 np.copyto(self._before[k], v)
 
     def end_update(self) -> dict[str, TensorNorms]:
-        if self._before is None:
+        if not self._update_open and self._update_norms is not None:
+            return dict(self._update_norms)  # the step's measurement, taken by another monitor
+        if self._before is None or not self._update_open:
             raise RuntimeError("end_update() called without begin_update()")
+        self._update_open = False
         grads = self.model.named_gradients()
         out = {}
         for k, w in self.model.named_parameters().items():
             before = self._before[k]
             np.subtract(w, before, out=before)  # reuse the snapshot buffer for the update
             out[k] = TensorNorms(_norm(w), _norm(grads[k]), _norm(before))
-        return out
+        self._update_norms = out
+        return dict(out)
 
     def first_nonfinite(self) -> str | None:
         grads = self.model.named_gradients()

@@ -135,11 +135,15 @@ class Backend(ABC):
 
     @abstractmethod
     def begin_update(self) -> None:
-        """Snapshot the parameters just before an optimizer step (see :meth:`end_update`)."""
+        """Snapshot the parameters just before an optimizer step (see :meth:`end_update`).
+        One snapshot per step: a second call before :meth:`end_update` does nothing, so
+        several monitors of a step share one measurement."""
 
     @abstractmethod
     def end_update(self) -> dict[str, TensorNorms]:
-        """After the step: weight, gradient and applied-update norms per tensor, batched."""
+        """After the step: weight, gradient and applied-update norms per tensor, batched.
+        Called again after the step's measurement (by another monitor), the same norms;
+        without a :meth:`begin_update` before, a RuntimeError."""
 
     def end_update_scalars(self) -> dict[str, tuple[Any, Any, Any]]:
         """:meth:`end_update` without reading anything: per tensor the weight, gradient and

@@ -291,6 +291,7 @@ class TorchBackend(Backend):
         self._act_grads: dict[str, torch.Tensor] = {}
         self._last_loss: torch.Tensor | None = None
         self._update_open = False
+        self._update_norms: dict[str, tuple[Any, Any, Any]] | None = None  # the last step's
 
     @property
     def loss_kind(self) -> str | None:
@@ -356,6 +357,9 @@ class TorchBackend(Backend):
         return {n: TensorNorms(a, b) for n, a, b in zip(self._names, wv, gv)}
 
     def begin_update(self) -> None:
+        if self._update_open:  # one snapshot per step, shared by every monitor of the step
+            return
+        self._update_norms = None
         with torch.no_grad():
             if self._before is None or any(
                 b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
@@ -368,6 +372,8 @@ class TorchBackend(Backend):
         self._update_open = True
 
     def end_update_scalars(self) -> dict[str, tuple[Any, Any, Any]]:
+        if not self._update_open and self._update_norms is not None:
+            return self._update_norms  # the step's measurement, taken by another monitor
         if self._before is None or not self._update_open:
             raise RuntimeError("end_update() called without begin_update()")
         self._update_open = False
@@ -381,7 +387,8 @@ class TorchBackend(Backend):
         n = len(params)
         u, w = norms[:n], norms[n:2 * n]
         grads = self._expand(norms[2 * n:], have)  # no gradient: norm 0
-        return {n: (a, b, c) for n, a, b, c in zip(self._names, w, grads, u)}
+        self._update_norms = {n: (a, b, c) for n, a, b, c in zip(self._names, w, grads, u)}
+        return self._update_norms
 
     def end_update(self) -> dict[str, TensorNorms]:
         norms = self.end_update_scalars()
