@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.alerts.rules import Streak
+from trainwatch.core.budget import StepBatch
 from trainwatch.core.callback import NEVER, Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -82,8 +83,9 @@ class LossMonitor(Callback):
 
     It sees every loss (``sees_every_loss``) and sleeps otherwise: its other hooks run on
     the first step and the tensor-check steps only. Per step it reads the loss as a float
-    (checking it is finite) and queues it; every
-    ``every`` steps the queued losses go into a ring buffer. On an accelerator
+    (checking it is finite: a NaN is judged on its step) and queues it; the queued losses
+    go into a ring buffer, each ``every``-th step's rules evaluated, in batches of up to
+    100 steps or 1 s (:class:`~trainwatch.core.budget.StepBatch`). On an accelerator
     (``backend.host_reads_cheap`` False) the losses stay on the device and are read in one
     transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
     ``every`` steps later, and the alert says so: by then NaN/Inf may have spread to other
@@ -194,7 +196,7 @@ class LossMonitor(Callback):
         self._max_step = 0
         self._ref: float | None = None  # the first finite loss: the reference "initial" value
         self._nonfinite_seen = False
-        self._unread: list[tuple[int, Any]] = []  # (step, loss) not yet read to the host
+        self._unread = StepBatch()  # (step, loss) not yet read to the host / taken in
         self._diverged_at = -math.inf  # the last step a divergence was firing
         self._streaks = {rule: Streak() for rule in ("divergence", "plateau", "noise")}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
@@ -235,20 +237,21 @@ class LossMonitor(Callback):
             return
         if step == 0 and self.check_initial:  # what the first loss is judged by, kept now
             self._initial_context = (*self._expected(state), state.data_loss)
-        # The losses since the last evaluation are taken in together, every ``every`` steps:
-        # on an accelerator in one transfer (a read is a host sync), on the CPU in one warm
-        # loop rather than a little work between every two training steps.
+        # The losses since the last evaluation are taken in together: on an accelerator
+        # every ``every`` steps in one transfer (a read is a host sync); on the CPU in one
+        # warm loop (a StepBatch) rather than a little work between every two training steps,
+        # but the first loss and a NaN on their own step.
         loss = state.loss
         if self._reads_cheap:  # (a float already, but for a framework's own CPU scalar)
             loss = float(loss)
-            self._unread.append((step, loss))
-            # the first loss and a NaN are judged on their step
-            if step % self.every == 0 or step == 0 or not math.isfinite(loss):
+            self._unread.add(step, (step, loss))
+            if step == 0 or not math.isfinite(loss) or (
+                    step % self.every == 0 and self._unread.due(step)):
                 self._read_unread(state)
             return
-        self._unread.append((step, loss))
+        self._unread.add(step, (step, loss))
         if step % self.every == 0:  # read with the other callbacks' reads of this step
-            unread, self._unread = self._unread, []
+            unread = self._unread.take()
             self.read_at_step_end(state, [value for _, value in unread],
                                   lambda floats: self._ingest_all(state, unread, floats))
 
@@ -256,7 +259,7 @@ class LossMonitor(Callback):
         self._read_unread(state)
 
     def _read_unread(self, state: RunState) -> None:
-        unread, self._unread = self._unread, []
+        unread = self._unread.take()
         if unread:
             values = [loss for _, loss in unread]
             if not state.backend.host_reads_cheap:  # floats already on the CPU

@@ -1,4 +1,6 @@
-"""TimeBudget: the share of a run's wall time that one callback's work may take.
+"""What watching may cost: :class:`TimeBudget`, the share of a run's wall time that one
+callback's work may take, and :class:`StepBatch`, small per-step work gathered and done
+together.
 
 A callback that does costly work now and then (a gradient check, a histogram round, an
 update measurement) times that work with its budget and asks it when the next occurrence
@@ -18,6 +20,11 @@ On a model whose steps are long the work fits at every scheduled step and nothin
 on a small model whose steps take a millisecond, occurrences are spaced out so watching stays
 within the budget. The first occurrence is never held back (nothing is known about its cost
 before it ran), so every callback shows up on the dashboard.
+
+Small work a callback does every few steps (a loss point to write, the loss rules to run)
+costs 3-5x more spread between training steps, where the caches are cold, than done in one
+warm loop: :class:`StepBatch` gathers it for up to :data:`BATCH_STEPS` steps or
+:data:`BATCH_SECONDS` seconds, whichever comes first.
 """
 
 from __future__ import annotations
@@ -115,3 +122,32 @@ class TimeBudget:
         """The first multiple of ``every``, ``step`` or later, at which one more occurrence
         as long as the mean one so far fits (see :meth:`earliest_step`)."""
         return next_multiple(self.earliest_step(step, self.mean), every)
+
+
+#: the most steps, and the longest wall time (seconds), a :class:`StepBatch` gathers
+BATCH_STEPS = 100
+BATCH_SECONDS = 1.0
+
+
+class StepBatch:
+    """Items of several steps, gathered to be handled together: :meth:`due` once the first
+    is ``BATCH_STEPS`` steps or ``BATCH_SECONDS`` seconds old (then :meth:`take` them all).
+    What is gathered reaches the dashboard and the alerts at most that late."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._first_step = 0
+        self._started = 0.0
+
+    def add(self, step: int, item: Any) -> None:
+        if not self.items:
+            self._first_step, self._started = step, time.perf_counter()
+        self.items.append(item)
+
+    def due(self, step: int) -> bool:
+        return bool(self.items) and (step - self._first_step >= BATCH_STEPS
+                                     or time.perf_counter() - self._started >= BATCH_SECONDS)
+
+    def take(self) -> list[Any]:
+        items, self.items = self.items, []
+        return items
