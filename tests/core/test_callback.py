@@ -239,7 +239,7 @@ def test_a_callback_whose_next_step_raises_is_reported_and_sleeps_for_good():
 class LossReader(EveryThird):
     """Asleep but for steps 0, 3, 6, ...; sees every loss."""
 
-    sees_every_loss = True
+    sees_loss_every = 1
 
     def on_loss_computed(self, state):
         self.log.append(("loss", state.step))
@@ -261,6 +261,35 @@ def test_a_callback_that_sees_every_loss_gets_it_while_asleep_and_nothing_else()
     assert [s for t, s in log if t == "third"] == [0, 3, 6]
     # quiet (a loop may skip the batch hooks but the loss) where it sleeps
     assert quiet == [False, True, True, False, True, True, False]
+
+
+class LossEveryFourth(LossReader):
+    sees_loss_every = 4
+
+
+def test_a_callback_that_sees_every_fourth_loss_gets_those_and_its_awake_steps():
+    log = []
+    cbs = CallbackList([LossEveryFourth(log)])
+    state = make_state()
+    cbs.schedule(state)
+    for _ in range(13):
+        cbs.call("on_loss_computed", state)
+        state.step += 1
+        cbs.advance(state)
+    # every 4th step's loss while asleep, and the loss of each step it is awake for (every 3rd)
+    assert [s for t, s in log if t == "loss"] == [0, 3, 4, 6, 8, 9, 12]
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, True, "3"])
+def test_a_bad_sees_loss_every_fails_at_construction_naming_it(every):
+    class Bad(Callback):
+        sees_loss_every = every
+
+        def on_loss_computed(self, state):
+            pass
+
+    with pytest.raises(ValueError, match="Bad.sees_loss_every"):
+        CallbackList([Bad()])
 
 
 def test_a_monitor_hands_every_loss_to_a_sleeping_callback_and_reads_what_it_queues():

@@ -81,13 +81,13 @@ class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
 
-    It sees every loss (``sees_every_loss``) and sleeps otherwise: its other hooks run on
-    the first step and the tensor-check steps only. Per step it reads the loss as a float
-    (checking it is finite: a NaN is judged on its step) and queues it; the queued losses
-    go into a ring buffer, each ``every``-th step's rules evaluated, in batches of up to
-    100 steps or 1 s (:class:`~trainwatch.core.budget.StepBatch`). On an accelerator
-    (``backend.host_reads_cheap`` False) the losses stay on the device and are read in one
-    transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
+    It sees every loss (``sees_loss_every`` is ``check_every``) and sleeps otherwise: its
+    other hooks run on the first step and the tensor-check steps only. Per step it reads
+    the loss as a float (checking it is finite: a NaN is judged on its step) and queues
+    it; the queued losses go into a ring buffer, each ``every``-th step's rules evaluated,
+    in batches of up to 100 steps or 1 s (:class:`~trainwatch.core.budget.StepBatch`). On an
+    accelerator (``backend.host_reads_cheap`` False) the losses stay on the device and are
+    read in one transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
     ``every`` steps later, and the alert says so: by then NaN/Inf may have spread to other
     tensors. Every ``every`` steps it evaluates the rules and writes:
 
@@ -130,7 +130,6 @@ class LossMonitor(Callback):
     """
 
     order = -50
-    sees_every_loss = True  # each loss is read (on the CPU) on its own step
 
     def __init__(
         self,
@@ -154,6 +153,7 @@ class LossMonitor(Callback):
     ):
         self.every = count("every", every)
         self.check_every = count("check_every", check_every)
+        self.sees_loss_every = self.check_every  # each loss read (on the CPU) on its step
         if self.every % self.check_every:
             raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
                              f"got {every!r}")

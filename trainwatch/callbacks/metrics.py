@@ -23,8 +23,9 @@ class MetricLogger(Callback):
     (``accuracy/train``, ``accuracy/val``, ``loss/val``, ...). Always on: a
     :class:`~trainwatch.Monitor` adds one if the callbacks don't include it.
 
-    It needs no batch hook: it sees each loss (:attr:`~trainwatch.Callback.sees_every_loss`)
-    and sleeps otherwise, so the steps between its loss points stay quiet. The points are
+    It needs no batch hook: it sees the loss of its steps
+    (:attr:`~trainwatch.Callback.sees_loss_every`) and sleeps otherwise, so the steps
+    between its loss points stay quiet. The points are
     written in batches (:class:`~trainwatch.core.budget.StepBatch`: up to 100 steps or 1 s
     late, and at every epoch end).
 
@@ -34,10 +35,10 @@ class MetricLogger(Callback):
     """
 
     order = -100
-    sees_every_loss = True
 
     def __init__(self, every: int = 10):
         self.every = count("every", every)
+        self.sees_loss_every = self.every
         self._logged_step = -1  # (several batches may make one step: its first loss is kept)
         self._points = StepBatch()  # (step, loss[, data loss, regularisation]) to write
 

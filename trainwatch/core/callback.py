@@ -16,9 +16,9 @@ A callback that works now and then (every N steps, at epoch ends) says so with
 :meth:`Callback.next_step`: the dispatcher skips its batch hooks until that step, so an idle
 callback costs nothing between its steps, and with :meth:`Callback.reads_batch` whether it
 reads the batch there (a watched torch model gets its forward hooks only for such steps).
-A callback that needs every step's loss but nothing else of the steps in between (the loss
-rules) sets :attr:`Callback.sees_every_loss`: its ``on_loss_computed`` runs at every step,
-asleep or not, and the other hooks of those steps are skipped.
+A callback that needs the loss of every step (the loss rules), or of every N-th (the loss
+curve), but nothing else of the steps in between sets :attr:`Callback.sees_loss_every`: its
+``on_loss_computed`` runs on those steps, asleep or not, and its other hooks are skipped.
 """
 
 from __future__ import annotations
@@ -81,16 +81,17 @@ class Callback:
         raise_errors: if True an exception in this callback propagates and stops training;
             if False (default) it is reported once as a ``callback.error`` alert and the
             callback is disabled for the rest of the run.
-        sees_every_loss: if True, :meth:`on_loss_computed` is called at every step, also
-            while the callback sleeps between the steps :meth:`next_step` names (default
-            False). For work on each loss that must stay cheap: it runs on the steps no
-            other hook runs on (``LossMonitor`` reads each loss there, so that a NaN is seen
-            on its own step). ``state.inputs`` and ``state.predictions`` may be None there.
+        sees_loss_every: N: :meth:`on_loss_computed` is also called at every N-th step
+            (0, N, 2N, ...) while the callback sleeps between the steps :meth:`next_step`
+            names (default None: on its awake steps only). For work on a loss that must stay
+            cheap: it runs on the steps no other hook runs on (``LossMonitor`` reads each
+            loss there, N = 1, so that a NaN is seen on its own step; ``MetricLogger`` every
+            10th). ``state.inputs`` and ``state.predictions`` may be None there.
     """
 
     order: int = 0
     raise_errors: bool = False
-    sees_every_loss: bool = False
+    sees_loss_every: int | None = None
 
     @property
     def name(self) -> str:
@@ -183,6 +184,11 @@ class CallbackList:
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: {cb!r} is not a trainwatch.Callback")
+            every = cb.sees_loss_every
+            if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                      or every < 1):
+                raise ValueError(f"callbacks: {cb.name}.sees_loss_every must be None or an "
+                                 f"integer >= 1, got {every!r}")
             self.callbacks.append(cb)
         self.callbacks.sort(key=lambda cb: cb.order)
         self.raise_errors = raise_errors
@@ -191,7 +197,8 @@ class CallbackList:
         # for the batch hooks, of those only the ones awake at this step (see next_step).
         self._overriding = {h: [cb for cb in self.callbacks if _overrides(cb, h)]
                             for h in HOOKS}
-        self._by_hook = dict(self._overriding)
+        #: hook -> (callback, N): called at the steps that are multiples of N (see _rebuild)
+        self._by_hook = {h: [(cb, 1) for cb in cbs] for h, cbs in self._overriding.items()}
         self._position = {id(cb): i for i, cb in enumerate(self.callbacks)}
         self._awake: list[Callback] = list(self.callbacks)
         self._asleep: list[tuple[int, int, Callback]] = []  # heap of (wake step, position, cb)
@@ -199,7 +206,7 @@ class CallbackList:
         #: (:meth:`Callback.reads_batch`); set by :meth:`schedule` and :meth:`advance`
         self.batch_needed = True
         #: no callback is awake at the current step: its batch hooks would call nobody but
-        #: the callbacks that see every loss (:attr:`Callback.sees_every_loss`), and a loop
+        #: the callbacks that see the loss (:attr:`Callback.sees_loss_every`), and a loop
         #: may skip them (the Monitor and the torch watcher do)
         self.quiet = False
 
@@ -211,8 +218,9 @@ class CallbackList:
 
     def call(self, hook: str, state: RunState) -> None:
         """Call ``hook`` on every enabled callback that overrides it."""
-        for cb in self._by_hook[hook]:  # (run()'s loop body, inline: this is the hot path)
-            if self.disabled and id(cb) in self.disabled:
+        step = state.step
+        for cb, every in self._by_hook[hook]:  # (run()'s body, inline: this is the hot path)
+            if step % every or (self.disabled and id(cb) in self.disabled):
                 continue
             try:
                 getattr(cb, hook)(state)
@@ -271,9 +279,12 @@ class CallbackList:
     def _rebuild(self) -> None:
         awake = {id(cb) for cb in self._awake}
         for hook in STEP_HOOKS:
-            every_loss = hook == "on_loss_computed"
-            self._by_hook[hook] = [cb for cb in self._overriding[hook]
-                                   if id(cb) in awake or (every_loss and cb.sees_every_loss)]
+            self._by_hook[hook] = [(cb, 1) for cb in self._overriding[hook] if id(cb) in awake]
+        # the loss for the callbacks asleep but for their loss steps (sees_loss_every)
+        self._by_hook["on_loss_computed"] = [
+            (cb, 1 if id(cb) in awake else cb.sees_loss_every)
+            for cb in self._overriding["on_loss_computed"]
+            if id(cb) in awake or cb.sees_loss_every]
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:
