@@ -169,7 +169,7 @@ class FilterImages(Callback):
 
     Args:
         every: write every this-many optimizer steps (default None: never).
-        every_epochs: write at the end of every this-many epochs (default 5; filters change
+        every_epochs: write at the end of every this-many epochs (default 10; filters change
             slowly, and each image costs about 0.4 ms on the demo); None: never.
         at_start: also write the initial filters, before the first update (default True).
         at_end: also write the final filters when training ends (default True).
@@ -187,7 +187,7 @@ class FilterImages(Callback):
         self,
         every: int | None = None,
         *,
-        every_epochs: int | None = 5,
+        every_epochs: int | None = 10,
         at_start: bool = True,
         at_end: bool = True,
         layer: str | None = None,

@@ -203,7 +203,7 @@ class HistogramMonitor(Callback):
             included, e.g. 5; default None: never (matplotlib costs ~0.5 s to import once
             and ~0.1 s a figure; ``default_callbacks(figures=True)`` sets 5).
         budget: the most measuring may take, as a fraction of the run's wall time (default
-            0.005; a :class:`~trainwatch.core.budget.TimeBudget`): on a small model whose
+            0.0025; a :class:`~trainwatch.core.budget.TimeBudget`): on a small model whose
             steps take a millisecond, where a round of histograms costs several steps, a
             due round moves to a later multiple of ``every``. None: every ``every`` steps
             whatever it costs.
@@ -225,7 +225,7 @@ class HistogramMonitor(Callback):
         vanishing_ratio: float = 1e-3,
         exploding_ratio: float = 1e3,
         figure_every: int | None = None,
-        budget: float | None = 0.005,
+        budget: float | None = 0.0025,
     ):
         self.every = count("every", every)
         self.budget = TimeBudget(budget, name="budget")

@@ -163,7 +163,7 @@ class UpdateRatioMonitor(Callback):
         exclude: names or globs of tensors not measured at all (e.g. intentionally frozen).
         log_norms: also write weight, gradient and update norms (default True).
         budget: the most measuring may take, as a fraction of the run's wall time (default
-            0.005; a :class:`~trainwatch.core.budget.TimeBudget`): on a model whose steps
+            0.0025; a :class:`~trainwatch.core.budget.TimeBudget`): on a model whose steps
             take a millisecond, where one measurement costs a fraction of a step, a due
             measurement moves to a later multiple of ``every``. None: every ``every``
             steps whatever it costs.
@@ -187,7 +187,7 @@ class UpdateRatioMonitor(Callback):
         include_biases: bool = False,
         exclude: Iterable[str] = (),
         log_norms: bool = True,
-        budget: float | None = 0.005,
+        budget: float | None = 0.0025,
     ):
         self.every = count("every", every)
         self.budget = TimeBudget(budget, name="budget")
