@@ -433,6 +433,8 @@ class TorchBackend(Backend):
     def scalars_to_host(self, values: Sequence[Any]) -> list[float]:
         """Python floats of many 0-d tensors (or numbers) in one transfer, e.g. the losses of
         the last N steps kept on the device."""
+        if all(isinstance(v, float) for v in values):  # read already (the CPU's losses)
+            return list(values)
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         if not tensors or (len(tensors) <= 4 and self._on_cpu):
             return [float(v) for v in values]  # a few CPU scalars: cheaper than a stack

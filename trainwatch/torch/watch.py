@@ -322,8 +322,11 @@ class Watcher:
 def _sum(values: list[Any]) -> Any:
     """Sum of floats and/or scalar tensors, on the tensors' device (no host transfer), in
     float64 where the device has it."""
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    total: Any = math.fsum(v for v in values if not isinstance(v, torch.Tensor))
+    # (floats told apart by isinstance(v, float): torch.Tensor's own isinstance check costs
+    # ~0.2 µs a float)
+    floats = [v for v in values if isinstance(v, float)]
+    total: Any = math.fsum(floats)
+    tensors = [v for v in values if not isinstance(v, float)] if len(floats) < len(values) else []
     if tensors:
         stacked = stack_scalars(tensors, tensors[0].device)
         total = stacked.sum(dtype=acc_dtype(stacked.device)) + total
