@@ -20,8 +20,15 @@ from trainwatch.callbacks import (
     default_callbacks,
 )
 from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
-from trainwatch.core.budget import TimeBudget
-from trainwatch.core.callback import NEVER, Callback, CallbackList, StopTraining, next_multiple
+from trainwatch.core.budget import StepBatch, TimeBudget
+from trainwatch.core.callback import (
+    NEVER,
+    Callback,
+    CallbackList,
+    StopTraining,
+    next_block_end,
+    next_multiple,
+)
 from trainwatch.core.monitor import Monitor, as_backend
 from trainwatch.core.state import RunState
 from trainwatch.core.trainer import Trainer
@@ -47,6 +54,7 @@ __all__ = [
     "OutputList",
     "RunState",
     "Severity",
+    "StepBatch",
     "StopTraining",
     "TensorNorms",
     "TimeBudget",
@@ -58,6 +66,7 @@ __all__ = [
     "HistogramMonitor",
     "LossMonitor",
     "NEVER",
+    "next_block_end",
     "next_multiple",
     "UpdateRatioMonitor",
 ]

@@ -5,7 +5,8 @@ import pytest
 
 from tests.helpers import every_step_dispatch
 from trainwatch import Callback, Trainer, UpdateRatioMonitor, nn
-from trainwatch.core.budget import TimeBudget
+from trainwatch.core import budget as budget_module
+from trainwatch.core.budget import StepBatch, TimeBudget
 from trainwatch.data import load_digits
 from trainwatch.outputs import MemoryOutput
 
@@ -104,3 +105,23 @@ def test_a_budget_spaces_measurements_out_on_multiples_of_every(dispatch, monkey
     assert 2 <= len(steps) < len(unbounded) // 2
     assert np.all(np.diff(steps) > 2)
     assert budget.seconds <= 0.1 * budget.elapsed + budget.mean  # the first is never held
+
+
+def test_a_step_batch_is_due_after_its_steps_or_its_seconds(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    batch = StepBatch()
+    assert not batch.due(10**6)  # nothing gathered: never due
+    for step in range(5, 105):
+        batch.add(step, step)
+    assert not batch.due(104)
+    assert batch.due(105)  # BATCH_STEPS after its first item
+    assert batch.take() == list(range(5, 105)) and batch.take() == []
+    batch.add(200, "a")
+    clock.now += budget_module.BATCH_SECONDS * 0.99
+    assert not batch.due(201)
+    clock.now += budget_module.BATCH_SECONDS * 0.02
+    assert batch.due(201)  # BATCH_SECONDS after its first item, however few steps
+    batch.take()
+    batch.add(300, "b")  # a new batch times itself from its own first item
+    assert not batch.due(301)

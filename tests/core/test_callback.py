@@ -322,3 +322,10 @@ def test_a_monitor_hands_every_loss_to_a_sleeping_callback_and_reads_what_it_que
             mon.step_end()
             assert log[-1] == ("read", step, [float(step)])  # read at its own step's end
     assert [s for t, s, *_ in log if t == "loss"] == [0, 1, 2, 3, 4]
+
+
+def test_next_block_end_is_the_last_step_of_each_block():
+    from trainwatch import next_block_end
+
+    assert [next_block_end(s, 5) for s in (0, 3, 4, 5, 9, 10)] == [4, 4, 4, 9, 9, 14]
+    assert next_block_end(7, 1) == 7

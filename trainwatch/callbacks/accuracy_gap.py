@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from trainwatch.core.callback import NEVER, Callback, next_multiple
+from trainwatch.core.callback import NEVER, Callback, next_block_end
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -167,7 +167,7 @@ class AccuracyGapMonitor(Callback):
             return NEVER  # epoch ends only
         if self._train_subset is None:
             return step  # collecting the training subset from the batches
-        return next_multiple(step + 1, self.every) - 1  # evaluates after steps every-1, ...
+        return next_block_end(step, self.every)
 
     def reads_batch(self, step: int) -> bool:
         return self._train_subset is None

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from trainwatch.core.callback import NEVER, Callback, next_multiple
+from trainwatch.core.callback import NEVER, Callback, next_block_end
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
 
@@ -229,7 +229,7 @@ class FilterImages(Callback):
             return step
         if self.every is None:
             return NEVER  # epoch ends only
-        return next_multiple(step + 1, self.every) - 1  # writes after steps every-1, ...
+        return next_block_end(step, self.every)
 
     def reads_batch(self, step: int) -> bool:
         return not self._input_shape and self.image_shape is None

@@ -58,6 +58,12 @@ def next_multiple(step: int, every: int) -> int:
     return -(-step // every) * every
 
 
+def next_block_end(step: int, every: int) -> int:
+    """The first step at or after ``step`` that ends a block of ``every`` steps (``every-1``,
+    ``2·every-1``, ...): the next step of a callback that works after every ``every`` steps."""
+    return next_multiple(step + 1, every) - 1
+
+
 class StopTraining(Exception):
     """Raise from a callback (or call ``state.request_stop``) to end training cleanly.
 
