@@ -121,7 +121,10 @@ def test_a_step_batch_is_due_after_its_steps_or_its_seconds(monkeypatch):
     clock.now += budget_module.BATCH_SECONDS * 0.99
     assert not batch.due(201)
     clock.now += budget_module.BATCH_SECONDS * 0.02
-    assert batch.due(201)  # BATCH_SECONDS after its first item, however few steps
+    assert batch.due(201)  # BATCH_SECONDS after the last take, however few steps
     batch.take()
-    batch.add(300, "b")  # a new batch times itself from its own first item
+    batch.add(300, "b")  # timed from that take
     assert not batch.due(301)
+    clock.now += budget_module.BATCH_SECONDS
+    batch.add(301, "c")
+    assert batch.due(302)  # slow steps: each item is due as it comes

@@ -64,7 +64,7 @@ class MetricLogger(Callback):
         terms = state.reg_loss is not None and state.data_loss is not None
         self._points.add(step, (step, state.loss, *((state.data_loss, state.reg_loss)
                                                       if terms else ())))
-        if self._points.due(step):
+        if step == 0 or self._points.due(step):  # (the first point at once: a bar with a loss)
             self._write_points(state)
 
     def _write_points(self, state: RunState) -> None:
