@@ -24,9 +24,9 @@ engine :func:`trainwatch.gradcheck.check_gradients`.
 Cost: per evaluation one forward pass of the few examples in float64 under the recorder,
 plus (off the CPU) the upload of the parameters: the engine hands over all of them at every
 evaluation (on the CPU the stand-ins share the engine's memory, so nothing is copied). The
-digits CNN (6 tensors, 38 evaluations): ~12.5 ms a check on the CPU, ~330 µs an evaluation,
-of which the forward pass is 66 µs bare and ~125 µs under the recorder (15.9 ms with a
-parameter copy and three fingerprint ops per pattern each time). On the CPU a
+digits CNN (6 tensors) with the periodic probes (20 evaluations): ~11 ms a check on the
+CPU, ~250 µs an evaluation warm against a 90 µs bare float64 forward (the rest: the torch
+function mode's Python dispatch, the random generators' reset and the patterns' hash). On the CPU a
 model of at most :data:`SINGLE_THREAD_PARAMETERS` parameters is checked with one intra-op
 thread (restored afterwards): its float64 ops on a few examples take microseconds, and the
 engine's Python work between two of them is long enough for torch's worker threads to fall
