@@ -13,6 +13,16 @@ from trainwatch import (
 )
 
 
+class Clock:
+    """A clock the test moves by hand (seconds): monkeypatch it over ``time.perf_counter``."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
 def assert_identical(a, b, path="state"):
     """``a`` and ``b`` (nested dicts of arrays and plain values, e.g. ``Backend.state_dict()``)
     are bit-identical: same keys, dtypes, shapes and bytes (also -0.0 and NaN payloads)."""
@@ -38,6 +48,8 @@ def all_callbacks(validation_data):
         MetricLogger(every=1),
         LossMonitor(every=2, check_tensors_every=3),
         UpdateRatioMonitor(every=1, budget=None),
+        # and a second one sharing the step's update snapshot
+        UpdateRatioMonitor(every=2, budget=None),
         GradientCheck(every=5, warmup_steps=2, examples=2, budget=None),
         # and a first check stopped part-way by its time limit, then held for the budget
         GradientCheck(every=1000, warmup_steps=3, examples=2, budget=0.5, time_limit=1e-6),

@@ -1,18 +1,11 @@
 import numpy as np
 
 import trainwatch as tw
+from tests.helpers import Clock
 from trainwatch import nn
 from trainwatch.backends.numpy_backend import NumpyBackend
 from trainwatch.core import budget as budget_module
 from trainwatch.outputs.memory import MemoryOutput
-
-
-class Clock:
-    def __init__(self):
-        self.now = 50.0
-
-    def __call__(self):
-        return self.now
 
 
 def run(steps, clock, epoch_every=None, seconds_per_step=0.0):

@@ -3,22 +3,12 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import every_step_dispatch
+from tests.helpers import Clock, every_step_dispatch
 from trainwatch import Callback, Trainer, UpdateRatioMonitor, nn
 from trainwatch.core import budget as budget_module
 from trainwatch.core.budget import StepBatch, TimeBudget
 from trainwatch.data import load_digits
 from trainwatch.outputs import MemoryOutput
-
-
-class Clock:
-    """A clock the test moves by hand (seconds)."""
-
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_work_within_the_budget_runs_at_the_step_asked():

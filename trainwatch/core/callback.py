@@ -285,12 +285,11 @@ class CallbackList:
     def _rebuild(self) -> None:
         awake = {id(cb) for cb in self._awake}
         for hook in STEP_HOOKS:
-            self._by_hook[hook] = [(cb, 1) for cb in self._overriding[hook] if id(cb) in awake]
-        # the loss for the callbacks asleep but for their loss steps (sees_loss_every)
-        self._by_hook["on_loss_computed"] = [
-            (cb, 1 if id(cb) in awake else cb.sees_loss_every)
-            for cb in self._overriding["on_loss_computed"]
-            if id(cb) in awake or cb.sees_loss_every]
+            # the loss also for the callbacks asleep but for their loss steps (sees_loss_every)
+            loss = hook == "on_loss_computed"
+            self._by_hook[hook] = [(cb, 1) if id(cb) in awake else (cb, cb.sees_loss_every)
+                                   for cb in self._overriding[hook]
+                                   if id(cb) in awake or (loss and cb.sees_loss_every)]
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:

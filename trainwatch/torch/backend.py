@@ -373,7 +373,7 @@ class TorchBackend(Backend):
 
     def end_update_scalars(self) -> dict[str, tuple[Any, Any, Any]]:
         if not self._update_open and self._update_norms is not None:
-            return self._update_norms  # the step's measurement, taken by another monitor
+            return dict(self._update_norms)  # the step's measurement, taken by another monitor
         if self._before is None or not self._update_open:
             raise RuntimeError("end_update() called without begin_update()")
         self._update_open = False
@@ -388,7 +388,7 @@ class TorchBackend(Backend):
         u, w = norms[:n], norms[n:2 * n]
         grads = self._expand(norms[2 * n:], have)  # no gradient: norm 0
         self._update_norms = {n: (a, b, c) for n, a, b, c in zip(self._names, w, grads, u)}
-        return self._update_norms
+        return dict(self._update_norms)
 
     def end_update(self) -> dict[str, TensorNorms]:
         norms = self.end_update_scalars()

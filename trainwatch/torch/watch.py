@@ -192,9 +192,7 @@ class Watcher:
             state = self.monitor.state
             state.inputs = state.targets = None
             self.monitor.loss_computed(value)
-            self._losses.append(value)
-            if len(self._losses) == 1024:
-                self._fold_losses()
+            self._keep(value)
             return loss
         if self._closed:
             return loss
@@ -214,16 +212,16 @@ class Watcher:
         if isinstance(predictions, torch.Tensor):
             predictions = predictions.detach()
         self.monitor.loss_computed(value, predictions)
-        self._losses.append(value)
-        if len(self._losses) == 1024:
-            self._fold_losses()
+        self._keep(value)
         return loss
 
-    def _fold_losses(self) -> None:
-        """Fold 1024 kept losses into one partial sum (on the device: no transfer), which
-        bounds the memory the epoch's mean (``train_loss``) takes."""
-        self._loss_partial.append(_sum(self._losses))
-        self._losses.clear()
+    def _keep(self, value: Any) -> None:
+        """Keep a reported loss for the epoch's mean (``train_loss``)."""
+        losses = self._losses
+        losses.append(value)
+        if len(losses) == 1024:  # fold on the device (no transfer) to bound memory
+            self._loss_partial.append(_sum(losses))
+            losses.clear()
 
     def _scalar(self, loss: Any) -> Any:
         """The loss as kept (a float on the CPU, else a detached one-element tensor; a number
