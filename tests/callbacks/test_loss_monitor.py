@@ -309,10 +309,15 @@ def test_arguments_are_validated(kwargs, argument):
         LossMonitor(**kwargs)
 
 
-def test_losses_on_an_accelerator_are_read_in_one_transfer_per_evaluation():
-    """A backend whose host reads are syncs gets the losses in batches of ``every`` steps,
-    and the rules see the same values as with per-step reads."""
+def test_losses_on_an_accelerator_are_read_in_one_transfer_per_batch(monkeypatch):
+    """A backend whose host reads are syncs gets the losses read in one transfer per batch
+    the Monitor hands over, and the rules see the same values as with per-step reads."""
+    from tests.helpers import Clock
     from trainwatch.backends.numpy_backend import NumpyBackend
+    from trainwatch.core import budget as budget_module
+
+    monkeypatch.setattr(budget_module.time, "perf_counter", Clock())  # (batches by steps)
+    monkeypatch.setattr(budget_module, "BATCH_STEPS", 15)
 
     class SyncCountingBackend(NumpyBackend):
         host_reads_cheap = False
@@ -353,5 +358,5 @@ def test_losses_on_an_accelerator_are_read_in_one_transfer_per_evaluation():
     # (MetricLogger's only loss point, step 0's, is written at once: one read of its own
     # where reads are cheap, in step 0's transfer where they are not)
     assert results[True][2] == [1]  # LossMonitor's losses are floats already: no read
-    # step 0, steps 1-10, 11-20, 21-30, and 31-39 at the end
-    assert results[False][2] == [2, 10, 10, 10, 9]
+    # step 0, steps 1-16, 17-32, and 33-39 at the end
+    assert results[False][2] == [2, 16, 16, 7]

@@ -40,9 +40,10 @@ def test_loss_points_are_written_in_batches_the_first_at_once(monkeypatch):
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)
     seen, mem = run(250, clock)
     assert seen[0] == [0]  # the first point at once (the bar shows a loss from the start)
-    assert seen[105] == [0]  # points 10..100 gathered: the batch is 100 steps old at 110
-    assert seen[110] == list(range(0, 111, 10))
-    assert seen[205] == list(range(0, 111, 10))
+    assert seen[100] == [0]  # the losses of steps 1..100 gathered: 100 steps old at 101
+    assert seen[101] == list(range(0, 101, 10))
+    assert seen[201] == list(range(0, 101, 10))
+    assert seen[202] == seen[249] == list(range(0, 201, 10))
     # the rest at the end of the run, with the values of their steps
     assert mem.scalars_log["loss/train"] == [(s, 1.0 / (s + 1)) for s in range(0, 250, 10)]
 
@@ -50,8 +51,8 @@ def test_loss_points_are_written_in_batches_the_first_at_once(monkeypatch):
 def test_slow_steps_write_each_point_when_it_comes(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)
-    seen, _ = run(45, clock, seconds_per_step=0.2)  # a point every 2 s: over BATCH_SECONDS
-    assert seen[9] == [0] and seen[10] == [0, 10] and seen[20] == [0, 10, 20]
+    seen, _ = run(45, clock, seconds_per_step=0.25)  # the losses handed over every 4 steps
+    assert seen[9] == [0] and seen[12] == [0, 10] and seen[20] == [0, 10, 20]
     assert seen[40] == [0, 10, 20, 30, 40]
 
 

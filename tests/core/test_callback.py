@@ -237,91 +237,127 @@ def test_a_callback_whose_next_step_raises_is_reported_and_sleeps_for_good():
 
 
 class LossReader(EveryThird):
-    """Asleep but for steps 0, 3, 6, ...; sees every loss."""
+    """Asleep but for steps 0, 3, 6, ...; takes in every loss."""
 
-    sees_loss_every = 1
+    def on_losses(self, state):
+        self.log.append(("losses", state.step, [(s, loss) for s, loss, *_ in state.losses]))
 
-    def on_loss_computed(self, state):
-        self.log.append(("loss", state.step))
+    def on_epoch_end(self, state):
+        self.log.append(("epoch_end", state.step))
+
+    def on_train_end(self, state):
+        self.log.append(("train_end", state.step))
 
 
-def test_a_callback_that_sees_every_loss_gets_it_while_asleep_and_nothing_else():
-    log = []
-    cbs = CallbackList([LossReader(log)])
-    state = make_state()
-    cbs.schedule(state)
+def drive_monitor(backend_class, callbacks, losses, *, per_step=1, epoch_at=()):
+    """A Monitor on a tiny numpy model, reporting ``losses`` (``per_step`` a step, as with
+    gradient accumulation; an epoch end before each step in ``epoch_at``), batch hooks only
+    where a callback is awake. Returns the Monitor and its callbacks' quiet flag per step."""
+    from trainwatch import Monitor, nn
+
+    model = nn.Sequential([nn.Dense(4, 3, rng=0)])
+    mon = Monitor(backend_class(model, nn.SoftmaxCrossEntropy(), None), callbacks=callbacks,
+                  progress=False, raise_errors=True)
     quiet = []
-    for _ in range(7):
-        quiet.append(cbs.quiet)
-        for hook in ("on_batch_begin", "on_loss_computed", "on_step_end"):
-            cbs.call(hook, state)
-        state.step += 1
-        cbs.advance(state)
-    assert [s for t, s in log if t == "loss"] == list(range(7))
-    assert [s for t, s in log if t == "third"] == [0, 3, 6]
-    # quiet (a loop may skip the batch hooks but the loss) where it sleeps
-    assert quiet == [False, True, True, False, True, True, False]
+    with mon.run():
+        it = iter(losses)
+        for step in range(len(losses) // per_step):
+            if step in epoch_at:
+                mon.epoch_end({})
+                mon.epoch_begin()
+            quiet.append(mon.callbacks.quiet)
+            if not mon.callbacks.quiet:
+                mon.batch_begin()
+            for _ in range(per_step):
+                if mon.callbacks.quiet:
+                    mon.add_loss(next(it))
+                else:
+                    mon.loss_computed(next(it))
+            mon.step_end()
+            if mon.should_stop:
+                break
+    return mon, quiet
 
 
-class LossEveryFourth(LossReader):
-    sees_loss_every = 4
+def test_a_sleeping_callback_gets_every_loss_in_batches_and_nothing_else(monkeypatch):
+    from tests.helpers import Clock
+    from trainwatch.backends.numpy_backend import NumpyBackend
+    from trainwatch.core import budget as budget_module
 
-
-def test_a_callback_that_sees_every_fourth_loss_gets_those_and_its_awake_steps():
+    monkeypatch.setattr(budget_module.time, "perf_counter", Clock())  # (time stands still)
     log = []
-    cbs = CallbackList([LossEveryFourth(log)])
-    state = make_state()
-    cbs.schedule(state)
-    for _ in range(13):
-        cbs.call("on_loss_computed", state)
-        state.step += 1
-        cbs.advance(state)
-    # every 4th step's loss while asleep, and the loss of each step it is awake for (every 3rd)
-    assert [s for t, s in log if t == "loss"] == [0, 3, 4, 6, 8, 9, 12]
+    _, quiet = drive_monitor(NumpyBackend, [LossReader(log)], [float(i) for i in range(250)])
+    handed = [(step, [s for s, _ in losses]) for t, step, *losses in log if t == "losses"
+              for losses in losses]
+    # the first at once, then each batch once its oldest is BATCH_STEPS old, the rest at the end
+    assert handed == [(0, [0]), (101, list(range(1, 102))), (202, list(range(102, 203))),
+                      (250, list(range(203, 250)))]
+    assert [t for t, *_ in log if t == "third"] == ["third"] * len(range(0, 250, 3))
+    assert log[-1][0] == "train_end" and log[-2][0] == "losses"  # handed over before it
+    assert quiet[:7] == [False, True, True, False, True, True, False]
+    values = [v for t, _, losses in (e for e in log if e[0] == "losses") for _, v in losses]
+    assert values == [float(i) for i in range(250)]
 
 
-@pytest.mark.parametrize("every", [0, -1, 2.5, True, "3"])
-def test_a_bad_sees_loss_every_fails_at_construction_naming_it(every):
-    class Bad(Callback):
-        sees_loss_every = every
+def test_losses_are_handed_over_before_each_epoch_end_and_at_once_when_not_finite(monkeypatch):
+    from tests.helpers import Clock
+    from trainwatch.backends.numpy_backend import NumpyBackend
+    from trainwatch.core import budget as budget_module
 
-        def on_loss_computed(self, state):
-            pass
+    monkeypatch.setattr(budget_module.time, "perf_counter", Clock())
+    log = []
+    losses = [1.0] * 30 + [float("inf")] + [1.0] * 9 + [float("nan")] + [1.0] * 9
+    drive_monitor(NumpyBackend, [LossReader(log)], losses, epoch_at=(20,))
+    events = [(t, step, [s for s, _ in rest[0]] if rest else None) for t, step, *rest in log
+              if t != "third"]
+    assert events == [("losses", 0, [0]), ("losses", 20, list(range(1, 20))),
+                      ("epoch_end", 20, None), ("losses", 30, list(range(20, 31))),
+                      ("losses", 40, list(range(31, 41))), ("losses", 50, list(range(41, 50))),
+                      ("train_end", 50, None)]
 
-    with pytest.raises(ValueError, match="Bad.sees_loss_every"):
-        CallbackList([Bad()])
+
+def test_every_report_of_a_step_is_handed_over(monkeypatch):
+    """Gradient accumulation: several losses make one step; each is handed over."""
+    from trainwatch.backends.numpy_backend import NumpyBackend
+
+    log = []
+    drive_monitor(NumpyBackend, [LossReader(log)], [float(i) for i in range(12)], per_step=3)
+    handed = [pair for t, _, *losses in log if t == "losses" for pair in losses[0]]
+    assert handed == [(i // 3, float(i)) for i in range(12)]
 
 
-def test_a_monitor_hands_every_loss_to_a_sleeping_callback_and_reads_what_it_queues():
-    """Quiet steps (nobody awake) still hand the loss over, and a read queued there (where
-    reads are device syncs) is read at that step's end."""
+def test_reads_queued_in_on_losses_are_read_at_that_steps_end():
+    """Where reads are device syncs, what a callback queues while taking in the losses is
+    read at the end of the step they were handed over on, in one transfer."""
     import numpy as np
 
-    from trainwatch import Monitor, nn
     from trainwatch.backends.numpy_backend import NumpyBackend
 
     class SyncingBackend(NumpyBackend):
         host_reads_cheap = False
 
+        def scalars_to_host(self, values):
+            reads.append(len(values))
+            return super().scalars_to_host(values)
+
     class QueuingLossReader(LossReader):
-        def on_loss_computed(self, state):
-            super().on_loss_computed(state)
-            step = state.step
-            self.read_at_step_end(state, [np.float64(state.loss)],
+        def on_losses(self, state):
+            step, values = state.step, [np.float64(v) for _, v, *_ in state.losses]
+            self.read_at_step_end(state, values,
                                   lambda floats: self.log.append(("read", step, floats)))
 
-    log = []
-    model = nn.Sequential([nn.Dense(4, 3, rng=0)])
-    backend = SyncingBackend(model, nn.SoftmaxCrossEntropy(), None)
-    mon = Monitor(backend, callbacks=[QueuingLossReader(log)], progress=False)
-    with mon.run():
-        for step in range(5):
-            mon.batch_begin()
-            mon.loss_computed(float(step))
-            assert mon.callbacks.quiet == (step % 3 != 0)
-            mon.step_end()
-            assert log[-1] == ("read", step, [float(step)])  # read at its own step's end
-    assert [s for t, s, *_ in log if t == "loss"] == [0, 1, 2, 3, 4]
+    class StepEnd(Callback):
+        order = 100
+
+        def on_step_end(self, state):
+            log.append(("step_end", state.step))
+
+    log, reads = [], []
+    drive_monitor(SyncingBackend, [QueuingLossReader(log), StepEnd()], [2.0, 3.0, 4.0])
+    read = [e for e in log if e[0] in ("read", "step_end")]
+    assert read[:3] == [("step_end", 0), ("read", 0, [2.0]), ("step_end", 1)]
+    assert read[-1] == ("read", 3, [3.0, 4.0])  # the rest at the end of the run
+    assert reads == [2, 2]  # (with the MetricLogger every Monitor has: its step-0 point)
 
 
 def test_next_block_end_is_the_last_step_of_each_block():

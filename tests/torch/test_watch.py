@@ -363,17 +363,24 @@ def test_a_nan_loss_on_the_cpu_is_seen_on_its_step_with_the_tensor_that_caused_i
 
 
 def test_a_nan_loss_on_an_accelerator_is_read_later_and_the_alert_says_so(monkeypatch):
-    """Reads batched every 5 steps (as on a GPU): the NaN of step 7 is read at step 10,
-    the alert names step 7, says when it was read and that NaN/Inf may have spread since
-    (the tensor scan at step 10 finds the first layer's weights, poisoned by the updates)."""
+    """Losses handed over in batches of 5 steps and read on the host then (as on a GPU):
+    the NaN of step 7 is read at step 12, the alert names step 7, says when it was read and
+    that NaN/Inf may have spread since (the tensor scan at step 12 finds the first layer's
+    weights, poisoned by the updates)."""
+    from tests.helpers import Clock
+    from trainwatch.core import budget as budget_module
+
     monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
                         property(lambda self: False))
+    monkeypatch.setattr(budget_module.time, "perf_counter", Clock())  # (batches by steps)
+    monkeypatch.setattr(budget_module, "BATCH_STEPS", 5)
     steps, alerts, w = nan_run()
-    assert steps == 11  # steps 0..10: the read of step 10 saw the NaN of step 7
+    # step 0 at once, steps 1..6 at step 6, steps 7..12 at step 12: there the NaN of step 7
+    assert steps == 13
     assert len(alerts) == 1 and alerts[0].step == 7
     message = alerts[0].message
-    assert "at step 10, when the loss was read (3 steps later" in message
-    assert "may have spread" in message and "training stops after step 10" in message
+    assert "at step 12, when the loss was read (5 steps later" in message
+    assert "may have spread" in message and "training stops after step 12" in message
     assert "non-finite values at step 7" in w.monitor.state.stop_reason
 
 

@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 
 from trainwatch.alerts.rules import Streak
-from trainwatch.core.budget import StepBatch
 from trainwatch.core.callback import NEVER, Callback, next_multiple
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -81,15 +80,15 @@ class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
 
-    It sees every loss (``sees_loss_every`` is ``check_every``) and sleeps otherwise: its
-    other hooks run on the first step and the tensor-check steps only. Per step it reads
-    the loss as a float (checking it is finite: a NaN is judged on its step) and queues
-    it; the queued losses go into a ring buffer, each ``every``-th step's rules evaluated,
-    in batches of up to 100 steps or 1 s (:class:`~trainwatch.core.budget.StepBatch`). On an
-    accelerator (``backend.host_reads_cheap`` False) the losses stay on the device and are
-    read in one transfer every ``every`` steps, so a NaN loss is seen (and training stopped) up to
-    ``every`` steps later, and the alert says so: by then NaN/Inf may have spread to other
-    tensors. Every ``every`` steps it evaluates the rules and writes:
+    It takes in the losses as the Monitor hands them over (:meth:`on_losses`: in batches of
+    up to 100 steps or 1 s, a non-finite float and the first loss at once, so on the CPU a
+    NaN is judged on its own step) and sleeps otherwise: its batch hooks run on the first
+    step and the tensor-check steps only. The losses go into a ring buffer, each
+    ``every``-th step's rules evaluated. On an accelerator (``backend.host_reads_cheap``
+    False) the losses stay on the device and each batch is read in one transfer, so a NaN
+    loss is seen (and training stopped) up to 100 steps or about 1 s later, and the alert
+    says so: by then NaN/Inf may have spread to other tensors. Every ``every`` steps it
+    evaluates the rules and writes:
 
     * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
       scale; positive losses only);
@@ -153,7 +152,6 @@ class LossMonitor(Callback):
     ):
         self.every = count("every", every)
         self.check_every = count("check_every", check_every)
-        self.sees_loss_every = self.check_every  # each loss read (on the CPU) on its step
         if self.every % self.check_every:
             raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
                              f"got {every!r}")
@@ -196,7 +194,6 @@ class LossMonitor(Callback):
         self._max_step = 0
         self._ref: float | None = None  # the first finite loss: the reference "initial" value
         self._nonfinite_seen = False
-        self._unread = StepBatch()  # (step, loss) not yet read to the host / taken in
         self._diverged_at = -math.inf  # the last step a divergence was firing
         self._streaks = {rule: Streak() for rule in ("divergence", "plateau", "noise")}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
@@ -232,46 +229,28 @@ class LossMonitor(Callback):
         return step == 0 and self.check_initial  # the number of classes, from the outputs
 
     def on_loss_computed(self, state: RunState) -> None:
-        step = state.step
-        if step % self.check_every or state.loss is None:
-            return
-        if step == 0 and self.check_initial:  # what the first loss is judged by, kept now
+        if state.step == 0 and self.check_initial:  # what the first loss is judged by
             self._initial_context = (*self._expected(state), state.data_loss)
-        # The losses since the last evaluation are taken in together: on an accelerator
-        # every ``every`` steps in one transfer (a read is a host sync); on the CPU in one
-        # warm loop (a StepBatch) rather than a little work between every two training steps,
-        # but the first loss and a NaN on their own step.
-        loss = state.loss
-        if self._reads_cheap:  # (a float already, but for a framework's own CPU scalar)
-            loss = float(loss)
-            self._unread.add(step, (step, loss))
-            if step == 0 or not math.isfinite(loss) or (
-                    step % self.every == 0 and self._unread.due(step)):
-                self._read_unread(state)
+
+    def on_losses(self, state: RunState) -> None:
+        # every check_every-th step's losses, taken in together (in one warm loop on the
+        # CPU, in one transfer on an accelerator, where a read is a host sync)
+        every = self.check_every
+        steps = [step for step, *_ in state.losses if not step % every]
+        values = [loss for step, loss, *_ in state.losses if not step % every]
+        if not values:
             return
-        self._unread.add(step, (step, loss))
-        if step % self.every == 0:  # read with the other callbacks' reads of this step
-            unread = self._unread.take()
-            self.read_at_step_end(state, [value for _, value in unread],
-                                  lambda floats: self._ingest_all(state, unread, floats))
+        if self._reads_cheap:  # (floats already, but for a framework's own CPU scalars)
+            self._ingest_all(state, steps, [float(v) for v in values])
+        else:
+            self.read_at_step_end(state, values,
+                                  lambda floats: self._ingest_all(state, steps, floats))
 
-    def on_train_end(self, state: RunState) -> None:
-        self._read_unread(state)
-
-    def _read_unread(self, state: RunState) -> None:
-        unread = self._unread.take()
-        if unread:
-            values = [loss for _, loss in unread]
-            if not state.backend.host_reads_cheap:  # floats already on the CPU
-                values = state.backend.scalars_to_host(values)
-            self._ingest_all(state, unread, values)
-
-    def _ingest_all(self, state: RunState, unread: list[tuple[int, Any]],
-                    values: list[float]) -> None:
-        for (at, _), v in zip(unread, values):
-            self._ingest(state, at, v)
+    def _ingest_all(self, state: RunState, steps: list[int], values: list[float]) -> None:
+        for step, v in zip(steps, values):
             if self._nonfinite_seen:
                 return
+            self._ingest(state, step, v)
 
     def _ingest(self, state: RunState, step: int, v: float) -> None:
         """Take the loss of ``step`` into the buffer and the rules."""

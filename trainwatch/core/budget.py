@@ -140,10 +140,14 @@ class StepBatch:
         self._first_step = 0
         self._taken_at = time.perf_counter()
 
-    def add(self, step: int, item: Any) -> None:
-        if not self.items:
+    def add(self, step: int, item: Any) -> bool:
+        """Add the item of ``step``; returns :meth:`due` (with the item in)."""
+        items = self.items
+        if not items:
             self._first_step = step
-        self.items.append(item)
+        items.append(item)
+        return (step - self._first_step >= BATCH_STEPS
+                or time.perf_counter() - self._taken_at >= BATCH_SECONDS)
 
     def due(self, step: int) -> bool:
         return bool(self.items) and (step - self._first_step >= BATCH_STEPS

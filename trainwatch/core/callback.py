@@ -10,15 +10,17 @@ Hook points, in the order they happen during one run::
       on_epoch_end
     on_train_end            (always called, also when training raised)
 
+    on_losses               (the losses reported so far, in batches: see below)
+
 Every hook receives the run's :class:`~trainwatch.core.state.RunState`.
 
 A callback that works now and then (every N steps, at epoch ends) says so with
 :meth:`Callback.next_step`: the dispatcher skips its batch hooks until that step, so an idle
 callback costs nothing between its steps, and with :meth:`Callback.reads_batch` whether it
 reads the batch there (a watched torch model gets its forward hooks only for such steps).
-A callback that needs the loss of every step (the loss rules), or of every N-th (the loss
-curve), but nothing else of the steps in between sets :attr:`Callback.sees_loss_every`: its
-``on_loss_computed`` runs on those steps, asleep or not, and its other hooks are skipped.
+A callback that needs the loss of every step (the loss rules, the loss curve) overrides
+:meth:`Callback.on_losses`: the Monitor gathers the reported losses and hands them over in
+batches, asleep or not, so a step nobody is awake for costs an append.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ HOOKS: tuple[str, ...] = (
     "on_validation_end",
     "on_epoch_end",
     "on_train_end",
+    "on_losses",
 )
 
 #: the hooks of one batch, which a callback sees only from its :meth:`Callback.next_step` on
@@ -87,17 +90,10 @@ class Callback:
         raise_errors: if True an exception in this callback propagates and stops training;
             if False (default) it is reported once as a ``callback.error`` alert and the
             callback is disabled for the rest of the run.
-        sees_loss_every: N: :meth:`on_loss_computed` is also called at every N-th step
-            (0, N, 2N, ...) while the callback sleeps between the steps :meth:`next_step`
-            names (default None: on its awake steps only). For work on a loss that must stay
-            cheap: it runs on the steps no other hook runs on (``LossMonitor`` reads each
-            loss there, N = 1, so that a NaN is seen on its own step; ``MetricLogger`` every
-            10th). ``state.inputs`` and ``state.predictions`` may be None there.
     """
 
     order: int = 0
     raise_errors: bool = False
-    sees_loss_every: int | None = None
 
     @property
     def name(self) -> str:
@@ -171,6 +167,16 @@ class Callback:
     def on_train_end(self, state: RunState) -> None:
         """Training finished, stopped, or raised (``state.exception`` tells which)."""
 
+    def on_losses(self, state: RunState) -> None:
+        """The losses reported since the last call, oldest first, in ``state.losses``: one
+        ``(step, loss, data_loss, reg_loss)`` tuple per report (the loss as in
+        ``state.loss``; the terms None unless the loop reports them; several per step with
+        gradient accumulation). Called asleep or not, in batches (the Monitor's
+        :class:`~trainwatch.StepBatch`): at once for the run's first loss and for a
+        non-finite float, else once the oldest is 100 steps old or 1 s has passed, and
+        before every ``on_epoch_end`` and ``on_train_end``. Keep what you need: the list
+        is not kept."""
+
 
 def _overrides(callback: Callback, hook: str) -> bool:
     return getattr(type(callback), hook) is not getattr(Callback, hook)
@@ -190,11 +196,6 @@ class CallbackList:
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: {cb!r} is not a trainwatch.Callback")
-            every = cb.sees_loss_every
-            if every is not None and (isinstance(every, bool) or not isinstance(every, int)
-                                      or every < 1):
-                raise ValueError(f"callbacks: {cb.name}.sees_loss_every must be None or an "
-                                 f"integer >= 1, got {every!r}")
             self.callbacks.append(cb)
         self.callbacks.sort(key=lambda cb: cb.order)
         self.raise_errors = raise_errors
@@ -203,17 +204,15 @@ class CallbackList:
         # for the batch hooks, of those only the ones awake at this step (see next_step).
         self._overriding = {h: [cb for cb in self.callbacks if _overrides(cb, h)]
                             for h in HOOKS}
-        #: hook -> (callback, N): called at the steps that are multiples of N (see _rebuild)
-        self._by_hook = {h: [(cb, 1) for cb in cbs] for h, cbs in self._overriding.items()}
+        self._by_hook = {h: list(cbs) for h, cbs in self._overriding.items()}
         self._position = {id(cb): i for i, cb in enumerate(self.callbacks)}
         self._awake: list[Callback] = list(self.callbacks)
         self._asleep: list[tuple[int, int, Callback]] = []  # heap of (wake step, position, cb)
         #: whether a callback awake at the current step reads its batch
         #: (:meth:`Callback.reads_batch`); set by :meth:`schedule` and :meth:`advance`
         self.batch_needed = True
-        #: no callback is awake at the current step: its batch hooks would call nobody but
-        #: the callbacks that see the loss (:attr:`Callback.sees_loss_every`), and a loop
-        #: may skip them (the Monitor and the torch watcher do)
+        #: no callback is awake at the current step: its batch hooks would call nobody, and
+        #: a loop may skip them (the Monitor and the torch watcher do)
         self.quiet = False
 
     def __iter__(self):
@@ -224,9 +223,8 @@ class CallbackList:
 
     def call(self, hook: str, state: RunState) -> None:
         """Call ``hook`` on every enabled callback that overrides it."""
-        step = state.step
-        for cb, every in self._by_hook[hook]:  # (run()'s body, inline: this is the hot path)
-            if step % every or (self.disabled and id(cb) in self.disabled):
+        for cb in self._by_hook[hook]:  # (run()'s body, inline: this is the hot path)
+            if self.disabled and id(cb) in self.disabled:
                 continue
             try:
                 getattr(cb, hook)(state)
@@ -285,11 +283,7 @@ class CallbackList:
     def _rebuild(self) -> None:
         awake = {id(cb) for cb in self._awake}
         for hook in STEP_HOOKS:
-            # the loss also for the callbacks asleep but for their loss steps (sees_loss_every)
-            loss = hook == "on_loss_computed"
-            self._by_hook[hook] = [(cb, 1) if id(cb) in awake else (cb, cb.sees_loss_every)
-                                   for cb in self._overriding[hook]
-                                   if id(cb) in awake or (loss and cb.sees_loss_every)]
+            self._by_hook[hook] = [cb for cb in self._overriding[hook] if id(cb) in awake]
 
     def run(self, cb: Callback, what: str, fn: Callable[..., Any], state: RunState,
             *args: Any) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from trainwatch.alerts.manager import AlertManager
 from trainwatch.alerts.sinks import AlertSink
 from trainwatch.core.backend import Backend
+from trainwatch.core.budget import StepBatch
 from trainwatch.core.callback import Callback, CallbackList
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -142,6 +143,8 @@ class Monitor:
         self.state = RunState(backend=self.backend, writer=self.writer, alerts=self.alerts,
                               logdir=self.logdir)
         self._ended = False
+        self._losses = StepBatch()  # (step, loss, data_loss, reg_loss) for on_losses
+        self._losses_handed = False  # (the run's first loss is handed over at once)
 
     # -- hook points ---------------------------------------------------------------------------
 
@@ -173,6 +176,26 @@ class Monitor:
         s = self.state
         s.loss, s.predictions, s.data_loss, s.reg_loss = loss, predictions, data_loss, reg_loss
         self.callbacks.call("on_loss_computed", s)
+        self.add_loss(loss, data_loss, reg_loss)
+
+    def add_loss(self, loss: Any, data_loss: Any = None, reg_loss: Any = None) -> None:
+        """Gather a reported loss for :meth:`~trainwatch.Callback.on_losses` (what
+        :meth:`loss_computed` does on a step no callback is awake for: a loop may call it
+        alone there); hands the gathered ones over when they are due, and at once for the
+        run's first and for a non-finite float."""
+        step = self.state.step
+        # (x - x is nonzero, NaN, only for NaN and ±inf; a tensor is never read here)
+        if (self._losses.add(step, (step, loss, data_loss, reg_loss)) or not self._losses_handed
+                or (isinstance(loss, float) and loss - loss != 0.0)):
+            self._hand_losses()
+
+    def _hand_losses(self) -> None:
+        s = self.state
+        s.losses = self._losses.take()
+        if s.losses:
+            self._losses_handed = True
+            self.callbacks.call("on_losses", s)
+            s.losses = []
 
     def backward_end(self) -> None:
         """Call after the backward pass (gradients ready, before the optimizer step)."""
@@ -205,6 +228,7 @@ class Monitor:
         s = self.state
         if metrics:
             s.metrics.update(self.metric_floats(metrics))
+        self._hand_losses()
         self.callbacks.call("on_epoch_end", s)
         self._read_queued()
         s.epoch += 1
@@ -254,6 +278,7 @@ class Monitor:
         s.exception = exception
         try:
             self._read_queued()  # queued in a step that never reached step_end
+            self._hand_losses()
             self.callbacks.call("on_train_end", s)
             self._read_queued()
         finally:

@@ -33,6 +33,8 @@ class RunState:
             on the CPU), or a framework scalar on an accelerator (convert with ``float()``
             only when you need it: there that syncs).
         data_loss, reg_loss: the two terms when the loop reports them (else None).
+        losses: inside :meth:`~trainwatch.Callback.on_losses`, the losses handed over:
+            ``(step, loss, data_loss, reg_loss)`` tuples, oldest first (else empty).
         metrics: the latest epoch-level metrics, e.g. ``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy`` (fractions in [0, 1]).
         stop_requested / stop_reason: set by :meth:`request_stop`.
@@ -54,6 +56,7 @@ class RunState:
     loss: Any = None
     data_loss: Any = None
     reg_loss: Any = None
+    losses: list[tuple[int, Any, Any, Any]] = field(default_factory=list, repr=False)
     metrics: dict[str, float] = field(default_factory=dict)
     stop_requested: bool = False
     stop_reason: str | None = None

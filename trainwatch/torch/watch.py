@@ -186,12 +186,11 @@ class Watcher:
         Returns ``loss`` unchanged, so ``loss = watcher.loss(criterion(out, y), y)`` works."""
         if self._quiet and self._epoch_open and isinstance(loss, torch.Tensor) and (
                 loss.numel() == 1):
-            # a step no callback is awake for: the loss for those that see every loss, and
-            # for the epoch's mean
+            # a step no callback is awake for: the loss for on_losses and the epoch's mean
             value = loss.item() if self._read_losses else loss.detach()
             state = self.monitor.state
-            state.inputs = state.targets = None
-            self.monitor.loss_computed(value)
+            state.loss, state.inputs, state.targets = value, None, None
+            self.monitor.add_loss(value)
             self._keep(value)
             return loss
         if self._closed:
