@@ -247,32 +247,34 @@ class LossMonitor(Callback):
                                   lambda floats: self._ingest_all(state, steps, floats))
 
     def _ingest_all(self, state: RunState, steps: list[int], values: list[float]) -> None:
-        for step, v in zip(steps, values):
-            if self._nonfinite_seen:
-                return
-            self._ingest(state, step, v)
-
-    def _ingest(self, state: RunState, step: int, v: float) -> None:
-        """Take the loss of ``step`` into the buffer and the rules."""
-        if not math.isfinite(v):
-            self._nonfinite(state, step, v, None)
+        """Take the losses of ``steps`` into the buffer and the rules, in order (one loop,
+        the running statistics in locals: this runs for every loss of the run)."""
+        if self._nonfinite_seen:
             return
-        i = self._n % self._size
-        self._buf[i] = self._buf[i + self._size] = v
-        self._n += 1
-        if self._ref is None:
-            self._ref = v
-        ema = self._ema
-        ema = v if ema != ema else ema + self.smoothing * (v - ema)
-        self._ema = ema
-        if ema < self._min:
-            self._min, self._min_step = ema, step
-        if v > self._max:
-            self._max, self._max_step = v, step
-        if step == 0 and self.check_initial:
-            self._check_initial(state, v)
-        if step % self.every == 0:
-            self._analyse(state, step, v)
+        buf, size, every, smoothing = self._buf, self._size, self.every, self.smoothing
+        n, ema, low, high = self._n, self._ema, self._min, self._max
+        for step, v in zip(steps, values):
+            if v - v != 0.0:  # NaN or ±inf
+                self._n, self._ema, self._min, self._max = n, ema, low, high
+                self._nonfinite(state, step, v, None)
+                return
+            i = n % size
+            buf[i] = buf[i + size] = v
+            n += 1
+            if self._ref is None:
+                self._ref = v
+            ema = v if ema != ema else ema + smoothing * (v - ema)
+            if ema < low:
+                low, self._min_step = ema, step
+            if v > high:
+                high, self._max_step = v, step
+            if (step == 0 and self.check_initial) or step % every == 0:
+                self._n, self._ema, self._min, self._max = n, ema, low, high
+                if step == 0 and self.check_initial:
+                    self._check_initial(state, v)
+                if step % every == 0:
+                    self._analyse(state, step, v)
+        self._n, self._ema, self._min, self._max = n, ema, low, high
 
     def on_backward_end(self, state: RunState) -> None:
         every = self.check_tensors_every

@@ -769,12 +769,14 @@ def _histogram_row(t: torch.Tensor, bins: int) -> torch.Tensor:
 
 def _histogram_row_host(t: torch.Tensor, bins: int) -> torch.Tensor:
     """:func:`_histogram_row` for a CPU tensor: reading a value costs no synchronisation
-    here, so the usual all-finite case takes a short path (4x faster than masking)."""
+    here, so the usual all-finite case takes a short path (4x faster than masking), in
+    numpy (a numpy call costs a few µs less than a torch op: 2-4x faster on the small tensors
+    of a small model)."""
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-    v = t.reshape(-1).to(dtype)
-    if v.numel() == 0:
+    v = t.reshape(-1).to(dtype).numpy()
+    if v.size == 0:
         return _histogram_row(t, bins)
-    lo, hi = (float(x) for x in torch.aminmax(v))
+    lo, hi = float(v.min()), float(v.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or Inf somewhere: mask them
         return _histogram_row(t, bins)
     width = hi - lo
@@ -782,13 +784,12 @@ def _histogram_row_host(t: torch.Tensor, bins: int) -> torch.Tensor:
         width = 1e-12 * max(1.0, abs(lo))
     # v >= lo, so truncating to int64 is the floor; only v == hi lands at bins (folded into
     # the last bucket): two passes fewer than floor and clamp
-    idx = torch.sub(v, lo).mul_(bins / width).to(torch.int64)
-    counts = torch.bincount(idx, minlength=bins + 1).to(torch.float64)
-    counts[bins - 1] += counts[bins]
-    counts = counts[:bins]
-    head = torch.tensor([lo, hi, float(v.numel()), float(v.sum(dtype=torch.float64)),
-                         float(torch.dot(v, v))], dtype=torch.float64)
-    return torch.cat([head, counts])
+    counts = np.bincount(((v - lo) * (bins / width)).astype(np.int64), minlength=bins + 1)
+    row = np.empty(bins + 5)
+    row[:5] = (lo, hi, v.size, v.sum(dtype=np.float64), float(np.dot(v, v)))
+    row[5:] = counts[:bins]
+    row[4 + bins] += counts[bins]
+    return torch.from_numpy(row)
 
 
 def _activation_stats(names: list[str], shapes: list[torch.Size], parts: list[torch.Tensor],
