@@ -481,6 +481,47 @@ def test_float32_returned_by_a_float64_computation_is_not_mistaken():
     assert report.noise < 1e-13
 
 
+def test_a_deferred_noise_probe_is_skipped_when_every_probe_passes():
+    loss_fn, params, grads = quadratic()
+    always = check_gradients(loss_fn, params, grads, coordinates=0, directions=1)
+    deferred = check_gradients(loss_fn, params, grads, coordinates=0, directions=1,
+                               noise_probe="on_failure")
+    assert always.passed and deferred.passed
+    assert always.evaluations == 2 + 6 + 2  # repeats, the noise probe, one direction ±h
+    assert deferred.evaluations == 2 + 2
+    assert deferred.noise == pytest.approx(np.finfo(np.float64).eps * abs(loss_fn(params)))
+
+
+def test_a_deferred_noise_probe_still_finds_a_noisy_float64_loss():
+    """A float64 loss with round-off far above float64's (simulated: a jitter of ~1e-6 that
+    changes with every bit of w, as float32 arithmetic inside would): the first probe fails
+    at float64's step, the deferred noise probe finds the noise, and the check is judged
+    again at h_float32 with float32 thresholds, as when the probe runs first. A wrong
+    gradient is still wrong."""
+    import zlib
+
+    loss_fn0, params, grads = quadratic()
+
+    def loss_fn(p):
+        return loss_fn0(p) + 1e-6 * zlib.crc32(p["w"].tobytes()) / 2**32
+
+    for probe in ("always", "on_failure"):
+        report = check_gradients(loss_fn, params, grads, coordinates=0, directions=1,
+                                 noise_probe=probe)
+        assert report.precision == "float32", probe
+        assert report.h == pytest.approx(1e-2), probe
+        assert report.passed, (probe, str(report))
+        wrong = check_gradients(loss_fn, params, {"w": 1.5 * grads["w"]}, coordinates=0,
+                                directions=1, noise_probe=probe)
+        assert wrong.failed == ["w"], probe
+
+
+def test_noise_probe_must_be_one_of_its_choices():
+    loss_fn, params, grads = quadratic()
+    with pytest.raises(ValueError, match="noise_probe"):
+        check_gradients(loss_fn, params, grads, noise_probe="sometimes")
+
+
 def test_nondeterministic_loss_blames_no_tensor():
     case = make_unseeded_dropout()
     report = check_gradients(case.loss_fn, case.params, case.grads)

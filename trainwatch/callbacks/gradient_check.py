@@ -12,17 +12,20 @@ so an interrupt (KeyboardInterrupt) in the middle of a check leaves nothing to r
 Cost. A periodic check probes ``directions=1`` random direction per tensor and no sampled
 entry (``coordinates=0``; the largest-gradient entry only where the direction crossed a
 kink), where a one-off :func:`trainwatch.gradcheck.check_gradients` uses 10 entries and 3
-directions. Every tensor and every entry stays covered: the direction has every component at
-least ``0.1/√n``, so one wrong entry shifts its derivative beyond the "correct" threshold,
-and bisection then locates the entry; the planted bugs of the engine's zoo are all caught
-with these probes (20 seeds). With ``every=1000`` and ``warmup_steps=50`` the demo (20
-epochs of the digits CNN, 460 steps) runs one check, at step 50
-(``benchmarks/gradcheck_overhead.py`` times it; a first check is never held back by the
-budget, so every run that gets past the warm-up shows one). Later checks keep checking within 1 % of
-the run's time: on a model whose steps take a millisecond, about one every 1500 steps
-rather than 1000; on a bigger one the budget does not bind. A first check that would
-outlast ``time_limit`` (1 s) stops, after its analytic pass or three loss evaluations that show
-it, and waits for the budget instead of stalling a big model's run.
+directions, and measures the loss's round-off noise only once a probe fails
+(``noise_probe="on_failure"``: a probe that passes with float64's round-off allowance passes
+with any larger one), so a passing check of the digits CNN takes 14 loss evaluations. Every
+tensor and every entry stays covered: the direction has every component at least ``0.1/√n``,
+so one wrong entry shifts its derivative beyond the "correct" threshold, and bisection then
+locates the entry; the planted bugs of the engine's zoo are all caught with these probes (20
+seeds). With ``every=1000`` and ``warmup_steps=50`` the demo (20 epochs of the digits CNN,
+460 steps) runs one check, at step 50 (``benchmarks/gradcheck_overhead.py`` times it; a
+first check is never held back by the budget, so every run that gets past the warm-up shows
+one). Later checks keep checking within 1 % of the run's time: on a model whose steps take a
+millisecond, about one every 1500 steps rather than 1000; on a bigger one the budget does
+not bind. A first check that would outlast ``time_limit`` (1 s) stops, after its analytic
+pass or three loss evaluations that show it, and waits for the budget instead of stalling a
+big model's run.
 Between checks the callback sleeps (:meth:`next_step`): the steps in between never call it.
 """
 
@@ -43,7 +46,8 @@ SEVERITY = {"wrong": "critical", "suspicious": "warning"}
 
 #: probes of a periodic check, where the engine's one-off defaults are 10 and 3 (see the
 #: module docstring); options given to :class:`GradientCheck` override them
-PERIODIC_PROBES: dict[str, int] = {"coordinates": 0, "directions": 1}
+PERIODIC_PROBES: dict[str, Any] = {"coordinates": 0, "directions": 1,
+                                   "noise_probe": "on_failure"}
 
 #: while warming up until the loss has fallen, the loss is read every this many steps only
 #: (on a GPU reading it is a device sync)

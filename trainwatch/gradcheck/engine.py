@@ -22,6 +22,9 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
    Differences ``|a-n|`` smaller than ``noise_factor · √2·σ / step`` are round-off, not error
    (tiny true gradients such as a bias in front of a normalisation, whose true gradient is 0,
    pass).
+   With ``noise_probe="on_failure"`` a float64 loss is first taken at float64's round-off
+   (σ = eps·|loss|, the smallest allowance: a probe that passes with it passes with any
+   larger one) and the probe runs when a probe first fails, which is then judged again.
 4. **Probes, per tensor.** ``coordinates`` sampled entries (the entry with the largest analytic
    magnitude plus a seeded random sample; all entries of a small tensor) and ``directions``
    random unit directions ``d`` covering every entry at once: ``(J(θ+h·d) - J(θ-h·d)) / 2h``
@@ -49,7 +52,8 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
 The verdict of a tensor is its worst probe on the KNOWLEDGE §1 ladder (see
 :mod:`trainwatch.gradcheck.report`). Cost: ``2·(coordinates + directions)`` evaluations per
 tensor, plus ``repeats + 6`` (6 more for a loss whose noise is above float64 round-off,
-12 more for a float32 loss), plus retries, bisection and kink steps only where needed.
+12 more for a float32 loss; the 6 only once a probe fails with ``noise_probe="on_failure"``),
+plus retries, bisection and kink steps only where needed.
 """
 
 from __future__ import annotations
@@ -98,6 +102,10 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 2,
     # "auto" (detect), "float64", "float32" or "float16": precision the loss is computed in
     "precision": "auto",
+    # "always": measure the round-off noise (6 evaluations) before the probes; "on_failure":
+    # for a float64 loss, only once a probe fails (a pass with float64's round-off allowance
+    # stands with any larger one): a check whose probes all pass saves the 6 evaluations
+    "noise_probe": "always",
     # stop with CheckTimeout once the check has run this many seconds, or as soon as its
     # evaluations so far show that it would (None: no limit)
     "max_seconds": None,
@@ -139,6 +147,7 @@ class Options:
     localize: bool
     repeats: int
     precision: str
+    noise_probe: str
     max_seconds: float | None
     evaluation_seconds: float | None
 
@@ -173,6 +182,7 @@ class Options:
             repeats=_count("repeats", v["repeats"], 2),
             precision=_choice("precision", v["precision"],
                               ("auto", "float64", "float32", "float16")),
+            noise_probe=_choice("noise_probe", v["noise_probe"], ("always", "on_failure")),
             max_seconds=None if v["max_seconds"] is None else _positive("max_seconds",
                                                                         v["max_seconds"]),
             evaluation_seconds=(None if v["evaluation_seconds"] is None
@@ -460,6 +470,8 @@ class Session:
         self.nondeterministic = False
         self.finite = True
         self._probe_values: list[float] = []  # loss values seen by the noise probe
+        # what the noise probe needs, while it is deferred (noise_probe="on_failure")
+        self._noise_pending: tuple[np.dtype, list[float], float, float, str] | None = None
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -532,9 +544,21 @@ class Session:
 
         precision, reason = self._detect_precision(dtypes[0], values)
         self.precision = precision
+        self._noise_pending = (dtypes[0], values, scale, spread, reason)
+        if precision == "float64" and self.options.noise_probe == "on_failure":
+            self.noise = max(spread, EPS[precision] * scale)  # until a probe fails
+        else:
+            self._measure_noise()
+
+    def _measure_noise(self) -> None:
+        """The noise probe: round-off noise σ, and the precision it reveals (a float64 loss
+        computed from float32 inside); sets h and the thresholds for a lower precision."""
+        dtype, values, scale, spread, reason = self._noise_pending
+        self._noise_pending = None
+        precision = self.precision
         if precision == "float64":
             noise = self._noise_probe(_NOISE_STEPS)
-            precision, reason = self._detect_precision(dtypes[0], values + self._probe_values)
+            precision, reason = self._detect_precision(dtype, values + self._probe_values)
             if precision == "float64" and noise > _LOW_PRECISION_NOISE * max(1.0, scale):
                 precision = "float32"
                 reason = (f"its round-off noise ({noise:.1e}) is far above float64's: "
@@ -705,6 +729,12 @@ class Session:
                 return probe
         if probe.rel <= thresholds[1]:
             return probe
+        if self._noise_pending is not None:
+            # the deferred noise probe: the failure may be round-off, or a lower precision
+            # (then a larger step and looser thresholds); judged again with what it found
+            factor = thresholds[0] / self.thresholds[0]
+            self._measure_noise()
+            return self.judge(measure, tuple(t * factor for t in self.thresholds))
         tries = [probe] + [measure(self.h * f) for f in self.options.retry_factors
                            if not math.isclose(self.h * f, probe.step)]
         usable = [t for t in tries if t.finite and not t.straddled]
@@ -803,6 +833,7 @@ class Session:
                 probes.append(self.judge(
                     lambda s: self.measure_coordinate(name, largest, s), thresholds))
                 notes.append("every probe crossed a kink: the largest-gradient entry probed")
+        noise_floor = self._allowance(2 * self.h)  # (the noise may have been measured since)
         return self._summarise(name, shape, probes, n_dirs, thresholds, noise_floor, notes)
 
     def _summarise(self, name: str, shape: tuple[int, ...], probes: list[Probe], n_dirs: int,
@@ -926,11 +957,13 @@ def _depth_factors(names: list[str], allowance: float) -> dict[str, float]:
 
 def _planned_evaluations(work: Mapping[str, np.ndarray], sections: list[Iterable[str]],
                          options: Options) -> int:
-    """Loss evaluations a check plans (a float64 loss, no retries): per section the repeats
-    and the noise probe, per tensor two for each sampled coordinate and direction."""
+    """Loss evaluations a check plans (a float64 loss, no retries, no failure): per section
+    the repeats and the noise probe (unless deferred), per tensor two for each sampled
+    coordinate and direction."""
     total = 0
+    noise = 6 if options.noise_probe == "always" else 0  # one scale (k = ±1, ±2, ±3)
     for names in sections:
-        total += options.repeats + 6  # noise probe, one scale (k = ±1, ±2, ±3) unless unclean
+        total += options.repeats + noise
         for name in names:
             size = work[name].size
             coordinates = min(options.coordinates, size)

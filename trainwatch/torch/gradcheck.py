@@ -24,14 +24,15 @@ engine :func:`trainwatch.gradcheck.check_gradients`.
 Cost: per evaluation one forward pass of the few examples in float64 under the recorder,
 plus (off the CPU) the upload of the parameters: the engine hands over all of them at every
 evaluation (on the CPU the stand-ins share the engine's memory, so nothing is copied). The
-digits CNN (6 tensors) with the periodic probes (20 evaluations): ~11 ms a check on the
-CPU, ~250 µs an evaluation warm against a 90 µs bare float64 forward (the rest: the torch
-function mode's Python dispatch, the random generators' reset and the patterns' hash). On the CPU a
-model of at most :data:`SINGLE_THREAD_PARAMETERS` parameters is checked with one intra-op
-thread (restored afterwards): its float64 ops on a few examples take microseconds, and the
-engine's Python work between two of them is long enough for torch's worker threads to fall
-asleep, so with two threads every op waited for a wake-up (the digits CNN: 55 ms a check
-with 2 threads, 20 ms with one).
+digits CNN (6 tensors) with the periodic probes (14 evaluations when they pass): ~6.5 ms a
+check warm on the CPU, ~10 ms inside a training loop, ~250 µs an evaluation warm against a
+90 µs bare float64 forward (the rest: the torch function mode's Python dispatch, the random
+generators' reset and the patterns' hash). On the CPU a model of at most
+:data:`SINGLE_THREAD_PARAMETERS` parameters is checked with one intra-op thread (restored
+afterwards): its float64 ops on a few examples take microseconds, and the engine's Python
+work between two of them is long enough for torch's worker threads to fall asleep, so with
+two threads every op waited for a wake-up (the digits CNN: 55 ms a check with 2 threads, 20
+ms with one).
 """
 
 from __future__ import annotations
