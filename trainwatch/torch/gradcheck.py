@@ -42,6 +42,7 @@ import copy
 import ctypes
 import functools
 import inspect
+import itertools
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -343,18 +344,16 @@ def _cuda_index(device: torch.device) -> int:
 
 
 @contextlib.contextmanager
-def _pinned_random_state(device: torch.device) -> Iterator[None]:
-    """Fork torch's CPU (and the model's CUDA) generator, numpy's and Python's global
-    generators; everything is restored on exit."""
+def _pinned_random_state(device: torch.device, states: _RandomStates) -> Iterator[None]:
+    """Fork torch's CPU (and the model's CUDA) generator; on exit numpy's and Python's
+    global generators are put back as ``states`` took them
+    (:meth:`_RandomStates.restore_globals`), torch's as they were."""
     devices = [_cuda_index(device)] if device.type == "cuda" else []
-    np_state = np.random.get_state()
-    py_state = random.getstate()
     try:
         with torch.random.fork_rng(devices=devices):
             yield
     finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+        states.restore_globals()
 
 
 class _RandomStates:
@@ -381,10 +380,14 @@ class _RandomStates:
         torch.default_generator.manual_seed(self.seed)
         if self.cuda is not None:
             self.cuda.manual_seed(self.seed)
+        self.restore_globals()
+        self.restore()
+
+    def restore_globals(self) -> None:
+        """numpy's and Python's global generators as they were at construction."""
         if self._np_mark is None or _numpy_mark() != self._np_mark:
             np.random.set_state(self.np_state)
         random.setstate(self.py_state)
-        self.restore()
 
     def restore(self) -> None:
         """The model's own generators as they were at construction."""
@@ -545,8 +548,10 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     x = _to_float64(inputs, device)
     t = _to_float64(targets, device)
     criterion = loss_fn
-    if isinstance(loss_fn, nn.Module):
-        criterion = copy.deepcopy(loss_fn).to(torch.float64)
+    if isinstance(loss_fn, nn.Module) and any(
+            t.is_floating_point() for t in itertools.chain(loss_fn.parameters(),
+                                                           loss_fn.buffers())):
+        criterion = copy.deepcopy(loss_fn).to(torch.float64)  # (e.g. class weights)
 
     # The float64 stand-ins the model runs with for the whole check (swapped in once, as
     # functional_call would for one call): trainable ones are leaves the engine's values are
@@ -618,7 +623,7 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     small = sum(p.numel() for _, p in named) <= SINGLE_THREAD_PARAMETERS
     threads = 1 if device.type == "cpu" and small else None
     try:
-        with (suspended(), _pinned_random_state(device), _intra_op_threads(threads),
+        with (suspended(), _pinned_random_state(device, generators), _intra_op_threads(threads),
               _default_float64(), _attributes(embedding_flags),
               _reparametrize_module(model, stand_ins, tie_weights=True)):
             started = time.perf_counter()
