@@ -17,9 +17,11 @@ adds terminal output; a variant with it is shown too). The machine's speed drift
 seconds, so runs are taken in adjacent pairs (bare, variant; the order alternates) and the
 median of the per-pair ratios is reported with its quartiles, as ``benchmarks/overhead.py``
 does. "in trainwatch" is the time spent inside trainwatch's entry points (its torch hooks,
-``watcher.loss``, ``epoch_end``, ``close``), the least of 5 separate runs: a steadier
-measure, which leaves out what watching costs torch outside them (e.g. the model's forward
-taking torch's hooked path).
+``watcher.loss``, ``epoch_end``, ``close``) in 5 separate runs: the least of them against the
+bare run, and the median of each run's time inside over the rest of that run (the bare
+loop's share of it, taken in the same phase of the machine's speed, which drifts by up to 2x
+within minutes): steadier measures, which leave out what watching costs torch outside them
+(e.g. the model's forward taking torch's hooked path).
 
 Host reads: a separate pass counts the calls, made by trainwatch code, of the tensor methods
 that copy device memory to the host (``item``, ``tolist``, ``cpu``, ``__float__``,
@@ -298,10 +300,15 @@ def bench(work: Workload, pairs: int, modes: list[str]) -> None:
           f"{statistics.median(bare_step) * 1e3:.3f} ms)")
     for mode in modes[1:]:
         med, q1, q3 = paired_ratio(lambda: run(work, "bare"), lambda m=mode: run(work, m), pairs)
-        # the least of 5 runs: interference from the machine only ever adds time
-        inside = min(time_in_hooks(work, mode)[0] for _ in range(5))
-        print(f"  {mode:32s} x{med:.3f}  [{q1:.3f}, {q3:.3f}]   in trainwatch (least of 5): "
-              f"{inside * 1e3:6.1f} ms = {inside / base:.1%} of bare")
+        # (inside, whole run) of 5 runs: the least time inside (interference from the machine
+        # only ever adds time), and each run's time inside over the rest of the same run (both
+        # in the same phase of the machine's speed), their median
+        runs = [time_in_hooks(work, mode) for _ in range(5)]
+        inside = min(t for t, _ in runs)
+        share = statistics.median(t / (total - t) for t, total in runs)
+        print(f"  {mode:32s} x{med:.3f}  [{q1:.3f}, {q3:.3f}]   in trainwatch: least "
+              f"{inside * 1e3:5.1f} ms = {inside / base:.1%} of bare; of its own run "
+              f"(median of 5): {share:.1%}")
     r = reads_per_step(work)
     print(f"trainwatch host reads: {r['reads']} over {r['steps']} steps "
           f"({r['per_step']:.3f} per step); {r['steps_with_reads']} steps with any "

@@ -101,20 +101,13 @@ def test_a_step_batch_is_due_after_its_steps_or_its_seconds(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)
     batch = StepBatch()
-    assert not batch.due(10**6)  # nothing gathered: never due
-    for step in range(5, 105):
-        batch.add(step, step)
-    assert not batch.due(104)
-    assert batch.due(105)  # BATCH_STEPS after its first item
-    assert batch.take() == list(range(5, 105)) and batch.take() == []
-    batch.add(200, "a")
+    assert [step for step in range(5, 106) if batch.add(step, step)] == [105]  # BATCH_STEPS on
+    assert batch.take() == list(range(5, 106)) and batch.take() == []
     clock.now += budget_module.BATCH_SECONDS * 0.99
-    assert not batch.due(201)
+    assert not batch.add(200, "a")
     clock.now += budget_module.BATCH_SECONDS * 0.02
-    assert batch.due(201)  # BATCH_SECONDS after the last take, however few steps
+    assert batch.add(201, "b")  # BATCH_SECONDS after the last take, however few steps
     batch.take()
-    batch.add(300, "b")  # timed from that take
-    assert not batch.due(301)
+    assert not batch.add(300, "c")  # timed from that take
     clock.now += budget_module.BATCH_SECONDS
-    batch.add(301, "c")
-    assert batch.due(302)  # slow steps: each item is due as it comes
+    assert batch.add(301, "d")  # slow steps: each item is due as it comes

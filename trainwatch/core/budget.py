@@ -130,10 +130,10 @@ BATCH_SECONDS = 1.0
 
 
 class StepBatch:
-    """Items of several steps, gathered to be handled together: :meth:`due` once the first
-    is ``BATCH_STEPS`` steps old, or ``BATCH_SECONDS`` seconds have passed since the last
-    :meth:`take` (then take them all). On slow steps every item is due as it comes; on fast
-    ones they reach the dashboard and the alerts about a second late."""
+    """Items of several steps, gathered to be handled together: :meth:`add` says they are
+    due once the first is ``BATCH_STEPS`` steps old, or ``BATCH_SECONDS`` seconds have passed
+    since the last :meth:`take` (then take them all). On slow steps every item is due as it
+    comes; on fast ones they reach the dashboard and the alerts about a second late."""
 
     def __init__(self) -> None:
         self.items: list[Any] = []
@@ -141,17 +141,13 @@ class StepBatch:
         self._taken_at = time.perf_counter()
 
     def add(self, step: int, item: Any) -> bool:
-        """Add the item of ``step``; returns :meth:`due` (with the item in)."""
+        """Add the item of ``step``; returns whether the items are due."""
         items = self.items
         if not items:
             self._first_step = step
         items.append(item)
         return (step - self._first_step >= BATCH_STEPS
                 or time.perf_counter() - self._taken_at >= BATCH_SECONDS)
-
-    def due(self, step: int) -> bool:
-        return bool(self.items) and (step - self._first_step >= BATCH_STEPS
-                                     or time.perf_counter() - self._taken_at >= BATCH_SECONDS)
 
     def take(self) -> list[Any]:
         items, self.items = self.items, []
