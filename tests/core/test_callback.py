@@ -269,10 +269,7 @@ def drive_monitor(backend_class, callbacks, losses, *, per_step=1, epoch_at=()):
             if not mon.callbacks.quiet:
                 mon.batch_begin()
             for _ in range(per_step):
-                if mon.callbacks.quiet:
-                    mon.add_loss(next(it))
-                else:
-                    mon.loss_computed(next(it))
+                mon.loss_computed(next(it))
             mon.step_end()
             if mon.should_stop:
                 break

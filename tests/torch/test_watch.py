@@ -770,3 +770,32 @@ def test_sleeping_callbacks_and_idle_forward_hooks_write_what_every_step_dispatc
     assert [p[0] for p in histograms["activations/2"]] == [0, 4, 8, 12, 16, 20]
     assert [s for s, _ in scalars["gradcheck/passed"]] == [2, 9, 16, 23]
     assert images and [s for s, _ in scalars["accuracy/val_subset"]] == [5, 10, 15, 20]
+
+
+def test_a_quiet_step_leaves_no_earlier_batch_in_the_state():
+    """On a step no callback is awake for, the state holds that step's loss and none of an
+    earlier step's batch or outputs (no stale tensors kept alive, nothing misread)."""
+    from trainwatch import NEVER
+
+    class FirstStepOnly(Callback):
+        def next_step(self, step):
+            return 0 if step == 0 else NEVER
+
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (xt, yt), _ = data(n_train=64)
+    criterion = nn.CrossEntropyLoss()
+    seen = []
+    with watch(model, opt, criterion, callbacks=[FirstStepOnly()], progress=False) as w:
+        for start in (0, 32):
+            xb, yb = xt[start:start + 32], yt[start:start + 32]
+            loss = w.loss(criterion(model(xb), yb), yb)
+            s = w.state
+            seen.append((w.monitor.callbacks.quiet, s.loss, s.predictions, s.inputs, s.targets))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (quiet0, loss0, out0, x0, y0), (quiet1, loss1, out1, x1, y1) = seen
+    assert not quiet0 and out0 is not None and x0 is not None and y0 is not None
+    assert quiet1 and isinstance(loss1, float) and loss1 != loss0
+    assert out1 is None and x1 is None and y1 is None

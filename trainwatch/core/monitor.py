@@ -172,18 +172,13 @@ class Monitor:
 
     def loss_computed(self, loss: Any, predictions: Any = None, *, data_loss: Any = None,
                       reg_loss: Any = None) -> None:
-        """Call once the batch's loss is known (a float or a framework scalar)."""
+        """Call once the batch's loss is known (a float or a framework scalar). The loss is
+        also gathered for :meth:`~trainwatch.Callback.on_losses`, the gathered ones handed
+        over when they are due, and at once for the run's first and for a non-finite float."""
         s = self.state
         s.loss, s.predictions, s.data_loss, s.reg_loss = loss, predictions, data_loss, reg_loss
         self.callbacks.call("on_loss_computed", s)
-        self.add_loss(loss, data_loss, reg_loss)
-
-    def add_loss(self, loss: Any, data_loss: Any = None, reg_loss: Any = None) -> None:
-        """Gather a reported loss for :meth:`~trainwatch.Callback.on_losses` (what
-        :meth:`loss_computed` does on a step no callback is awake for: a loop may call it
-        alone there); hands the gathered ones over when they are due, and at once for the
-        run's first and for a non-finite float."""
-        step = self.state.step
+        step = s.step
         # (x - x is nonzero, NaN, only for NaN and ±inf; a tensor is never read here)
         if (self._losses.add(step, (step, loss, data_loss, reg_loss)) or not self._losses_handed
                 or (isinstance(loss, float) and loss - loss != 0.0)):

@@ -189,8 +189,8 @@ class Watcher:
             # a step no callback is awake for: the loss for on_losses and the epoch's mean
             value = loss.item() if self._read_losses else loss.detach()
             state = self.monitor.state
-            state.loss, state.inputs, state.targets = value, None, None
-            self.monitor.add_loss(value)
+            state.inputs = state.targets = None
+            self.monitor.loss_computed(value)
             self._keep(value)
             return loss
         if self._closed:
