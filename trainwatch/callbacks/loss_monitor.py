@@ -236,10 +236,10 @@ class LossMonitor(Callback):
         # every check_every-th step's losses, taken in together (in one warm loop on the
         # CPU, in one transfer on an accelerator, where a read is a host sync)
         every = self.check_every
-        steps = [step for step, *_ in state.losses if not step % every]
-        values = [loss for step, loss, *_ in state.losses if not step % every]
-        if not values:
+        kept = [(step, loss) for step, loss, *_ in state.losses if not step % every]
+        if not kept:
             return
+        steps, values = [step for step, _ in kept], [loss for _, loss in kept]
         if self._reads_cheap:  # (floats already, but for a framework's own CPU scalars)
             self._ingest_all(state, steps, [float(v) for v in values])
         else:
@@ -268,11 +268,12 @@ class LossMonitor(Callback):
                 low, self._min_step = ema, step
             if v > high:
                 high, self._max_step = v, step
-            if (step == 0 and self.check_initial) or step % every == 0:
+            initial, analysed = step == 0 and self.check_initial, step % every == 0
+            if initial or analysed:  # (the rules read the running statistics)
                 self._n, self._ema, self._min, self._max = n, ema, low, high
-                if step == 0 and self.check_initial:
+                if initial:
                     self._check_initial(state, v)
-                if step % every == 0:
+                if analysed:
                     self._analyse(state, step, v)
         self._n, self._ema, self._min, self._max = n, ema, low, high
 
