@@ -529,13 +529,17 @@ def test_a_first_check_past_its_time_limit_stops_and_runs_once_the_budget_allows
     class SlowStep(Callback):  # training time that the check is compared against
         def on_step_end(self, state):
             _time.sleep(0.004)
+            if check.reports:  # (the check ran: the rest of the run shows nothing more)
+                state.request_stop("the deferred check ran")
 
     x, y = load_digits()
     net = nn.Sequential([nn.Dense(64, 16, rng=0), nn.Tanh(), nn.Dense(16, 10, rng=1)], seed=0)
-    check = GradientCheck(every=1000, warmup_steps=2, budget=0.25, time_limit=1e-4)
+    # a budget of 2%: the whole check (~0.5-10 ms, by the machine) fits 25-500 ms into the
+    # run, several steps of 4 ms after the warm-up, within the 200 steps of 5 epochs
+    check = GradientCheck(every=1000, warmup_steps=2, budget=0.02, time_limit=1e-4)
     trainer = Trainer(net, nn.SoftmaxCrossEntropy(), nn.SGD(net, lr=0.1),
                       callbacks=[check, SlowStep()], progress=False)
-    trainer.fit(x[:1280], y[:1280], epochs=1, batch_size=32)
+    trainer.fit(x[:1280], y[:1280], epochs=5, batch_size=32)
     deferred = [a for a in trainer.monitor.alerts.history if a.code == "gradcheck.deferred"]
     assert len(deferred) == 1 and deferred[0].step == 2
     assert "time_limit" in deferred[0].message
