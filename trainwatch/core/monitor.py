@@ -177,7 +177,8 @@ class Monitor:
         over when they are due, and at once for the run's first and for a non-finite float."""
         s = self.state
         s.loss, s.predictions, s.data_loss, s.reg_loss = loss, predictions, data_loss, reg_loss
-        self.callbacks.call("on_loss_computed", s)
+        if not self.callbacks.quiet:  # (quiet: no callback awake, no hook to call)
+            self.callbacks.call("on_loss_computed", s)
         step = s.step
         # (x - x is nonzero, NaN, only for NaN and ±inf; a tensor is never read here)
         if (self._losses.add(step, (step, loss, data_loss, reg_loss)) or not self._losses_handed
