@@ -9,16 +9,22 @@ into the stand-ins, the buffers reset (BatchNorm updates its running statistics 
 and the random generators put back (the global ones and any the model keeps as an
 attribute): dropout draws the same masks in the analytic pass and in every numerical
 evaluation. torch's default dtype is float64 meanwhile, so tensors the forward makes
-(``torch.zeros(...)``) match. What PyTorch computes outside autograd is held, as autograd
-holds it: the results of ``detach()`` (stop-gradients, straight-through estimators), an
-embedding's padding row and max_norm renormalisation, spectral normalisation's power
-iteration (its u and v stay where the analytic pass left them).
+(``torch.zeros(...)``) match, casts to a lower float precision inside the forward
+(``x.float()`` in an RMSNorm, ``.to(torch.float32)``, ``.type_as``) keep float64, and a call
+that torch refuses for mixing the stand-ins with float32 tensors the check does not copy (a
+plain tensor attribute, a loss closure's class weights) runs again with those in float64.
+What PyTorch computes outside autograd is held, as autograd holds it: the results of
+``detach()`` and ``.data`` (stop-gradients, straight-through estimators, also inside
+``F.gumbel_softmax(hard=True)``), an embedding's padding row and max_norm renormalisation,
+spectral normalisation's power iteration (its u and v stay where the analytic pass left them).
 
 Every numerical evaluation runs under a :class:`KinkRecorder` (a
 ``TorchFunctionMode``) that notes which side of each kink the forward pass is on,
 functional code included, and hands the engine a fingerprint of it with the loss (on the
 CPU a hash of the patterns; elsewhere one number computed on the device, read with the
-loss in one device-to-host transfer). The probes, thresholds and the report come from the numpy
+loss in one device-to-host transfer). A forward with no kink the recorder knows hands over
+no fingerprint: then the engine's own test (one-sided differences at several steps) finds
+the kinks no pattern shows, such as a hinge inside a loss computed in C++. The probes, thresholds and the report come from the numpy
 engine :func:`trainwatch.gradcheck.check_gradients`.
 
 Cost: per evaluation one forward pass of the few examples in float64 under the recorder,
@@ -103,6 +109,21 @@ def _with_indices(fn: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     return fn(*bound.args, **bound.kwargs)[1]
 
 
+#: torch functions whose ``__name__`` is not the name :func:`kink_pattern` knows them by
+_KINK_ALIASES = {"_threshold": "threshold"}
+
+#: ``tensor.data``'s getter: a stop-gradient like ``detach()`` (the recorder holds both)
+_DATA_GETTER = torch._C.TensorBase.__dict__["data"]
+
+#: float dtypes below float64, which the check holds at float64 (casts, and mixed operands)
+_LOW_FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
+#: tensor methods that cast: under the check a cast to a lower float precision keeps float64
+_CASTS = frozenset({"float", "half", "bfloat16", "to", "type", "type_as"})
+#: ``Tensor.type``'s names of the lower float tensor types
+_LOW_FLOAT_TYPES = {f"torch.{kind}": "torch.DoubleTensor"
+                    for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")}
+
+
 _COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
                           "greater_equal", "less_equal", "not_equal", "__gt__", "__lt__",
                           "__ge__", "__le__", "__eq__", "__ne__"})
@@ -123,7 +144,8 @@ _KINK_BASES = (_COMPARISONS | _STEPS | _RECTIFIERS | _INDEXED | frozenset(_POOLS
                | _LOSSES | _OTHERS)
 #: every torch call name :func:`kink_pattern` knows, in-place variants (``relu_``) included:
 #: the recorder passes any other call straight through
-_KINK_NAMES = _KINK_BASES | frozenset(b + "_" for b in _KINK_BASES if not b.endswith("__"))
+_KINK_NAMES = (_KINK_BASES | frozenset(b + "_" for b in _KINK_BASES if not b.endswith("__"))
+               | frozenset(_KINK_ALIASES))
 
 
 def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor | None:
@@ -133,6 +155,7 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
     ``maximum``/``minimum``/``max``/``min`` and ``amax``/``amin`` (the winners), max-pooling
     (the winners' indices), sorting and top-k (the order), comparisons and step functions
     (their outputs), and the hinge/L1 losses (active terms, signs)."""
+    name = _KINK_ALIASES.get(name, name)
     base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
     x = args[0] if args else None
     if not isinstance(x, torch.Tensor):
@@ -227,29 +250,117 @@ class KinkRecorder(TorchFunctionMode):
         self.recording = False
         self.detached: list[torch.Tensor | None] = []
         self._detaches = 0
+        #: casts to a lower float precision held at float64, and calls whose lower-precision
+        #: operands were widened to float64, in the analytic pass (one forward)
+        self.casts = 0
+        self.widened = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name == "detach":
+        if name in _CASTS:
+            func, args, kwargs = self._float64_cast(func, name, args, kwargs)
+        elif name == "detach" or (name == "__get__"
+                                  and getattr(func, "__self__", None) is _DATA_GETTER):
             return self._detach(func, args, kwargs)
+        elif name == "gumbel_softmax":
+            return self._gumbel_softmax(*args, **kwargs)
         if self.recording:
-            return func(*args, **kwargs)
+            return self._call(func, args, kwargs)
         if name == "embedding" and (self.held_rows or self.no_renorm):
             args, kwargs = self._embedding_args(args, kwargs)
         if name not in _KINK_NAMES:  # the common case (conv, linear, add, ...): no kink
-            return func(*args, **kwargs)
+            return self._call(func, args, kwargs)
         if name in _POOLS:  # one pooling pass that also returns the winners, not two
             # (the *_with_indices forms take the same arguments and always return both)
             where = 2 if name.startswith("adaptive") else 6
             values, indices = _POOLS[name](*args, **kwargs)
             self.parts.append(indices.detach())
             return (values, indices) if _arg(args, kwargs, where, "return_indices") else values
-        out = func(*args, **kwargs)
+        out = self._call(func, args, kwargs)
         pattern = kink_pattern(name, args, kwargs, out)
         if pattern is not None:
             self.parts.append(pattern.detach())
         return out
+
+    def _call(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """``func(*args, **kwargs)``; where torch refuses operands of mixed float precisions
+        (a float32 tensor the model keeps as a plain attribute, or a loss closure's class
+        weights, against the float64 stand-ins: ``expected m1 and m2 to have the same
+        dtype``), again with the lower-precision ones in float64."""
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError:
+            widened = [False]
+
+            def widen(a: Any) -> Any:
+                if isinstance(a, torch.Tensor) and a.dtype in _LOW_FLOATS:
+                    widened[0] = True
+                    return a.to(torch.float64)
+                if isinstance(a, (tuple, list)):
+                    return type(a)(widen(v) for v in a)
+                return a
+
+            args = tuple(widen(a) for a in args)
+            kwargs = {k: widen(v) for k, v in kwargs.items()}
+            if not widened[0]:
+                raise
+        self.widened += self.recording  # (counted in the analytic pass: once per forward)
+        return func(*args, **kwargs)
+
+    def _float64_cast(self, func: Callable, name: str, args: tuple,
+                      kwargs: dict) -> tuple[Callable, tuple, dict]:
+        """The arguments of a cast (``x.float()``, ``x.half()``, ``x.to(torch.float32)``,
+        ``x.to(other)``, ``x.type(...)``, ``x.type_as(other)``) with a lower float target
+        made float64: the whole forward stays in float64 (an RMSNorm that computes in
+        ``x.float()``, mixed-precision code), where float32's round-off would swamp the
+        finite differences."""
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            return func, args, kwargs
+        if name in ("float", "half", "bfloat16"):
+            self.casts += self.recording
+            return torch.Tensor.to, (x, torch.float64), {}
+        rest = list(args[1:])
+        if name == "type_as":
+            if rest and isinstance(rest[0], torch.Tensor) and rest[0].dtype in _LOW_FLOATS:
+                self.casts += self.recording
+                return torch.Tensor.to, (x, torch.float64), {}
+            return func, args, kwargs
+        changed = False
+        for i, a in enumerate(rest):
+            if isinstance(a, torch.dtype) and a in _LOW_FLOATS:
+                rest[i], changed = torch.float64, True
+            elif name == "type" and isinstance(a, str) and a in _LOW_FLOAT_TYPES:
+                rest[i], changed = _LOW_FLOAT_TYPES[a], True
+            elif name == "to" and i == 0 and isinstance(a, torch.Tensor) and (
+                    a.dtype in _LOW_FLOATS):  # x.to(other): its device, float64
+                rest[i:i + 1], changed = [a.device, torch.float64], True
+                break
+        if kwargs.get("dtype") in _LOW_FLOATS:
+            kwargs, changed = {**kwargs, "dtype": torch.float64}, True
+        if changed:
+            self.casts += self.recording
+            return func, (x, *rest), kwargs
+        return func, args, kwargs
+
+    def _gumbel_softmax(self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
+                        eps: float = 1e-10, dim: int = -1) -> torch.Tensor:
+        """``F.gumbel_softmax``, computed here under the recorder: torch runs it as one call,
+        which would hide its straight-through ``detach()`` (``hard=True``) and its argmax from
+        the recorder. The same draws (the generators are reset before every evaluation), the
+        same straight-through estimator, its detached soft sample held and its winners
+        recorded as a kink."""
+        with self:
+            gumbels = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format
+                                        ).exponential_().log()
+            y_soft = ((logits + gumbels) / tau).softmax(dim)
+            if not hard:
+                return y_soft
+            index = y_soft.max(dim, keepdim=True)[1]
+            y_hard = torch.zeros_like(logits, memory_format=torch.legacy_contiguous_format
+                                      ).scatter_(dim, index, 1.0)
+            return y_hard - y_soft.detach() + y_soft
 
     def _embedding_args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """``F.embedding``'s arguments with the weight's padding row held and its max_norm
@@ -309,13 +420,15 @@ class KinkRecorder(TorchFunctionMode):
             w = self._weights[key] = (w + 0.5).to(device)
         return torch.dot(flat, w)
 
-    def read(self, loss: torch.Tensor) -> tuple[float, np.ndarray]:
-        """The loss as a float and the fingerprint of the recorded patterns (one number;
-        empty when none was recorded), read together. On the CPU the fingerprint is exact
-        and costs no op: a hash of the patterns' shapes and bytes. Elsewhere it is
-        :meth:`fingerprint`, read with the loss in one device-to-host transfer."""
+    def read(self, loss: torch.Tensor) -> tuple[float, np.ndarray | None]:
+        """The loss as a float and the fingerprint of the recorded patterns (one number; None
+        when none was recorded: then the engine looks for kinks the recorder cannot see, one
+        inside a loss computed in C++, in the one-sided differences), read together. On the
+        CPU the fingerprint is exact and costs no op: a hash of the patterns' shapes and
+        bytes. Elsewhere it is :meth:`fingerprint`, read with the loss in one device-to-host
+        transfer."""
         if not self.parts:
-            return loss.item(), np.zeros(0)
+            return loss.item(), None
         if all(part.device.type == "cpu" for part in self.parts):
             key = tuple((part.shape, part.numpy().tobytes()) for part in self.parts)
             return loss.item(), np.array([hash(key)], dtype=np.int64)
@@ -660,6 +773,15 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 notes.append(f"{held} detach() result(s) of the forward (stop-gradients) are held "
                              "at the analytic pass's values in the finite differences, as "
                              "autograd holds them")
+            if kinks.casts:
+                notes.append(f"{kinks.casts} cast(s) of the forward to a lower float precision "
+                             "(x.float(), .half(), .to(torch.float32), ...) kept float64: the "
+                             "check runs the model's math in float64 throughout")
+            if kinks.widened:
+                notes.append(f"{kinks.widened} call(s) of the forward mixed the float64 "
+                             "stand-ins with lower-precision tensors the check does not copy "
+                             "(a plain tensor attribute, a loss closure's weights): those "
+                             "were widened to float64")
             report.notes += notes
             return report
     finally:
