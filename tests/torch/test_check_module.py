@@ -1008,3 +1008,79 @@ def test_a_kink_inside_a_loss_computed_in_cpp_is_set_aside_by_the_one_sided_test
     torch.manual_seed(3)
     buggy = Embed(bug="factor2").double()
     assert not check_module(buggy, triplet_at_its_hinge(buggy, x), x, torch.zeros(3)).passed
+
+
+class BufferWrites(nn.Module):
+    """A float32 buffer made in the forward and written in place (return value unused)."""
+
+    def __init__(self, how, bug=None):
+        super().__init__()
+        self.l1, self.l2, self.how = CustomLinear(5, 4, bug=bug), nn.Linear(6, 3), how
+
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        buf = torch.zeros(x.shape[0], 6, dtype=torch.float32)
+        if self.how == "setitem":
+            buf[:, torch.tensor([0, 2, 3, 5])] = h
+        else:
+            buf.index_add_(1, torch.tensor([0, 2, 2, 5]), h)
+        return self.l2(buf)
+
+
+@pytest.mark.parametrize("how", ["setitem", "index_add_"])
+def test_a_float32_buffer_made_in_the_forward_is_made_float64(how):
+    """``dtype=torch.float32`` in a factory call is held at float64 like a cast: the writes
+    land in the buffer the forward reads (a widened copy would take them: every gradient
+    before it 0 on both sides), and the check's loss is the model's."""
+    torch.manual_seed(0)
+    model = BufferWrites(how)
+    x, y = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    plain = nn.functional.cross_entropy(model(x).double(), y).item()
+    report = check_module(model, nn.CrossEntropyLoss(), x, y)
+    assert report.passed, report
+    assert report.loss == pytest.approx(plain, rel=1e-6)
+    assert report.params["l1.weight"].worst_analytic != 0
+    torch.manual_seed(0)
+    buggy = check_module(BufferWrites(how, bug="factor2"), nn.CrossEntropyLoss(), x, y)
+    assert buggy.failed == ["l1.weight"], buggy
+
+
+def test_the_bits_of_a_held_cast_are_the_ones_the_forward_meant():
+    """``h.to(torch.float32).view(torch.int32)`` (the sign bit): the held float64 cast is
+    viewed as the float32 the forward asked for, not as twice as many int32 words."""
+    class BitSign(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.l1(x)
+            negative = h.detach().to(torch.float32).view(torch.int32) < 0
+            return self.l2(torch.tanh(torch.where(negative, 0.1 * h, h)))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    assert check_module(BitSign(), nn.CrossEntropyLoss(), x, y).passed
+
+
+def test_a_float_cast_to_an_integer_type_is_a_step():
+    """torch's householder orthogonal map multiplies by ``X.diagonal().int()``, a diagonal
+    sitting exactly at ±1: truncation is tracked as a kink (like floor), so the probes and
+    the noise probe that cross it are set aside instead of inflating the noise to
+    float32's (which let a wrong backward elsewhere pass)."""
+    class Orthogonal(nn.Module):
+        def __init__(self, bug=None):
+            super().__init__()
+            self.l1 = nn.utils.parametrizations.orthogonal(nn.Linear(5, 6))
+            self.l2, self.l3 = CustomLinear(6, 6, bug=bug), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
+
+    x, y = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    torch.manual_seed(1000)
+    report = check_module(Orthogonal(), nn.CrossEntropyLoss(), x, y)
+    assert report.passed and report.precision == "float64", report
+    torch.manual_seed(1000)
+    buggy = check_module(Orthogonal(bug="factor2"), nn.CrossEntropyLoss(), x, y)
+    assert buggy.precision == "float64" and "l2.weight" in buggy.failed, buggy

@@ -24,8 +24,9 @@ functional code included, and hands the engine a fingerprint of it with the loss
 CPU a hash of the patterns; elsewhere one number computed on the device, read with the
 loss in one device-to-host transfer). A forward with no kink the recorder knows hands over
 no fingerprint: then the engine's own test (one-sided differences at several steps) finds
-the kinks no pattern shows, such as a hinge inside a loss computed in C++. The probes, thresholds and the report come from the numpy
-engine :func:`trainwatch.gradcheck.check_gradients`.
+the kinks no pattern shows, such as a hinge inside a loss computed in C++. The probes,
+thresholds and the report come from the numpy engine
+:func:`trainwatch.gradcheck.check_gradients`.
 
 Cost: per evaluation one forward pass of the few examples in float64 under the recorder,
 plus (off the CPU) the upload of the parameters: the engine hands over all of them at every
@@ -115,13 +116,21 @@ _KINK_ALIASES = {"_threshold": "threshold"}
 #: ``tensor.data``'s getter: a stop-gradient like ``detach()`` (the recorder holds both)
 _DATA_GETTER = torch._C.TensorBase.__dict__["data"]
 
-#: float dtypes below float64, which the check holds at float64 (casts, and mixed operands)
+#: float dtypes below float64, which the check holds at float64 (casts, ``dtype=`` arguments,
+#: mixed operands)
 _LOW_FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
-#: tensor methods that cast: under the check a cast to a lower float precision keeps float64
-_CASTS = frozenset({"float", "half", "bfloat16", "to", "type", "type_as"})
-#: ``Tensor.type``'s names of the lower float tensor types
-_LOW_FLOAT_TYPES = {f"torch.{kind}": "torch.DoubleTensor"
-                    for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")}
+#: tensor methods that cast: under the check a cast to a lower float precision keeps float64,
+#: and a float's cast to an integer or bool type is a step (a kink) like ``floor``
+_CASTS = frozenset({"float", "half", "bfloat16", "to", "type", "type_as",
+                    "int", "long", "short", "char", "byte", "bool"})
+#: ``Tensor.type``'s lower float tensor types (names and classes) -> float64's
+_LOW_FLOAT_TYPES: dict[Any, Any] = {
+    **{f"torch.{kind}": "torch.DoubleTensor"
+       for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")},
+    **{getattr(torch, kind): torch.DoubleTensor
+       for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")}}
+#: calls the recorder looks at before running them (the rest pass straight through)
+_HANDLED = _CASTS | {"detach", "__get__", "gumbel_softmax", "view"}
 
 
 _COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
@@ -254,43 +263,63 @@ class KinkRecorder(TorchFunctionMode):
         #: operands were widened to float64, in the analytic pass (one forward)
         self.casts = 0
         self.widened = 0
+        #: id -> (tensor, the lower dtype the forward meant) of this evaluation's held casts
+        self._narrowed: dict[int, tuple[torch.Tensor, torch.dtype]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name in _CASTS:
-            func, args, kwargs = self._float64_cast(func, name, args, kwargs)
-        elif name == "detach" or (name == "__get__"
-                                  and getattr(func, "__self__", None) is _DATA_GETTER):
-            return self._detach(func, args, kwargs)
-        elif name == "gumbel_softmax":
-            return self._gumbel_softmax(*args, **kwargs)
+        if kwargs.get("dtype") in _LOW_FLOATS and name != "view":
+            # a factory or a reduction asked for a lower precision (torch.zeros(..., dtype=
+            # torch.float32), x.sum(dtype=...)): float64, as the stand-ins
+            kwargs = {**kwargs, "dtype": torch.float64}
+            self.casts += self.recording
+        narrowed = step = None
+        if name in _HANDLED:
+            if name == "detach" or (name == "__get__"
+                                    and getattr(func, "__self__", None) is _DATA_GETTER):
+                return self._detach(func, args, kwargs)
+            if name == "gumbel_softmax":
+                return self._gumbel_softmax(*args, **kwargs)
+            if name == "view":
+                args = self._view_args(args, kwargs)
+            else:
+                func, args, kwargs, narrowed, step = self._float64_cast(func, name, args, kwargs)
         if self.recording:
-            return self._call(func, args, kwargs)
-        if name == "embedding" and (self.held_rows or self.no_renorm):
-            args, kwargs = self._embedding_args(args, kwargs)
-        if name not in _KINK_NAMES:  # the common case (conv, linear, add, ...): no kink
-            return self._call(func, args, kwargs)
-        if name in _POOLS:  # one pooling pass that also returns the winners, not two
-            # (the *_with_indices forms take the same arguments and always return both)
-            where = 2 if name.startswith("adaptive") else 6
-            values, indices = _POOLS[name](*args, **kwargs)
-            self.parts.append(indices.detach())
-            return (values, indices) if _arg(args, kwargs, where, "return_indices") else values
-        out = self._call(func, args, kwargs)
-        pattern = kink_pattern(name, args, kwargs, out)
-        if pattern is not None:
-            self.parts.append(pattern.detach())
+            out = self._call(func, args, kwargs)
+        else:
+            if name == "embedding" and (self.held_rows or self.no_renorm):
+                args, kwargs = self._embedding_args(args, kwargs)
+            if step is None and name not in _KINK_NAMES:  # the common case: no kink
+                return self._call(func, args, kwargs)
+            if name in _POOLS:  # one pooling pass that also returns the winners, not two
+                # (the *_with_indices forms take the same arguments and always return both)
+                where = 2 if name.startswith("adaptive") else 6
+                values, indices = _POOLS[name](*args, **kwargs)
+                self.parts.append(indices.detach())
+                return (values, indices) if _arg(args, kwargs, where, "return_indices") else values
+            out = self._call(func, args, kwargs)
+            pattern = out if step else kink_pattern(name, args, kwargs, out)
+            if pattern is not None:
+                self.parts.append(pattern.detach())
+        if narrowed is not None:  # (what the forward meant it to be, for a later view)
+            self._narrowed[id(out)] = (out, narrowed)
         return out
 
     def _call(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """``func(*args, **kwargs)``; where torch refuses operands of mixed float precisions
         (a float32 tensor the model keeps as a plain attribute, or a loss closure's class
         weights, against the float64 stand-ins: ``expected m1 and m2 to have the same
-        dtype``), again with the lower-precision ones in float64."""
+        dtype``), again with the lower-precision ones in float64. Not for a call that writes
+        into an operand (``x.index_add_(...)``, ``out=``): a widened copy would take the
+        write."""
         try:
             return func(*args, **kwargs)
         except RuntimeError:
+            name = getattr(func, "__name__", "")
+            if "out" in kwargs or (name.endswith("_") and not name.endswith("__")) or (
+                    name == "__setitem__"):
+                raise
             widened = [False]
 
             def widen(a: Any) -> Any:
@@ -308,41 +337,68 @@ class KinkRecorder(TorchFunctionMode):
         self.widened += self.recording  # (counted in the analytic pass: once per forward)
         return func(*args, **kwargs)
 
-    def _float64_cast(self, func: Callable, name: str, args: tuple,
-                      kwargs: dict) -> tuple[Callable, tuple, dict]:
-        """The arguments of a cast (``x.float()``, ``x.half()``, ``x.to(torch.float32)``,
-        ``x.to(other)``, ``x.type(...)``, ``x.type_as(other)``) with a lower float target
-        made float64: the whole forward stays in float64 (an RMSNorm that computes in
-        ``x.float()``, mixed-precision code), where float32's round-off would swamp the
-        finite differences."""
+    def _float64_cast(self, func: Callable, name: str, args: tuple, kwargs: dict
+                      ) -> tuple[Callable, tuple, dict, torch.dtype | None, bool]:
+        """A cast (``x.float()``, ``x.half()``, ``x.to(torch.float32)``, ``x.to(other)``,
+        ``x.type(...)``, ``x.type_as(other)``, ``x.long()``, ...) as the recorder runs it:
+        ``(func, args, kwargs, meant, step)``. A lower float target is made float64 (the
+        whole forward stays in float64: an RMSNorm that computes in ``x.float()``, mixed
+        precision code, where float32's round-off would swamp the finite differences);
+        ``meant`` is the dtype the forward asked for then (None otherwise), for a later
+        ``view(dtype)`` of its bits. ``step``: a float tensor cast to an integer or bool type
+        (truncation, a step function: its result is recorded as a kink pattern)."""
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor):
-            return func, args, kwargs
+            return func, args, kwargs, None, False
+        floating = x.is_floating_point()
         if name in ("float", "half", "bfloat16"):
             self.casts += self.recording
-            return torch.Tensor.to, (x, torch.float64), {}
+            meant = {"float": torch.float32, "half": torch.float16}.get(name, torch.bfloat16)
+            return torch.Tensor.to, (x, torch.float64), {}, meant, False
+        if name in ("int", "long", "short", "char", "byte", "bool"):
+            return func, args, kwargs, None, floating
         rest = list(args[1:])
         if name == "type_as":
-            if rest and isinstance(rest[0], torch.Tensor) and rest[0].dtype in _LOW_FLOATS:
+            other = rest[0] if rest else kwargs.get("other")
+            if isinstance(other, torch.Tensor) and other.dtype in _LOW_FLOATS:
                 self.casts += self.recording
-                return torch.Tensor.to, (x, torch.float64), {}
-            return func, args, kwargs
-        changed = False
+                return torch.Tensor.to, (x, torch.float64), {}, other.dtype, False
+            step = (floating and isinstance(other, torch.Tensor)
+                    and not other.is_floating_point() and not other.is_complex())
+            return func, args, kwargs, None, step
+        meant = target = None
         for i, a in enumerate(rest):
-            if isinstance(a, torch.dtype) and a in _LOW_FLOATS:
-                rest[i], changed = torch.float64, True
-            elif name == "type" and isinstance(a, str) and a in _LOW_FLOAT_TYPES:
-                rest[i], changed = _LOW_FLOAT_TYPES[a], True
-            elif name == "to" and i == 0 and isinstance(a, torch.Tensor) and (
-                    a.dtype in _LOW_FLOATS):  # x.to(other): its device, float64
-                rest[i:i + 1], changed = [a.device, torch.float64], True
-                break
+            if isinstance(a, torch.dtype):
+                target = a
+                if a in _LOW_FLOATS:
+                    rest[i], meant = torch.float64, a
+            elif name == "type" and isinstance(a, (str, type)) and a in _LOW_FLOAT_TYPES:
+                rest[i], meant = _LOW_FLOAT_TYPES[a], torch.float32
+            elif name == "to" and i == 0 and isinstance(a, torch.Tensor):
+                target = a.dtype
+                if a.dtype in _LOW_FLOATS:  # x.to(other): its device, float64
+                    rest[i:i + 1], meant = [a.device, torch.float64], a.dtype
+                    break
+        target = kwargs.get("dtype", target)
         if kwargs.get("dtype") in _LOW_FLOATS:
-            kwargs, changed = {**kwargs, "dtype": torch.float64}, True
-        if changed:
+            kwargs, meant = {**kwargs, "dtype": torch.float64}, kwargs["dtype"]
+        step = (floating and isinstance(target, torch.dtype) and not target.is_floating_point
+                and not target.is_complex)
+        if meant is not None:
             self.casts += self.recording
-            return func, (x, *rest), kwargs
-        return func, args, kwargs
+            return func, (x, *rest), kwargs, meant, False
+        return func, args, kwargs, None, step
+
+    def _view_args(self, args: tuple, kwargs: dict) -> tuple:
+        """``x.view(dtype)`` of a tensor a held cast kept float64: its bits as the forward
+        meant them (``h.to(torch.float32).view(torch.int32)``: the float32 bits of h)."""
+        x = args[0] if args else None
+        held = self._narrowed.get(id(x)) if self._narrowed else None
+        if held is None or held[0] is not x:
+            return args
+        if not (len(args) == 2 and isinstance(args[1], torch.dtype) or "dtype" in kwargs):
+            return args  # (a view of a shape: the float64 values serve)
+        return (x.to(held[1]), *args[1:])
 
     def _gumbel_softmax(self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
                         eps: float = 1e-10, dim: int = -1) -> torch.Tensor:
@@ -396,6 +452,7 @@ class KinkRecorder(TorchFunctionMode):
 
     def reset(self) -> None:
         self.parts.clear()
+        self._narrowed.clear()
         self._detaches = 0
 
     def fingerprint(self) -> torch.Tensor | None:
