@@ -1084,3 +1084,70 @@ def test_a_float_cast_to_an_integer_type_is_a_step():
     torch.manual_seed(1000)
     buggy = check_module(Orthogonal(bug="factor2"), nn.CrossEntropyLoss(), x, y)
     assert buggy.precision == "float64" and "l2.weight" in buggy.failed, buggy
+
+
+class GradientFree(nn.Module):
+    """Values computed with gradients off inside the forward: constants for autograd."""
+
+    def __init__(self, how, bug=None):
+        super().__init__()
+        self.l1, self.l2, self.how = CustomLinear(5, 6, bug=bug), nn.Linear(6, 3), how
+
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        if self.how == "no_grad":  # a scale
+            with torch.no_grad():
+                scale = h.abs().amax(1, keepdim=True)
+            h = h / scale
+        elif self.how == "inference_mode":
+            with torch.inference_mode():
+                scale = h.abs().amax(1, keepdim=True)
+            h = h / scale.clone()
+        elif self.how == "target":  # a target from the model itself (self-distillation)
+            with torch.no_grad():
+                target = torch.tanh(2 * self.l2(h))
+            return self.l2(h), target
+        else:  # a straight-through rounding through a tensor detached in place
+            t = h * 1.0
+            t.detach_()
+            h = h + (torch.round(t * 4) / 4 - t)
+        return self.l2(h)
+
+
+def _distillation_loss(out, targets):
+    if isinstance(out, tuple):
+        return (nn.functional.cross_entropy(out[0], targets)
+                + nn.functional.mse_loss(torch.tanh(out[0]), out[1]))
+    return nn.functional.cross_entropy(out, targets)
+
+
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "target", "detach_"])
+def test_values_computed_with_gradients_off_are_held_as_autograd_holds_them(how):
+    """torch.no_grad(), inference_mode() and detach_() make constants for autograd; the
+    finite differences moved them (l1 read as wrong). Held, the model passes, a planted bug
+    is still found, and a custom Function's forward (which autograd runs with gradients
+    off too) is no stop-gradient."""
+    x, y = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    torch.manual_seed(1000)
+    report = check_module(GradientFree(how), _distillation_loss, x, y)
+    assert report.passed, report
+    torch.manual_seed(1000)
+    buggy = check_module(GradientFree(how, bug="factor2"), _distillation_loss, x, y)
+    assert buggy.failed == ["l1.weight"], buggy
+
+
+def test_tensors_a_forward_rebinds_as_attributes_are_put_back():
+    """The hook-based spectral_norm sets the computed weight as a plain attribute at every
+    forward: after the check the attribute is the one from before (not a float64 tensor of
+    the check's graph, which copy.deepcopy refuses)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.utils.spectral_norm(nn.Linear(5, 6)), nn.Tanh(), nn.Linear(6, 3))
+    x, y = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        model(x)
+    weight = model[0].weight
+    assert check_module(model, nn.CrossEntropyLoss(), x, y).passed
+    assert model[0].weight is weight
+    copy.deepcopy(model)

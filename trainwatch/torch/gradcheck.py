@@ -14,8 +14,11 @@ evaluation. torch's default dtype is float64 meanwhile, so tensors the forward m
 that torch refuses for mixing the stand-ins with float32 tensors the check does not copy (a
 plain tensor attribute, a loss closure's class weights) runs again with those in float64.
 What PyTorch computes outside autograd is held, as autograd holds it: the results of
-``detach()`` and ``.data`` (stop-gradients, straight-through estimators, also inside
-``F.gumbel_softmax(hard=True)``), an embedding's padding row and max_norm renormalisation,
+``detach()``, ``detach_()`` and ``.data`` (stop-gradients, straight-through estimators, also
+inside ``F.gumbel_softmax(hard=True)``) and of calls the forward makes with gradients off
+(``torch.no_grad()``, ``inference_mode()``: a self-distillation target; a custom
+``autograd.Function``'s forward, which autograd runs so too, is not held), an embedding's
+padding row and max_norm renormalisation,
 spectral normalisation's power iteration (its u and v stay where the analytic pass left them).
 
 Every numerical evaluation runs under a :class:`KinkRecorder` (a
@@ -51,6 +54,7 @@ import functools
 import inspect
 import itertools
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -130,7 +134,7 @@ _LOW_FLOAT_TYPES: dict[Any, Any] = {
     **{getattr(torch, kind): torch.DoubleTensor
        for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")}}
 #: calls the recorder looks at before running them (the rest pass straight through)
-_HANDLED = _CASTS | {"detach", "__get__", "gumbel_softmax", "view"}
+_HANDLED = _CASTS | {"detach", "detach_", "__get__", "gumbel_softmax", "view"}
 
 
 _COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
@@ -259,6 +263,9 @@ class KinkRecorder(TorchFunctionMode):
         self.recording = False
         self.detached: list[torch.Tensor | None] = []
         self._detaches = 0
+        #: the same for the results of calls made with gradients off inside the forward
+        self.no_grad_held: list[torch.Tensor] = []
+        self._no_grads = 0
         #: casts to a lower float precision held at float64, and calls whose lower-precision
         #: operands were widened to float64, in the analytic pass (one forward)
         self.casts = 0
@@ -267,7 +274,13 @@ class KinkRecorder(TorchFunctionMode):
         self._narrowed: dict[int, tuple[torch.Tensor, torch.dtype]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+        out = self._run(func, args, kwargs or {})
+        if (self.recording or self.no_grad_held) and not torch.is_grad_enabled() and (
+                not _in_autograd_function()):
+            out = self._no_grad_result(func, out)
+        return out
+
+    def _run(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         name = getattr(func, "__name__", "")
         if kwargs.get("dtype") in _LOW_FLOATS and name != "view":
             # a factory or a reduction asked for a lower precision (torch.zeros(..., dtype=
@@ -276,8 +289,8 @@ class KinkRecorder(TorchFunctionMode):
             self.casts += self.recording
         narrowed = step = None
         if name in _HANDLED:
-            if name == "detach" or (name == "__get__"
-                                    and getattr(func, "__self__", None) is _DATA_GETTER):
+            if name in ("detach", "detach_") or (
+                    name == "__get__" and getattr(func, "__self__", None) is _DATA_GETTER):
                 return self._detach(func, args, kwargs)
             if name == "gumbel_softmax":
                 return self._gumbel_softmax(*args, **kwargs)
@@ -440,20 +453,45 @@ class KinkRecorder(TorchFunctionMode):
         return args, kwargs
 
     def _detach(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """``detach()``, ``.data`` and ``detach_()``: the analytic pass keeps the result,
+        the numerical passes get it back (the n-th of them, the n-th kept)."""
+        needed = args[0].requires_grad  # (before an in-place detach_ clears it)
         out = func(*args, **kwargs)
         if self.recording:
-            self.detached.append(out.clone() if args[0].requires_grad else None)
+            self.detached.append(out.clone() if needed else None)
             return out
         index, self._detaches = self._detaches, self._detaches + 1
         held = self.detached[index] if index < len(self.detached) else None
         if held is None or held.shape != out.shape:  # not a stop-gradient (or another path)
             return out
+        if out is args[0]:  # detach_(): the tensor itself holds the value
+            return out.copy_(held)
         return held.clone()  # (a copy: the forward may write into what it detached)
+
+    def _no_grad_result(self, func: Callable, out: Any) -> Any:
+        """A call the forward made with gradients off (``with torch.no_grad():``,
+        ``torch.inference_mode()``: a target computed without gradient, a scale): a
+        constant for autograd, so held like a ``detach()`` result. The analytic pass keeps
+        each such floating result (in-place calls aside: they write where they write);
+        the numerical passes, run with gradients on when there are any (so the forward's
+        own switches tell), get the n-th back."""
+        name = getattr(func, "__name__", "")
+        if not (isinstance(out, torch.Tensor) and out.is_floating_point()) or (
+                name.endswith("_") and not name.endswith("__")) or name == "__setitem__":
+            return out
+        if self.recording:
+            self.no_grad_held.append(out.detach().clone())
+            return out
+        index, self._no_grads = self._no_grads, self._no_grads + 1
+        held = self.no_grad_held[index] if index < len(self.no_grad_held) else None
+        if held is None or held.shape != out.shape:
+            return out
+        return held.clone()
 
     def reset(self) -> None:
         self.parts.clear()
         self._narrowed.clear()
-        self._detaches = 0
+        self._detaches = self._no_grads = 0
 
     def fingerprint(self) -> torch.Tensor | None:
         """One float64 0-d tensor for all the recorded patterns (on the first one's device),
@@ -492,6 +530,21 @@ class KinkRecorder(TorchFunctionMode):
         values = torch.stack([loss.to(torch.float64),
                               self.fingerprint().to(loss.device)]).tolist()
         return values[0], np.asarray(values[1:], dtype=np.float64)
+
+
+_FUNCTION_APPLY = torch.autograd.function.Function.apply.__func__.__code__
+
+
+def _in_autograd_function() -> bool:
+    """Whether the caller runs inside a custom ``torch.autograd.Function``'s forward, which
+    autograd runs with gradients off (its ops are no stop-gradient: the Function's backward
+    gives their gradient)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is _FUNCTION_APPLY:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
@@ -788,15 +841,21 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 else:
                     leaves[n].copy_(torch.from_numpy(a if a.flags.writeable else a.copy()))
             kinks.reset()
-            with kinks:
-                loss = evaluate()
-            return kinks.read(loss)
+        # (gradients on only where the forward switches them off itself: then the recorder
+        # tells its gradient-free calls apart, whose results it holds)
+        with torch.set_grad_enabled(bool(kinks.no_grad_held)), kinks:
+            loss = evaluate()
+        return kinks.read(loss.detach())
 
+    # tensors the modules keep as plain attributes, which a forward may rebind (the
+    # hook-based spectral_norm and weight_norm set the computed weight there): put back
+    tensor_attributes = [(m, k, v) for m in model.modules() for k, v in vars(m).items()
+                         if isinstance(v, torch.Tensor)]
     small = sum(p.numel() for _, p in named) <= SINGLE_THREAD_PARAMETERS
     threads = 1 if device.type == "cpu" and small else None
     try:
         with (suspended(), _pinned_random_state(device, generators), _intra_op_threads(threads),
-              _default_float64(), _attributes(embedding_flags),
+              _default_float64(), _attributes(embedding_flags + tensor_attributes),
               _reparametrize_module(model, stand_ins, tie_weights=True)):
             started = time.perf_counter()
             kinks.recording = True
@@ -830,6 +889,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 notes.append(f"{held} detach() result(s) of the forward (stop-gradients) are held "
                              "at the analytic pass's values in the finite differences, as "
                              "autograd holds them")
+            if kinks.no_grad_held:
+                notes.append(f"{len(kinks.no_grad_held)} result(s) the forward computed with "
+                             "gradients off (torch.no_grad(), inference_mode) are held at the "
+                             "analytic pass's values in the finite differences, as autograd "
+                             "holds them")
             if kinks.casts:
                 notes.append(f"{kinks.casts} cast(s) of the forward to a lower float precision "
                              "(x.float(), .half(), .to(torch.float32), ...) kept float64: the "
