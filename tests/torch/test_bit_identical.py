@@ -123,3 +123,60 @@ def test_trainer_on_a_torch_model_is_bit_identical_with_and_without_callbacks():
     assert mem_full.histograms["gradients/activations/8"]
     assert h_full == h_bare
     assert_bitwise_equal(full, bare)
+
+
+class RandomEverywhere(nn.Module):
+    """A forward that draws from numpy, Python's random and its own torch.Generator (also
+    in eval mode), and writes its embedding in place (max_norm renormalises looked-up rows,
+    also under no_grad): trainwatch's extra forwards (the accuracy-gap subsets) must leave
+    all of it as training left it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 8, max_norm=1.0)
+        self.l1, self.norm, self.l2 = nn.Linear(8, 12), nn.BatchNorm1d(12), nn.Linear(12, 4)
+        self.gen = torch.Generator().manual_seed(5)
+
+    def forward(self, ids):
+        import random
+
+        h = self.norm(self.l1(self.emb(ids).mean(1)))
+        noise = torch.as_tensor(np.random.randn(*h.shape), dtype=h.dtype) * 0.05
+        mask = (torch.rand(h.shape, generator=self.gen) > 0.2).to(h.dtype)
+        return self.l2(torch.tanh(h + noise + 0.01 * random.random()) * mask)
+
+
+def test_extra_forwards_leave_every_random_state_and_in_place_writes_as_training_left_them():
+    import random
+
+    g = torch.Generator().manual_seed(0)
+    ids, y = torch.randint(0, 16, (72, 5), generator=g), torch.randint(0, 4, (72,), generator=g)
+    (xt, yt), (xv, yv) = (ids[:48], y[:48]), (ids[48:], y[48:])
+    runs = []
+    for watched in (True, False):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        model = RandomEverywhere()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        criterion = nn.CrossEntropyLoss()
+        callbacks = all_callbacks((xv.numpy(), yv.numpy())) if watched else []
+        w = watch(model, opt, criterion, callbacks=callbacks, progress=False,
+                  raise_errors=True) if watched else None
+        for _ in range(3):
+            for idx in torch.arange(48).split(8):
+                loss = criterion(model(xt[idx]), yt[idx])
+                if w is not None:
+                    w.loss(loss, yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if w is not None:
+                w.epoch_end()
+        if w is not None:
+            w.close()
+        runs.append((everything(model, opt), np.random.get_state()[1].copy(),
+                     random.getstate(), model.gen.get_state()))
+    (watched, np_w, py_w, gen_w), (bare, np_b, py_b, gen_b) = runs
+    assert_bitwise_equal(watched, bare)
+    assert np.array_equal(np_w, np_b) and py_w == py_b and torch.equal(gen_w, gen_b)

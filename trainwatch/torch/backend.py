@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
+import random
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +29,8 @@ from trainwatch.core.backend import (
 )
 from trainwatch.outputs.base import HistogramData
 from trainwatch.torch.inputs import ForwardInputs, map_arrays
+
+logger = logging.getLogger("trainwatch")
 
 # -- suspension: trainwatch's own forward passes (gradient checks, evaluation) must not be seen
 # by trainwatch's hooks (activation capture, the watcher's batch detection).
@@ -230,6 +234,34 @@ class CopySafeHook:
         return (CopySafeHook, (None,))
 
 
+def model_generators(model: nn.Module) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a model keeps as module attributes (its own dropout
+    or noise source), each once."""
+    # (type.__instancecheck__: torch.Generator's metaclass makes a plain isinstance cost
+    # ~1 µs for every attribute that is not a generator)
+    owned = {id(v): v for m in model.modules() for v in vars(m).values()
+             if type.__instancecheck__(torch.Generator, v)}
+    return list(owned.values())
+
+
+@contextlib.contextmanager
+def random_states_kept(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Every random generator a forward of ``model`` may draw from, as it was on exit:
+    torch's CPU generator and ``device``'s (forked), numpy's and Python's global ones, and
+    the generators the model keeps as attributes."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    owned = [(g, g.get_state()) for g in model_generators(model)]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        for generator, state in owned:
+            generator.set_state(state)
+
+
 def _host_copy(a: torch.Tensor | np.ndarray) -> np.ndarray:
     """A host numpy copy of a tensor or array."""
     if isinstance(a, torch.Tensor):
@@ -292,6 +324,8 @@ class TorchBackend(Backend):
         self._last_loss: torch.Tensor | None = None
         self._update_open = False
         self._update_norms: dict[str, tuple[Any, Any, Any]] | None = None  # the last step's
+        #: id -> tensor of the parameters and buffers a forward writes in place (evaluate)
+        self._written: dict[int, torch.Tensor] | None = None
 
     @property
     def loss_kind(self) -> str | None:
@@ -616,16 +650,18 @@ class TorchBackend(Backend):
 
     def evaluate(self, inputs: Any, targets: Any, batch_size: int = 512) -> tuple[float, float]:
         """Mean loss (NaN without a loss function) and accuracy over ``inputs``, in eval
-        mode under ``torch.no_grad()``; training flags and random states are restored."""
+        mode under ``torch.no_grad()``; training flags, random states (torch's, numpy's,
+        Python's, the model's own generators) and the tensors the forward writes in place
+        (an embedding's max_norm renormalisation) are restored."""
         model = self.model
         flags = [(m, m.training) for m in model.modules()]
         n = len(inputs)
-        devices = [self._device.index or 0] if self._device.type == "cuda" else []
         acc = acc_dtype(self._device)
         loss_sum = torch.zeros((), dtype=acc, device=self._device)
         correct = torch.zeros((), dtype=acc, device=self._device)
         try:
-            with suspended(), torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with (suspended(), torch.no_grad(), random_states_kept(model, self._device),
+                  self._forward_writes_undone()):
                 model.eval()
                 for start in range(0, n, batch_size):
                     xb = as_tensor(inputs[start:start + batch_size], self._device,
@@ -643,6 +679,35 @@ class TorchBackend(Backend):
         n = max(n, 1)
         loss = total_loss / n if self.loss_fn is not None else float("nan")
         return loss, total_correct / n
+
+    @contextlib.contextmanager
+    def _forward_writes_undone(self) -> Iterator[None]:
+        """Parameters and buffers an extra forward writes in place, put back on exit: those
+        of embeddings with a ``max_norm`` (renormalised rows), and any other whose version
+        counter a forward of this backend moved before (found then: reported once, kept
+        from the next forward on)."""
+        model = self.model
+        if self._written is None:  # (what forwards are known to write)
+            self._written = {id(m.weight): m.weight for m in model.modules()
+                             if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+                             and m.max_norm is not None}
+        tensors = [*model.parameters(), *model.buffers()]
+        versions = [t._version for t in tensors]
+        saved = [(t, t.detach().clone()) for t in self._written.values()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, value in saved:
+                    t.copy_(value)
+            moved = [t for t, v in zip(tensors, versions)
+                     if t._version != v and id(t) not in self._written]
+            if moved:
+                logger.warning(
+                    "trainwatch: the model's forward wrote %d of its tensors in place during "
+                    "an evaluation by trainwatch; they are restored from the next one on, "
+                    "but this one may have changed training", len(moved))
+                self._written.update((id(t), t) for t in moved)
 
     def check_gradients(self, inputs: Any, targets: Any, *, seed: int = 0, **options: Any):
         """:func:`trainwatch.torch.check_module` on the model and its loss (float64 copies;

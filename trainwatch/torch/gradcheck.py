@@ -66,7 +66,7 @@ from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.overrides import TorchFunctionMode
 
-from trainwatch.torch.backend import model_device, suspended
+from trainwatch.torch.backend import model_device, model_generators, suspended
 from trainwatch.torch.inputs import ForwardInputs, map_arrays
 
 #: on the CPU, models up to this many parameters are checked with one intra-op thread
@@ -595,11 +595,7 @@ class _RandomStates:
         self.np_state = np.random.get_state()
         self.py_state = random.getstate()
         self._np_mark = _numpy_mark()
-        # (type.__instancecheck__: torch.Generator's metaclass makes a plain isinstance cost
-        # ~1 µs for every attribute that is not a generator)
-        owned = {id(v): v for m in model.modules() for v in vars(m).values()
-                 if type.__instancecheck__(torch.Generator, v)}
-        self.owned = [(g, g.get_state()) for g in owned.values()]
+        self.owned = [(g, g.get_state()) for g in model_generators(model)]
 
     def reset(self) -> None:
         torch.default_generator.manual_seed(self.seed)
