@@ -799,3 +799,81 @@ def test_a_quiet_step_leaves_no_earlier_batch_in_the_state():
     assert not quiet0 and out0 is not None and x0 is not None and y0 is not None
     assert quiet1 and isinstance(loss1, float) and loss1 != loss0
     assert out1 is None and x1 is None and y1 is None
+
+
+class TwoHeads(nn.Module):
+    """Several forward outputs, one argument that is a tuple, two targets (a multi-task
+    model): ``model((x, ids)) -> (logits, value, aux_loss)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.body = nn.Embedding(4, 6), nn.Linear(6, 6)
+        self.classes, self.value = nn.Linear(6, 3), nn.Linear(6, 1)
+
+    def forward(self, batch):
+        x, ids = batch
+        h = torch.tanh(self.body(x + self.emb(ids)))
+        logits = self.classes(h)
+        return logits, self.value(h).squeeze(1), logits.pow(2).mean()
+
+
+def two_task_loss(out, targets):
+    logits, value, aux = out
+    labels, goal = targets
+    return (nn.functional.cross_entropy(logits, labels)
+            + nn.functional.mse_loss(value, goal) + 0.01 * aux)
+
+
+def test_a_multi_task_model_is_watched_whole():
+    """A tuple of outputs (the scores are the first with a batch dimension), a forward of one
+    tuple argument and a tuple of targets: LossMonitor judges the first loss and a NaN (it
+    raised on the tuple before and was disabled), gradient checks run on 3 examples of every
+    part (they raised on the tuple's items), and the accuracy counts the logits."""
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    check = GradientCheck(every=2, warmup_steps=1, budget=None)
+    w = watch(model, opt, two_task_loss, callbacks=[LossMonitor(), check], progress=False)
+    x, ids = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    labels, goal = torch.randint(0, 3, (8,)), torch.randn(8)
+    for step in range(6):
+        opt.zero_grad()
+        loss = two_task_loss(model((x, ids)), (labels, goal))
+        loss.backward()
+        w.loss(loss * float("nan") if step == 5 else loss, (labels, goal))
+        opt.step()
+    w.close()
+    codes = [a.code for a in w.monitor.alerts.history]
+    assert "callback.error" not in codes, w.summary()
+    assert "loss.nonfinite" in codes
+    assert len(check.reports) >= 2 and all(r.passed for _, r in check.reports)
+    backend = w.backend
+    out = model((x, ids))
+    assert backend.scores(out) is out[0]
+    assert backend.accuracy(out, labels) == pytest.approx(
+        float((out[0].argmax(1) == labels).float().mean()))
+
+
+def test_the_trainer_fits_a_model_with_several_outputs():
+    """``(logits, aux_loss)`` outputs: the Trainer's accuracy counts the logits (it raised on
+    the tuple before)."""
+    from trainwatch import Trainer
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(64, 10)
+
+        def forward(self, x):
+            logits = self.l1(x)
+            return logits, logits.pow(2).mean()
+
+    x, y = load_digits()
+    torch.manual_seed(0)
+    model = WithAux()
+    trainer = Trainer(model, lambda out, t: nn.functional.cross_entropy(out[0], t)
+                      + 1e-3 * out[1], torch.optim.SGD(model.parameters(), lr=0.1),
+                      callbacks=[LossMonitor()], progress=False)
+    history = trainer.fit(x[:256].astype(np.float32), y[:256], epochs=2, batch_size=32)
+    assert history["train_accuracy"][-1] > 0.5
+    assert not [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]

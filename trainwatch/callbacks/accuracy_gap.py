@@ -213,8 +213,8 @@ class AccuracyGapMonitor(Callback):
         if state.inputs is None or state.targets is None:
             return
         need = self.subset - self._train_seen
-        xb = state.backend.to_host(state.inputs[:need])
-        yb = state.backend.to_host(state.targets[:need])
+        xb = state.backend.to_host(state.backend.first_examples(state.inputs, need))
+        yb = state.backend.to_host(state.backend.first_examples(state.targets, need))
         self._train_parts.append((xb, yb))
         self._train_seen += len(xb)
         if self._train_seen >= self.subset:

@@ -260,8 +260,8 @@ class GradientCheck(Callback):
                 and loss <= self._first_loss * (1.0 - self.warmup_loss_drop))
 
     def _check(self, state: RunState) -> Any:
-        inputs = state.inputs[: self.examples]
-        targets = state.targets[: self.examples]
+        inputs = state.backend.first_examples(state.inputs, self.examples)
+        targets = state.backend.first_examples(state.targets, self.examples)
         seed = self.seed + state.step
         limited = (self.budget.fraction is not None and self.time_limit is not None
                    and not self.reports and not self._estimated)

@@ -285,10 +285,30 @@ class Backend(ABC):
         """A host numpy copy of a batch (inputs or targets) from the training loop."""
         return np.array(x, copy=True)
 
+    @staticmethod
+    def first_examples(batch: Any, n: int) -> Any:
+        """The first ``n`` examples of a batch (inputs or targets): an array's or tensor's
+        first ``n`` rows, inside tuples, lists and dicts too (several targets of a multi-task
+        loss); a 0-d value or a non-array as it is."""
+        if isinstance(batch, (tuple, list)):
+            items = [Backend.first_examples(b, n) for b in batch]
+            return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+        if isinstance(batch, dict):
+            return {k: Backend.first_examples(v, n) for k, v in batch.items()}
+        if getattr(batch, "ndim", None) == 0 or not hasattr(batch, "__getitem__"):
+            return batch
+        return batch[:n]
+
     def concatenate(self, batches: Sequence[Any]) -> Any:
         """One batch holding the examples of ``batches`` (host copies from :meth:`to_host`),
         in order."""
         return np.concatenate(batches)
+
+    def scores(self, outputs: Any) -> Any:
+        """The class scores in a batch's ``outputs`` (what accuracy and the expected initial
+        loss read): the outputs themselves here; a backend whose models may return several
+        outputs picks the scores among them."""
+        return outputs
 
     def count_correct(self, predictions: Any, targets: Any) -> Any:
         """How many rows are classified right, as a framework scalar (on a GPU it stays on

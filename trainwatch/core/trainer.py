@@ -83,8 +83,8 @@ class Trainer:
                     mon.batch_begin(xb, yb)
                     scores = backend.forward(xb, training=True)
                     data_loss, reg_loss = backend.loss(scores, yb)
-                    mon.loss_computed(data_loss + reg_loss, scores, data_loss=data_loss,
-                                      reg_loss=reg_loss)
+                    mon.loss_computed(data_loss + reg_loss, backend.scores(scores),
+                                      data_loss=data_loss, reg_loss=reg_loss)
                     backend.backward()
                     mon.backward_end()
                     mon.step_begin()

@@ -234,6 +234,25 @@ class CopySafeHook:
         return (CopySafeHook, (None,))
 
 
+def output_scores(output: Any) -> torch.Tensor | None:
+    """The class scores in a model's output: a tensor as it is; of several outputs (a tuple
+    ``(logits, aux_loss)``, a dict or a HuggingFace-style output), the ``logits`` entry, else
+    the first tensor with a batch dimension; None when there is none."""
+    if output is None or isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        candidates = [output["logits"]] if "logits" in output else list(output.values())
+    elif isinstance(output, (tuple, list)):
+        candidates = list(output)
+    else:
+        return None
+    for candidate in candidates:
+        scores = output_scores(candidate)
+        if scores is not None and scores.ndim >= 1:
+            return scores
+    return None
+
+
 def model_generators(model: nn.Module) -> list[torch.Generator]:
     """The ``torch.Generator`` objects a model keeps as module attributes (its own dropout
     or noise source), each once."""
@@ -671,7 +690,9 @@ class TorchBackend(Backend):
                     m = len(yb)
                     if self.loss_fn is not None:
                         loss_sum += self.loss_fn(out, yb).detach().to(acc) * m
-                    correct += _correct(out, yb).to(acc)
+                    scores = output_scores(out)
+                    if scores is not None:
+                        correct += _correct(scores, yb).to(acc)
         finally:
             for m, flag in flags:
                 m.training = flag
@@ -778,18 +799,28 @@ class TorchBackend(Backend):
             raise ValueError("optimizer: the backend has no optimizer")
         self.optimizer.step()
 
+    def scores(self, outputs: Any) -> Any:
+        return output_scores(outputs)
+
     def count_correct(self, predictions: Any, targets: Any) -> Any:
         if not isinstance(predictions, torch.Tensor):
-            return Backend.count_correct(self, predictions, targets)
+            scores = output_scores(predictions)
+            if scores is None:
+                return Backend.count_correct(self, predictions, targets)
+            predictions = scores
         with torch.no_grad():
             p = predictions.detach()
             return _correct(p, as_tensor(targets, p.device, p.dtype))
 
     @staticmethod
     def accuracy(predictions: Any, targets: Any) -> float:
-        """Fraction of rows whose arg-max equals the target (tensors or numpy arrays)."""
+        """Fraction of rows whose arg-max equals the target (tensors or numpy arrays; of
+        several outputs, the scores: see :func:`output_scores`)."""
         if not isinstance(predictions, torch.Tensor):
-            return Backend.accuracy(predictions, targets)
+            scores = output_scores(predictions)
+            if scores is None:
+                return Backend.accuracy(predictions, targets)
+            predictions = scores
         with torch.no_grad():
             p = predictions.detach()
             t = as_tensor(targets, p.device, p.dtype)

@@ -144,8 +144,10 @@ class Watcher:
         if (self._in_step or self._closed or not module.training or is_suspended()
                 or not torch.is_grad_enabled()):
             return None
+        # (a forward of one tensor is recorded as that tensor; any other, model((x, ids))
+        # included, as its arguments, which slice by examples)
         self._open_batch(args[0] if len(args) == 1 and not kwargs
-                         else ForwardInputs(args, kwargs))
+                         and isinstance(args[0], torch.Tensor) else ForwardInputs(args, kwargs))
         self._await_output = True
         return None
 
@@ -208,6 +210,7 @@ class Watcher:
             return loss
         if predictions is None:
             predictions = self._predictions
+        predictions = self.backend.scores(predictions)  # (of several outputs, the scores)
         if isinstance(predictions, torch.Tensor):
             predictions = predictions.detach()
         self.monitor.loss_computed(value, predictions)
