@@ -877,3 +877,53 @@ def test_the_trainer_fits_a_model_with_several_outputs():
     history = trainer.fit(x[:256].astype(np.float32), y[:256], epochs=2, batch_size=32)
     assert history["train_accuracy"][-1] > 0.5
     assert not [a for a in trainer.monitor.alerts.history if a.code == "callback.error"]
+
+
+class SequenceFirst(nn.Module):
+    """nn.LSTM as PyTorch defaults it (batch_first=False: inputs (T, N, F))."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][-1])
+
+
+class CausalAttention(nn.Module):
+    """A (T, T) mask shared by every example: no batch tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.att, self.out = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x, attn_mask):
+        return self.out(self.att(x, x, x, attn_mask=attn_mask, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("case", ["sequence first", "shared mask"])
+def test_gradient_checks_find_the_examples_of_a_batch(case):
+    """Sequence-first inputs are cut along dim 1, where the targets' batch is (dim 0 cut time
+    steps against 3 examples of targets), and a shared (T, T) mask is left whole (it was cut
+    to (3, T)): the checks run and pass instead of raising."""
+    torch.manual_seed(0)
+    if case == "sequence first":
+        model, x = SequenceFirst(), torch.randn(5, 8, 4)
+        forward = model
+    else:
+        model, x = CausalAttention(), torch.randn(8, 5, 8)
+        mask = nn.Transformer.generate_square_subsequent_mask(5)
+        forward = lambda x: model(x, mask)  # noqa: E731
+    y = torch.randint(0, 3, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    check = GradientCheck(every=2, warmup_steps=1, budget=None)
+    w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=[check], progress=False)
+    for _ in range(5):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        w.loss(loss, y)
+        opt.step()
+    w.close()
+    assert not [a for a in w.monitor.alerts.history if a.code == "callback.error"], w.summary()
+    assert len(check.reports) == 2 and all(r.passed for _, r in check.reports)

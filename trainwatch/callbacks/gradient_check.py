@@ -35,6 +35,7 @@ import math
 import time
 from typing import Any
 
+from trainwatch.core.backend import batch_length
 from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import Callback, next_multiple
 from trainwatch.core.checks import count, flag
@@ -260,7 +261,8 @@ class GradientCheck(Callback):
                 and loss <= self._first_loss * (1.0 - self.warmup_loss_drop))
 
     def _check(self, state: RunState) -> Any:
-        inputs = state.backend.first_examples(state.inputs, self.examples)
+        size = batch_length(state.targets)  # (where the inputs hold their examples)
+        inputs = state.backend.first_examples(state.inputs, self.examples, size)
         targets = state.backend.first_examples(state.targets, self.examples)
         seed = self.seed + state.step
         limited = (self.budget.fraction is not None and self.time_limit is not None

@@ -93,6 +93,21 @@ def alive_units(a: np.ndarray) -> np.ndarray:
     return (a > 0).any(axis=(0, *range(2, a.ndim)))
 
 
+def batch_length(batch: Any) -> int | None:
+    """The number of examples in a batch: the first array's (or tensor's) dim 0, inside
+    tuples, lists and dicts too; None where there is no array."""
+    shape = getattr(batch, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    items = (batch if isinstance(batch, (tuple, list))
+             else batch.values() if isinstance(batch, dict) else ())
+    for item in items:
+        length = batch_length(item)
+        if length is not None:
+            return length
+    return None
+
+
 class Backend(ABC):
     """What callbacks may ask of a model, its loss and its optimizer."""
 
@@ -286,17 +301,25 @@ class Backend(ABC):
         return np.array(x, copy=True)
 
     @staticmethod
-    def first_examples(batch: Any, n: int) -> Any:
+    def first_examples(batch: Any, n: int, size: int | None = None) -> Any:
         """The first ``n`` examples of a batch (inputs or targets): an array's or tensor's
         first ``n`` rows, inside tuples, lists and dicts too (several targets of a multi-task
-        loss); a 0-d value or a non-array as it is."""
+        loss); a 0-d value or a non-array as it is. With the batch's ``size`` (the targets'
+        :func:`batch_length`), an array whose dim 0 is another length is cut along dim 1
+        where that is the batch (a sequence-first RNN's ``(T, N, F)`` inputs), else left
+        whole (a shared mask)."""
         if isinstance(batch, (tuple, list)):
-            items = [Backend.first_examples(b, n) for b in batch]
+            items = [Backend.first_examples(b, n, size) for b in batch]
             return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
         if isinstance(batch, dict):
-            return {k: Backend.first_examples(v, n) for k, v in batch.items()}
-        if getattr(batch, "ndim", None) == 0 or not hasattr(batch, "__getitem__"):
+            return {k: Backend.first_examples(v, n, size) for k, v in batch.items()}
+        shape = getattr(batch, "shape", None)
+        if shape is None:
+            return batch[:n] if hasattr(batch, "__getitem__") else batch
+        if len(shape) == 0:
             return batch
+        if size is not None and shape[0] != size:
+            return batch[:, :n] if len(shape) >= 2 and shape[1] == size else batch
         return batch[:n]
 
     def concatenate(self, batches: Sequence[Any]) -> Any:

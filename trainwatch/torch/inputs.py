@@ -15,9 +15,10 @@ class ForwardInputs:
     :func:`~trainwatch.torch.watch` records a batch whose forward takes several arguments
     (``model(x, mask)``, ``model(x, mask=mask)``) as one of these, and
     :func:`~trainwatch.torch.check_module` takes one as ``inputs``. Slicing (``inputs[:3]``)
-    takes the first examples of every tensor or array argument (along dim 0, inside tuples,
-    lists and dicts too) and leaves the other arguments as they are; ``len()`` is the batch
-    size (the first tensor argument's dim 0).
+    takes the first examples of every tensor or array argument whose dim 0 is the batch size
+    (inside tuples, lists and dicts too) and leaves the other arguments as they are (a
+    shared ``(T, T)`` attention mask); ``len()`` is the batch size (the first tensor
+    argument's dim 0).
     """
 
     __slots__ = ("args", "kwargs")
@@ -42,7 +43,9 @@ class ForwardInputs:
             {k: _joined([p.kwargs[k] for p in parts]) for k in first.kwargs})
 
     def __getitem__(self, index: slice) -> ForwardInputs:
-        return map_arrays(lambda a: a[index] if a.ndim >= 1 else a, self)
+        size = len(self)  # (a tensor of another length, a shared (T, T) mask, is no batch)
+        return map_arrays(lambda a: a[index] if a.ndim >= 1 and a.shape[0] == size else a,
+                          self)
 
     def __len__(self) -> int:
         for value in (*self.args, *self.kwargs.values()):
