@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainwatch.core.backend import batch_length
+
 
 class ForwardInputs:
     """The arguments of one forward call, ``model(*args, **kwargs)``, kept as a batch.
@@ -48,11 +50,11 @@ class ForwardInputs:
                           self)
 
     def __len__(self) -> int:
-        for value in (*self.args, *self.kwargs.values()):
-            size = _batch_size(value)
-            if size is not None:
-                return size
-        raise TypeError("ForwardInputs: no tensor or array argument to take a batch size from")
+        size = batch_length((*self.args, *self.kwargs.values()))
+        if size is None:
+            raise TypeError("ForwardInputs: no tensor or array argument to take a batch size "
+                            "from")
+        return size
 
     def __repr__(self) -> str:
         parts = [_describe(a) for a in self.args]
@@ -87,18 +89,6 @@ def _joined(values: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _joined([v[k] for v in values]) for k in first}
     return first
-
-
-def _batch_size(value: Any) -> int | None:
-    if _is_batch(value):
-        return int(value.shape[0])
-    items = (value if isinstance(value, (tuple, list))
-             else value.values() if isinstance(value, dict) else ())
-    for v in items:
-        size = _batch_size(v)
-        if size is not None:
-            return size
-    return None
 
 
 def _describe(value: Any) -> str:
