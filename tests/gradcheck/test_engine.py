@@ -564,3 +564,22 @@ def test_zero_probes_is_a_configuration_error_naming_both_options():
     with pytest.raises(ValueError, match="coordinates, directions"):
         check_gradients(lambda p: float(np.sum(p["w"] ** 2)), params, {"w": 2 * params["w"]},
                         coordinates=0, directions=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_entry_with_a_small_gradient_wrong_by_one_percent_is_found(seed):
+    """Entry 1234 of 4096 has a gradient 1e-5 of the tensor's norm and is 1% off: a random
+    direction's relative error stays below "correct" (1e-7) though above the noise, so it is
+    bisected anyway, and the entry, judged as a coordinate, fails. The one-sided test does
+    not excuse it as a kink: on a smooth loss the one-sided gap h·|J''| exceeds a disagreement
+    this small at every step, but it shrinks with h, where a slope jump does not."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(4096) * 0.1
+    w[1234] = 6.4e-5
+    grads = {"w": w.copy()}
+    grads["w"][1234] *= 1.01
+    report = check_gradients(lambda p: 0.5 * float(np.sum(p["w"] ** 2)), {"w": w}, grads,
+                             seed=seed)
+    check = report.params["w"]
+    assert check.verdict == "suspicious" and check.worst_index == (1234,), check
+    assert check.max_rel_error == pytest.approx(0.0099, rel=0.05)

@@ -815,7 +815,12 @@ class Session:
                                thresholds)
             probes.append(probe)
             located = any(p.kind == "coordinate" and p.rel > thresholds[1] for p in probes)
-            if (self.options.localize and not probe.kink and probe.rel > thresholds[2]
+            # bisected once it disagrees beyond the measured noise: one wrong entry with a
+            # small gradient moves a direction's relative error by far less than its own
+            # (below "correct" in a large tensor) but a coordinate's fully (with the noise
+            # probe deferred, only the float64 round-off is known: then past "correct")
+            trigger = 0.0 if self._noise_pending is None else thresholds[2]
+            if (self.options.localize and not probe.kink and probe.rel > trigger
                     and not located):
                 leaf = self.localize(name, direction, probe, thresholds)
                 if leaf is None:
@@ -901,8 +906,9 @@ def _kink_evidence(tries: list[Probe]) -> str:
       two smallest steps is predicted from the two largest; a kink crossed at some steps
       but not others breaks the pattern);
     - at every step the one-sided differences disagree by at least the analytic-numerical
-      gap (a kink within all steps: the gap is the slope jump, whatever the step; at a
-      smooth point the one-sided gap is ``s·|J''|`` and vanishes with s).
+      gap, and by about as much at the smallest step as at the largest (a kink within all
+      steps: the gap is the slope jump, whatever the step; at a smooth point the one-sided
+      gap is ``s·|J''|`` and shrinks with s, though it may exceed a small disagreement).
     """
     if len(tries) < 2:
         return ""
@@ -916,7 +922,11 @@ def _kink_evidence(tries: list[Probe]) -> str:
         if abs(observed - predicted) > slack:
             return (f"centered estimates jump between steps {mid.step:g} and {small.step:g} "
                     f"({mid.numerical:.6g} vs {small.numerical:.6g}), not O(h²)")
-    if all(t.one_sided_gap + t.gap_allowance >= t.difference for t in tries):
+    big, small = tries[0], tries[-1]
+    if all(t.one_sided_gap + t.gap_allowance >= t.difference for t in tries) and (
+            small.one_sided_gap + small.gap_allowance >= 0.5 * big.one_sided_gap):
+        # (and the gap holds as the step shrinks: a slope jump does, while the s·|J''| of a
+        # smooth point shrinks with s, and exceeds a small disagreement at every step)
         return ("one-sided differences disagree by the slope jump at every step tried "
                 f"({', '.join(f'{t.step:g}' for t in tries)})")
     return ""
