@@ -1151,3 +1151,39 @@ def test_tensors_a_forward_rebinds_as_attributes_are_put_back():
     assert check_module(model, nn.CrossEntropyLoss(), x, y).passed
     assert model[0].weight is weight
     copy.deepcopy(model)
+
+
+class QuantisationAware(nn.Module):
+    """A fake-quantised activation (quantisation-aware training), per tensor or per channel."""
+
+    def __init__(self, per_channel, bug=None):
+        import torch.ao.quantization as tq
+
+        super().__init__()
+        self.l1, self.l2 = CustomLinear(5, 6, bug=bug), nn.Linear(6, 3)
+        self.quant = (tq.FakeQuantize(observer=tq.MovingAveragePerChannelMinMaxObserver,
+                                      quant_min=-128, quant_max=127, dtype=torch.qint8,
+                                      qscheme=torch.per_channel_symmetric, ch_axis=1)
+                      if per_channel else tq.FakeQuantize())
+
+    def forward(self, x):
+        return self.l2(self.quant(torch.tanh(self.l1(x))))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quantisation_is_checked_straight_through(per_channel):
+    """torch differentiates fake quantisation straight through (1 inside the range, 0
+    outside); the finite differences of the step function itself are 0 (l1 read as wrong),
+    and torch's per-channel kernel refuses float64 scales. Held as autograd sees it, the
+    model passes and a planted bug before the quantiser is still found."""
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    for bug in (None, "factor2"):
+        torch.manual_seed(0)
+        model = QuantisationAware(per_channel, bug=bug)
+        model(x)  # (a training forward first: the observers learn their ranges)
+        report = check_module(model, nn.CrossEntropyLoss(), x, y)
+        if bug is None:
+            assert report.passed, report
+            assert any("1 fake quantisation" in note for note in report.notes), report.notes
+        else:
+            assert report.failed == ["l1.weight"], report

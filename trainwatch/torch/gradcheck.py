@@ -15,7 +15,8 @@ that torch refuses for mixing the stand-ins with float32 tensors the check does 
 plain tensor attribute, a loss closure's class weights) runs again with those in float64.
 What PyTorch computes outside autograd is held, as autograd holds it: the results of
 ``detach()``, ``detach_()`` and ``.data`` (stop-gradients, straight-through estimators, also
-inside ``F.gumbel_softmax(hard=True)``) and of calls the forward makes with gradients off
+inside ``F.gumbel_softmax(hard=True)``; fake quantisation, straight through inside its range) and
+of calls the forward makes with gradients off
 (``torch.no_grad()``, ``inference_mode()``: a self-distillation target; a custom
 ``autograd.Function``'s forward, which autograd runs so too, is not held), an embedding's
 padding row and max_norm renormalisation,
@@ -133,8 +134,12 @@ _LOW_FLOAT_TYPES: dict[Any, Any] = {
        for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")},
     **{getattr(torch, kind): torch.DoubleTensor
        for kind in ("FloatTensor", "HalfTensor", "BFloat16Tensor")}}
+#: fake quantisation (quantisation-aware training): a step function whose gradient torch
+#: defines as the straight-through estimator, 1 inside the quantisation range and 0 outside
+_FAKE_QUANTS = frozenset({"fake_quantize_per_tensor_affine",
+                          "fake_quantize_per_channel_affine"})
 #: calls the recorder looks at before running them (the rest pass straight through)
-_HANDLED = _CASTS | {"detach", "detach_", "__get__", "gumbel_softmax", "view"}
+_HANDLED = _CASTS | _FAKE_QUANTS | {"detach", "detach_", "__get__", "gumbel_softmax", "view"}
 
 
 _COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
@@ -266,6 +271,9 @@ class KinkRecorder(TorchFunctionMode):
         #: the same for the results of calls made with gradients off inside the forward
         self.no_grad_held: list[torch.Tensor] = []
         self._no_grads = 0
+        #: (point, quantised value, in-range mask) of each fake quantisation (analytic pass)
+        self.quantised: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._quants = 0
         #: casts to a lower float precision held at float64, and calls whose lower-precision
         #: operands were widened to float64, in the analytic pass (one forward)
         self.casts = 0
@@ -294,6 +302,8 @@ class KinkRecorder(TorchFunctionMode):
                 return self._detach(func, args, kwargs)
             if name == "gumbel_softmax":
                 return self._gumbel_softmax(*args, **kwargs)
+            if name in _FAKE_QUANTS:
+                return self._fake_quantize(name, *args, **kwargs)
             if name == "view":
                 args = self._view_args(args, kwargs)
             else:
@@ -413,6 +423,38 @@ class KinkRecorder(TorchFunctionMode):
             return args  # (a view of a shape: the float64 values serve)
         return (x.to(held[1]), *args[1:])
 
+    def _fake_quantize(self, name: str, x: torch.Tensor, scale: Any, zero_point: Any,
+                       *rest: Any) -> torch.Tensor:
+        """Fake quantisation as autograd differentiates it: the straight-through estimator.
+        The analytic pass quantises (in float64: torch's per-channel kernel takes float32
+        scales only) and keeps the point, its quantised value and the in-range mask; every
+        pass returns ``q0 + mask·(x − x0)``: the quantised value at the checked point, with
+        the slope torch's backward gives it."""
+        if not self.recording:
+            index, self._quants = self._quants, self._quants + 1
+            held = self.quantised[index] if index < len(self.quantised) else None
+            if held is not None and held[0].shape == x.shape:
+                point, quantised, inside = held
+                return quantised + inside * (x - point)
+        if name == "fake_quantize_per_channel_affine":
+            axis, low, high = rest
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        else:
+            low, high = rest
+        scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+        zero_point = torch.as_tensor(zero_point, dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            q = torch.round(x / scale) + zero_point
+            inside = ((q >= low) & (q <= high)).to(x.dtype)
+            quantised = (q.clamp(low, high) - zero_point) * scale
+        if not self.recording:  # (a path the analytic pass did not take: its value)
+            return quantised
+        point = x.detach().clone()
+        self.quantised.append((point, quantised, inside))
+        return quantised + inside * (x - point)
+
     def _gumbel_softmax(self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
                         eps: float = 1e-10, dim: int = -1) -> torch.Tensor:
         """``F.gumbel_softmax``, computed here under the recorder: torch runs it as one call,
@@ -491,7 +533,7 @@ class KinkRecorder(TorchFunctionMode):
     def reset(self) -> None:
         self.parts.clear()
         self._narrowed.clear()
-        self._detaches = self._no_grads = 0
+        self._detaches = self._no_grads = self._quants = 0
 
     def fingerprint(self) -> torch.Tensor | None:
         """One float64 0-d tensor for all the recorded patterns (on the first one's device),
@@ -885,6 +927,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 notes.append(f"{held} detach() result(s) of the forward (stop-gradients) are held "
                              "at the analytic pass's values in the finite differences, as "
                              "autograd holds them")
+            if kinks.quantised:
+                notes.append(f"{len(kinks.quantised)} fake quantisation(s) of the forward are "
+                             "differentiated as autograd differentiates them (straight "
+                             "through inside the quantisation range, 0 outside): the finite "
+                             "differences see the quantised value plus that slope")
             if kinks.no_grad_held:
                 notes.append(f"{len(kinks.no_grad_held)} result(s) the forward computed with "
                              "gradients off (torch.no_grad(), inference_mode) are held at the "
