@@ -927,3 +927,26 @@ def test_gradient_checks_find_the_examples_of_a_batch(case):
     w.close()
     assert not [a for a in w.monitor.alerts.history if a.code == "callback.error"], w.summary()
     assert len(check.reports) == 2 and all(r.passed for _, r in check.reports)
+
+
+def test_a_stepwise_accuracy_gap_without_a_recorded_batch_says_so_once():
+    """A model trained in eval mode (or through optimizer.step(closure)) records no batch:
+    the step-wise AccuracyGapMonitor says so once and stops (it raised IndexError, reported
+    as a callback error, before)."""
+    (xt, yt), (xv, yv) = data(64, 32)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gap = AccuracyGapMonitor(every=4, validation_data=(xv.numpy(), yv.numpy()), subset=16)
+    w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=[gap], progress=False)
+    model.eval()  # (dropout-free model: eval-mode training is what some loops do)
+    for _ in range(3):
+        for idx in torch.arange(64).split(8):
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            w.loss(loss, yt[idx])
+            opt.step()
+        w.epoch_end()
+    w.close()
+    codes = [a.code for a in w.monitor.alerts.history]
+    assert codes.count("accuracy_gap.skipped") == 1 and "callback.error" not in codes, codes

@@ -148,10 +148,12 @@ class AccuracyGapMonitor(Callback):
         self._train_subset: tuple[Any, Any] | None = None
         self._train_parts: list[tuple[Any, Any]] = []  # host copies (see Backend.to_host)
         self._train_seen = 0
+        self._no_batch = False  # (step-wise: no training batch was recorded to evaluate)
 
     # -- hooks ---------------------------------------------------------------------------------
 
     def on_train_begin(self, state: RunState) -> None:
+        self._no_batch = False
         charts = {"accuracy": {"train − validation gap": ("Multiline", [r"^accuracy/gap$"])},
                   "loss": {"validation − train gap": ("Multiline", [r"^loss/gap$"])}}
         if self.every is not None:
@@ -163,7 +165,7 @@ class AccuracyGapMonitor(Callback):
         state.writer.layout(charts)
 
     def next_step(self, step: int) -> int:
-        if self.every is None:
+        if self.every is None or self._no_batch:
             return NEVER  # epoch ends only
         if self._train_subset is None:
             return step  # collecting the training subset from the batches
@@ -181,6 +183,16 @@ class AccuracyGapMonitor(Callback):
         if (state.step + 1) % every:
             return
         if self._train_subset is None:
+            if not self._train_parts:
+                self._no_batch = True
+                state.alerts.fire(
+                    "accuracy_gap.skipped", "info",
+                    f"AccuracyGapMonitor saw no training batch by step {state.step} to take "
+                    "its training subset from (a forward run inside optimizer.step(closure), "
+                    "or in eval mode, is not recorded); it compares nothing in this run",
+                    state.step, suggestion="pass AccuracyGapMonitor(every=..., "
+                                           "train_data=(x, y))")
+                return
             self._finish_collecting(state)
         backend = state.backend
         train_loss, train_acc = backend.evaluate(*self._train_subset)
