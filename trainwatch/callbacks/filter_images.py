@@ -267,7 +267,10 @@ class FilterImages(Callback):
         name = self.tensor or self._choose(state, state.backend.parameter_shapes())
         if name is None:
             return
-        filters = self._filters(state, name, state.backend.parameters(names=[name])[name])
+        weights = state.backend.parameters(names=[name])
+        if name not in weights:  # (frozen now: the backend tracks what trains)
+            return
+        filters = self._filters(state, name, weights[name])
         if filters is None:
             return
         image = filter_grid(filters, min_size=self.min_size, max_filters=self.max_filters)

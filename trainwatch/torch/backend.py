@@ -328,12 +328,14 @@ class TorchBackend(Backend):
         self._module = uncompiled(model)
         self.loss_fn = loss
         self.optimizer = optimizer
-        named = [(n, p) for n, p in self._module.named_parameters() if p.requires_grad]
-        self._names = [n for n, _ in named]
-        self._params = [p for _, p in named]
+        # every parameter; those that require a gradient are the tracked ones, re-read at
+        # each measurement (a layer frozen or unfrozen mid-run: _follow_trainable)
+        self._all = list(self._module.named_parameters())
+        self._trainable: tuple[bool, ...] | None = None
+        self._before: list[torch.Tensor] | None = None
+        self._follow_trainable()
         self._device = self._params[0].device if self._params else model_device(model)
         self._on_cpu = self._device.type == "cpu"  # asked every step: device.type costs ~2 µs
-        self._before: list[torch.Tensor] | None = None
         self._leaves = leaf_modules(self._module)
         self._layers = [LayerInfo(name, layer_kind(m)) for name, m in self._leaves]
         self._handles: list[Any] = []
@@ -357,21 +359,39 @@ class TorchBackend(Backend):
 
     # -- parameters and gradients ------------------------------------------------------------
 
+    def _follow_trainable(self) -> None:
+        """Track the parameters that require a gradient now (the tensors every measurement
+        covers): a layer unfrozen mid-run is watched from then on, one frozen is left out
+        (its gradient is None, not zeros). Called at each measurement's start: a scan of
+        ``requires_grad`` flags, the lists rebuilt only when one changed."""
+        trainable = tuple(p.requires_grad for _, p in self._all)
+        if trainable == self._trainable:
+            return
+        self._trainable = trainable
+        named = [(n, p) for (n, p), t in zip(self._all, trainable) if t]
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self._before = None  # (the update snapshot follows the tracked tensors)
+
     def parameter_names(self) -> list[str]:
+        self._follow_trainable()
         return list(self._names)
 
     def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        self._follow_trainable()
         chosen = [(n, p) for n, p in zip(self._names, self._params)
                   if names is None or n in names]
         return dict(zip([n for n, _ in chosen], to_host([p for _, p in chosen])))
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        self._follow_trainable()
         return {n: tuple(p.shape) for n, p in zip(self._names, self._params)}
 
     def _grads_or_zeros(self) -> list[torch.Tensor]:
         return [torch.zeros_like(p) if p.grad is None else _dense(p.grad) for p in self._params]
 
     def gradients(self) -> dict[str, np.ndarray]:
+        self._follow_trainable()
         return dict(zip(self._names, to_host(self._grads_or_zeros())))
 
     def _stack_norms(self, groups: Sequence[Sequence[torch.Tensor]]) -> list[list[float]]:
@@ -402,6 +422,7 @@ class TorchBackend(Backend):
         return full
 
     def norms(self) -> dict[str, TensorNorms]:
+        self._follow_trainable()
         with torch.no_grad():
             w = _norms(self._params)
             g, have = self._grad_norm_tensors()
@@ -412,6 +433,7 @@ class TorchBackend(Backend):
     def begin_update(self) -> None:
         if self._update_open:  # one snapshot per step, shared by every monitor of the step
             return
+        self._follow_trainable()  # (not again before end_update: the same tensors)
         self._update_norms = None
         with torch.no_grad():
             if self._before is None or any(
@@ -451,6 +473,7 @@ class TorchBackend(Backend):
     def first_nonfinite(self) -> str | None:
         # One batched pass: a tensor holding NaN/Inf has a non-finite norm. A finite tensor
         # whose norm overflows is confirmed elementwise (only then: extra transfers).
+        self._follow_trainable()
         with torch.no_grad():
             w = _norms(self._params)
             g, have = self._grad_norm_tensors()
@@ -603,6 +626,7 @@ class TorchBackend(Backend):
         self._act_grads = {}
 
     def _histogram_sources(self, which: str) -> tuple[list[str], list[torch.Tensor]]:
+        self._follow_trainable()
         if which == "weights":
             return list(self._names), list(self._params)
         if which == "gradients":
