@@ -1187,3 +1187,35 @@ def test_fake_quantisation_is_checked_straight_through(per_channel):
             assert any("1 fake quantisation" in note for note in report.notes), report.notes
         else:
             assert report.failed == ["l1.weight"], report
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Please use quant_min")
+def test_a_model_prepared_for_quantisation_aware_training_is_checked():
+    """torch.ao.quantization.prepare_qat with the default QAT qconfig: fused observer and
+    fake quantiser on activations and (per channel) on weights, whose kernel takes float32
+    only (it raised on the float64 copies); checked straight through, a planted bug found."""
+    import torch.ao.quantization as tq
+
+    class Net(nn.Module):
+        def __init__(self, bug=False):
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+            self.l1, self.l2 = nn.Linear(5, 6), nn.Linear(6, 3)
+            self.act = CustomSigmoid(bug)
+
+        def forward(self, x):
+            return self.dequant(self.l2(self.act(self.l1(self.quant(x)))))
+
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    for bug in (False, True):
+        torch.manual_seed(0)
+        model = Net(bug)
+        model.qconfig = tq.get_default_qat_qconfig("x86")
+        model = tq.prepare_qat(model.train())
+        model(x)  # (the observers learn their ranges)
+        report = check_module(model, nn.CrossEntropyLoss(), x, y)
+        if not bug:
+            assert report.passed, report
+            assert any("fake quantisation" in note for note in report.notes), report.notes
+        else:
+            assert report.failed == ["l1.weight", "l1.bias"], report

@@ -137,7 +137,8 @@ _LOW_FLOAT_TYPES: dict[Any, Any] = {
 #: fake quantisation (quantisation-aware training): a step function whose gradient torch
 #: defines as the straight-through estimator, 1 inside the quantisation range and 0 outside
 _FAKE_QUANTS = frozenset({"fake_quantize_per_tensor_affine",
-                          "fake_quantize_per_channel_affine"})
+                          "fake_quantize_per_channel_affine",
+                          "fused_moving_avg_obs_fake_quant"})
 #: calls the recorder looks at before running them (the rest pass straight through)
 _HANDLED = _CASTS | _FAKE_QUANTS | {"detach", "detach_", "__get__", "gumbel_softmax", "view"}
 
@@ -302,6 +303,8 @@ class KinkRecorder(TorchFunctionMode):
                 return self._detach(func, args, kwargs)
             if name == "gumbel_softmax":
                 return self._gumbel_softmax(*args, **kwargs)
+            if name == "fused_moving_avg_obs_fake_quant":
+                return self._observed_fake_quantize(*args, **kwargs)
             if name in _FAKE_QUANTS:
                 return self._fake_quantize(name, *args, **kwargs)
             if name == "view":
@@ -454,6 +457,36 @@ class KinkRecorder(TorchFunctionMode):
         point = x.detach().clone()
         self.quantised.append((point, quantised, inside))
         return quantised + inside * (x - point)
+
+    def _observed_fake_quantize(self, x: torch.Tensor, observer_on: torch.Tensor,
+                                fake_quant_on: torch.Tensor, running_min: torch.Tensor,
+                                running_max: torch.Tensor, scale: torch.Tensor,
+                                zero_point: torch.Tensor, averaging_const: float,
+                                quant_min: int, quant_max: int, ch_axis: int,
+                                per_row_fake_quant: bool = False,
+                                symmetric_quant: bool = False) -> torch.Tensor:
+        """``torch.fused_moving_avg_obs_fake_quant`` (the QAT default's fake quantiser): its
+        observer updates the range and the quantisation parameters in place, on a float32
+        copy of the batch (torch's kernel takes float32 only; the buffers get the result),
+        then :meth:`_fake_quantize` with them, straight through."""
+        state = [running_min, running_max, scale]
+        copies = [t.detach().float() for t in state]
+        torch.fused_moving_avg_obs_fake_quant(
+            x.detach().float(), observer_on, fake_quant_on, *copies, zero_point,
+            averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant,
+            symmetric_quant)
+        with torch.no_grad():
+            for tensor, copy in zip(state, copies):
+                if tensor.shape != copy.shape:  # (an observer sizes its range on first use)
+                    tensor.resize_(copy.shape)
+                tensor.copy_(copy)
+        if not int(fake_quant_on.reshape(-1)[0]):
+            return x
+        if per_row_fake_quant:
+            return self._fake_quantize("fake_quantize_per_channel_affine", x, scale,
+                                       zero_point, ch_axis, quant_min, quant_max)
+        return self._fake_quantize("fake_quantize_per_tensor_affine", x, scale, zero_point,
+                                   quant_min, quant_max)
 
     def _gumbel_softmax(self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
                         eps: float = 1e-10, dim: int = -1) -> torch.Tensor:
