@@ -827,26 +827,22 @@ class TorchBackend(Backend):
         return output_scores(outputs)
 
     def count_correct(self, predictions: Any, targets: Any) -> Any:
-        if not isinstance(predictions, torch.Tensor):
-            scores = output_scores(predictions)
-            if scores is None:
-                return Backend.count_correct(self, predictions, targets)
-            predictions = scores
+        scores = output_scores(predictions)
+        if scores is None:  # (numpy arrays)
+            return Backend.count_correct(self, predictions, targets)
         with torch.no_grad():
-            p = predictions.detach()
+            p = scores.detach()
             return _correct(p, as_tensor(targets, p.device, p.dtype))
 
     @staticmethod
     def accuracy(predictions: Any, targets: Any) -> float:
         """Fraction of rows whose arg-max equals the target (tensors or numpy arrays; of
         several outputs, the scores: see :func:`output_scores`)."""
-        if not isinstance(predictions, torch.Tensor):
-            scores = output_scores(predictions)
-            if scores is None:
-                return Backend.accuracy(predictions, targets)
-            predictions = scores
+        scores = output_scores(predictions)
+        if scores is None:  # (numpy arrays)
+            return Backend.accuracy(predictions, targets)
         with torch.no_grad():
-            p = predictions.detach()
+            p = scores.detach()
             t = as_tensor(targets, p.device, p.dtype)
             return float(_correct(p, t)) / max(len(t), 1)
 

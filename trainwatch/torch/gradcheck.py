@@ -242,6 +242,39 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
     return None
 
 
+class _Held:
+    """Values the analytic pass keeps, handed back in order in every numerical pass: the
+    n-th asked for is the n-th kept (None past the end, or where its shape is not the one
+    asked for: the forward took another path)."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[Any, Any]] = []  # (value, its shape)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def keep(self, value: Any, shape: Any) -> None:
+        self.kept.append((value, shape))
+
+    def take(self, shape: Any) -> Any:
+        index, self._next = self._next, self._next + 1
+        if index >= len(self.kept):
+            return None
+        value, kept_shape = self.kept[index]
+        return value if kept_shape == shape else None
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _writes_in_place(name: str, kwargs: dict) -> bool:
+    """Whether a torch call named ``name`` writes into an operand (``x.add_(...)``,
+    ``x[i] = ...``, ``out=``)."""
+    return ("out" in kwargs or (name.endswith("_") and not name.endswith("__"))
+            or name == "__setitem__")
+
+
 class KinkRecorder(TorchFunctionMode):
     """While active, records the kink pattern of every torch call (see :func:`kink_pattern`),
     whether it comes from a module (``nn.ReLU``, ``nn.MaxPool2d``, ``nn.MultiMarginLoss``) or
@@ -267,14 +300,11 @@ class KinkRecorder(TorchFunctionMode):
         #: n-th kept result back from their n-th ``detach()``: a stop-gradient holds its value
         #: for the finite differences as it does for autograd
         self.recording = False
-        self.detached: list[torch.Tensor | None] = []
-        self._detaches = 0
+        self.detached = _Held()
         #: the same for the results of calls made with gradients off inside the forward
-        self.no_grad_held: list[torch.Tensor] = []
-        self._no_grads = 0
-        #: (point, quantised value, in-range mask) of each fake quantisation (analytic pass)
-        self.quantised: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._quants = 0
+        self.no_grad_held = _Held()
+        #: (point, quantised value, in-range mask) of each fake quantisation
+        self.quantised = _Held()
         #: casts to a lower float precision held at float64, and calls whose lower-precision
         #: operands were widened to float64, in the analytic pass (one forward)
         self.casts = 0
@@ -342,9 +372,7 @@ class KinkRecorder(TorchFunctionMode):
         try:
             return func(*args, **kwargs)
         except RuntimeError:
-            name = getattr(func, "__name__", "")
-            if "out" in kwargs or (name.endswith("_") and not name.endswith("__")) or (
-                    name == "__setitem__"):
+            if _writes_in_place(getattr(func, "__name__", ""), kwargs):
                 raise
             widened = [False]
 
@@ -434,9 +462,8 @@ class KinkRecorder(TorchFunctionMode):
         pass returns ``q0 + mask·(x − x0)``: the quantised value at the checked point, with
         the slope torch's backward gives it."""
         if not self.recording:
-            index, self._quants = self._quants, self._quants + 1
-            held = self.quantised[index] if index < len(self.quantised) else None
-            if held is not None and held[0].shape == x.shape:
+            held = self.quantised.take(x.shape)
+            if held is not None:
                 point, quantised, inside = held
                 return quantised + inside * (x - point)
         if name == "fake_quantize_per_channel_affine":
@@ -455,7 +482,7 @@ class KinkRecorder(TorchFunctionMode):
         if not self.recording:  # (a path the analytic pass did not take: its value)
             return quantised
         point = x.detach().clone()
-        self.quantised.append((point, quantised, inside))
+        self.quantised.keep((point, quantised, inside), x.shape)
         return quantised + inside * (x - point)
 
     def _observed_fake_quantize(self, x: torch.Tensor, observer_on: torch.Tensor,
@@ -533,11 +560,10 @@ class KinkRecorder(TorchFunctionMode):
         needed = args[0].requires_grad  # (before an in-place detach_ clears it)
         out = func(*args, **kwargs)
         if self.recording:
-            self.detached.append(out.clone() if needed else None)
+            self.detached.keep(out.clone() if needed else None, out.shape)
             return out
-        index, self._detaches = self._detaches, self._detaches + 1
-        held = self.detached[index] if index < len(self.detached) else None
-        if held is None or held.shape != out.shape:  # not a stop-gradient (or another path)
+        held = self.detached.take(out.shape)
+        if held is None:  # not a stop-gradient (or another path)
             return out
         if out is args[0]:  # detach_(): the tensor itself holds the value
             return out.copy_(held)
@@ -550,23 +576,20 @@ class KinkRecorder(TorchFunctionMode):
         each such floating result (in-place calls aside: they write where they write);
         the numerical passes, run with gradients on when there are any (so the forward's
         own switches tell), get the n-th back."""
-        name = getattr(func, "__name__", "")
         if not (isinstance(out, torch.Tensor) and out.is_floating_point()) or (
-                name.endswith("_") and not name.endswith("__")) or name == "__setitem__":
+                _writes_in_place(getattr(func, "__name__", ""), {})):
             return out
         if self.recording:
-            self.no_grad_held.append(out.detach().clone())
+            self.no_grad_held.keep(out.detach().clone(), out.shape)
             return out
-        index, self._no_grads = self._no_grads, self._no_grads + 1
-        held = self.no_grad_held[index] if index < len(self.no_grad_held) else None
-        if held is None or held.shape != out.shape:
-            return out
-        return held.clone()
+        held = self.no_grad_held.take(out.shape)
+        return out if held is None else held.clone()
 
     def reset(self) -> None:
         self.parts.clear()
         self._narrowed.clear()
-        self._detaches = self._no_grads = self._quants = 0
+        for held in (self.detached, self.no_grad_held, self.quantised):
+            held.rewind()
 
     def fingerprint(self) -> torch.Tensor | None:
         """One float64 0-d tensor for all the recorded patterns (on the first one's device),
@@ -955,7 +978,7 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                     buffers[name].copy_(owner._buffers[attr])
             with _attributes([(module, "training", False) for module, _ in power]):
                 report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
-            held = sum(value is not None for value in kinks.detached)
+            held = sum(value is not None for value, _ in kinks.detached.kept)
             if held:
                 notes.append(f"{held} detach() result(s) of the forward (stop-gradients) are held "
                              "at the analytic pass's values in the finite differences, as "
