@@ -952,30 +952,37 @@ def test_a_stepwise_accuracy_gap_without_a_recorded_batch_says_so_once():
     assert codes.count("accuracy_gap.skipped") == 1 and "callback.error" not in codes, codes
 
 
-def test_a_layer_unfrozen_or_frozen_mid_run_is_watched_as_it_trains():
-    """Gradual unfreezing: the layer frozen when watch() was called gets update ratios and
-    histograms once it trains (the tracked tensors were fixed at watch()); frozen again, it
-    is left out (its None gradient read as zeros raised gradients.vanishing)."""
+def train_with_freezing(callbacks, trainable_from):
+    """16 steps of a 2-layer net (16 inputs: 4x4 filters) whose first layer trains from the
+    steps ``trainable_from`` names (step -> requires_grad, 0 = as watch() finds it); the
+    watcher (closed) and its MemoryOutput."""
     torch.manual_seed(0)
-    x, y = torch.randn(128, 16), torch.randint(0, 3, (128,))  # (16 inputs: 4x4 filters)
+    x, y = torch.randn(128, 16), torch.randint(0, 3, (128,))
     model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    model[0].requires_grad_(False)
+    model[0].requires_grad_(trainable_from.get(0, True))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     mem = MemoryOutput()
     w = watch(model, opt, nn.CrossEntropyLoss(), progress=False, outputs=[mem],
-              callbacks=[UpdateRatioMonitor(every=1, budget=None),
-                         HistogramMonitor(every=1, budget=None)])
+              callbacks=callbacks)
     for step, i in enumerate(list(range(0, 128, 16)) * 2):
-        if step == 2:
-            model[0].requires_grad_(True)  # unfrozen
-        if step == 10:
-            model[0].requires_grad_(False)  # frozen again
+        if step in trainable_from:
+            model[0].requires_grad_(trainable_from[step])
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x[i:i + 16]), y[i:i + 16])
         loss.backward()
         w.loss(loss, y[i:i + 16])
         opt.step()
     w.close()
+    return w, mem
+
+
+def test_a_layer_unfrozen_or_frozen_mid_run_is_watched_as_it_trains():
+    """Gradual unfreezing: the layer frozen when watch() was called gets update ratios and
+    histograms once it trains (the tracked tensors were fixed at watch()); frozen again, it
+    is left out (its None gradient read as zeros raised gradients.vanishing)."""
+    w, mem = train_with_freezing([UpdateRatioMonitor(every=1, budget=None),
+                                  HistogramMonitor(every=1, budget=None)],
+                                 {0: False, 2: True, 10: False})
     ratios = mem.scalars_log["update_ratio/0.weight"]
     assert ratios and min(s for s, _ in ratios) == 2 and max(s for s, _ in ratios) == 9
     assert {s for s, _ in mem.histograms["weights/0.weight"]} == set(range(2, 10))
@@ -986,21 +993,6 @@ def test_a_layer_unfrozen_or_frozen_mid_run_is_watched_as_it_trains():
 def test_first_layer_filters_pause_while_that_layer_is_frozen():
     """FilterImages keeps its layer; frozen mid-run, the layer is not tracked and its
     images pause (a KeyError disabled FilterImages before)."""
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 16), torch.randint(0, 3, (128,))  # (16 inputs: 4x4 filters)
-    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    mem = MemoryOutput()
-    w = watch(model, opt, nn.CrossEntropyLoss(), progress=False, outputs=[mem],
-              callbacks=[FilterImages(every=4)])
-    for step, i in enumerate(list(range(0, 128, 16)) * 2):
-        if step == 10:
-            model[0].requires_grad_(False)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x[i:i + 16]), y[i:i + 16])
-        loss.backward()
-        w.loss(loss, y[i:i + 16])
-        opt.step()
-    w.close()
+    w, mem = train_with_freezing([FilterImages(every=4)], {10: False})
     assert max(s for s, _ in mem.images["filters/0.weight"]) < 10
     assert "callback.error" not in [a.code for a in w.monitor.alerts.history]
