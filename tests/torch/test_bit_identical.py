@@ -59,6 +59,16 @@ def assert_bitwise_equal(a, b):
     assert a["training"] == b["training"]
 
 
+def train_step(model, opt, criterion, watcher, xb, yb):
+    """One step of a conventional loop, reporting the loss to ``watcher`` (None: bare)."""
+    loss = criterion(model(xb), yb)
+    if watcher is not None:
+        watcher.loss(loss, yb)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def existing_loop(watched: bool, epochs=2):
     (xt, yt), (xv, yv) = data()
     model, opt = make()
@@ -77,12 +87,7 @@ def existing_loop(watched: bool, epochs=2):
         model.train()
         for idx in np.array_split(order.permutation(len(xt)), 8):
             idx = torch.as_tensor(idx)
-            loss = criterion(model(xt[idx]), yt[idx])
-            if w is not None:
-                w.loss(loss, yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(model, opt, criterion, w, xt[idx], yt[idx])
         model.eval()
         with torch.no_grad():
             val_acc = float((model(xv_t).argmax(1) == yv_t).float().mean())
@@ -165,12 +170,7 @@ def test_extra_forwards_leave_every_random_state_and_in_place_writes_as_training
                   raise_errors=True) if watched else None
         for _ in range(3):
             for idx in torch.arange(48).split(8):
-                loss = criterion(model(xt[idx]), yt[idx])
-                if w is not None:
-                    w.loss(loss, yt[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                train_step(model, opt, criterion, w, xt[idx], yt[idx])
             if w is not None:
                 w.epoch_end()
         if w is not None:
