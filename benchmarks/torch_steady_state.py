@@ -77,18 +77,28 @@ def main() -> None:
     steps = len(work.batches) * len(range(work.epochs)[STEADY_EPOCHS])
     for variant in VARIANTS:  # warm-up
         run(work, variant)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    # each round: bare, v1, bare, v2, bare, v3, bare (the order of v1..v3 alternating); a
+    # variant's run is compared with the mean of the bare runs on either side of it
+    watched = VARIANTS[1:]
+    diffs: dict[str, list[float]] = {v: [] for v in watched}
+    ratios: dict[str, list[float]] = {v: [] for v in watched}
     for i in range(args.runs):
-        for variant in (VARIANTS if i % 2 else VARIANTS[::-1]):
-            times[variant].append(run(work, variant))
-    bare = statistics.median(times["bare"])
-    print(f"digits CNN, {steps} steady steps a run, median of {args.runs} interleaved runs")
-    for variant in VARIANTS:
-        median = statistics.median(times[variant])
-        q1, _, q3 = statistics.quantiles(times[variant], n=4)
-        print(f"  {variant:18s} {median * 1e3:7.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
-              f"x{median / bare:.3f}  {(median - bare) / steps * 1e6:+6.2f} µs a step")
-
+        bare = run(work, "bare")
+        for variant in (watched if i % 2 else watched[::-1]):
+            t = run(work, variant)
+            after = run(work, "bare")
+            reference = (bare + after) / 2
+            diffs[variant].append((t - reference) / steps * 1e6)
+            ratios[variant].append(t / reference)
+            bare = after
+    print(f"digits CNN, {steps} steady steps a run, {args.runs} rounds; per variant, the "
+          "median [quartiles] of its run's difference to the mean of the bare runs just "
+          "before and after it (the machine's speed drifts between minutes: a median of the "
+          "times themselves would mix its phases)")
+    for variant in watched:
+        q1, median, q3 = statistics.quantiles(diffs[variant], n=4)
+        print(f"  {variant:18s} {median:+7.2f} µs a step [{q1:+.2f}, {q3:+.2f}]  "
+              f"x{statistics.median(ratios[variant]):.3f}")
 
 if __name__ == "__main__":
     main()

@@ -744,6 +744,26 @@ def test_the_model_carries_forward_hooks_only_on_steps_whose_batch_is_read():
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
 
 
+def test_the_optimizer_carries_the_step_pre_hook_only_on_steps_a_callback_is_awake_for():
+    """An update ratio every 4 steps wakes on steps 0, 4, 8, ...: only then does the
+    optimizer carry trainwatch's step pre-hook (its backward_end and step_begin); on the
+    quiet steps only the post-hook counts the step. The measured steps are the same."""
+    pre_hooks = []
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mem = MemoryOutput()
+    w = watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+              callbacks=[UpdateRatioMonitor(every=4, budget=None)])
+    loop(model, opt, w, epochs=2, on_batch=lambda: pre_hooks.append(
+        len(opt._optimizer_step_pre_hooks)))  # 16 steps
+    assert pre_hooks == [int(step % 4 == 0) for step in range(16)]
+    assert len(opt._optimizer_step_post_hooks) == 1
+    ratio_steps = [s for s, _ in mem.scalars_log["update_ratio/0.weight"]]
+    assert ratio_steps == [0, 4, 8, 12]
+    w.close()
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
 def test_sleeping_callbacks_and_idle_forward_hooks_write_what_every_step_dispatch_writes(
         monkeypatch):
     """With callbacks asleep between their steps and the model's forward hooks attached only

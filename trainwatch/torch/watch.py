@@ -92,10 +92,9 @@ class Watcher:
         self._predictions: Any = None
         # (copy-safe hooks: copy.deepcopy(model) or torch.save(model) while watched works,
         # and the copy is not watched)
-        self._handles = [
-            optimizer.register_step_pre_hook(CopySafeHook(self._step_pre)),
-            optimizer.register_step_post_hook(CopySafeHook(self._step_post)),
-        ]
+        self._post_handle = optimizer.register_step_post_hook(CopySafeHook(self._step_post))
+        self._step_pre_hook = CopySafeHook(self._step_pre)
+        self._pre_handle: Any = None  # attached for the steps a callback is awake for
         self._forward_hooks = (CopySafeHook(self._forward_pre), CopySafeHook(self._forward_post))
         self._forward_handles: list[Any] = []  # attached for the steps that read the batch
         self._quiet = False  # no callback awake this step: the hooks only count the step
@@ -108,10 +107,19 @@ class Watcher:
     # -- hooks -----------------------------------------------------------------------------------
 
     def _follow_schedule(self) -> None:
-        """Attach the model's forward hooks for a step whose batch a callback reads, and
-        remove them for the others (a module with hooks takes torch's slower call path)."""
+        """Attach the optimizer's step pre-hook for a step a callback is awake for and the
+        model's forward hooks for a step whose batch a callback reads; remove them for the
+        others (on a quiet step only the post-hook runs, to count it; a module with hooks
+        takes torch's slower call path)."""
         callbacks = self.monitor.callbacks
         self._quiet = callbacks.quiet and not self._closed
+        if self._quiet and self._pre_handle is not None:
+            self._pre_handle.remove()
+            self._pre_handle = None
+            state = self.monitor.state  # (no batch_begin on quiet steps: nothing to hold)
+            state.inputs = state.targets = state.predictions = None
+        elif not self._quiet and self._pre_handle is None and not self._closed:
+            self._pre_handle = self.optimizer.register_step_pre_hook(self._step_pre_hook)
         needed = callbacks.batch_needed
         if needed and not self._forward_handles:
             pre, post = self._forward_hooks
@@ -160,7 +168,7 @@ class Watcher:
         return None
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._quiet or self._closed:
+        if self._closed:
             return
         if not self._in_step:
             self._open_batch(None)
@@ -190,8 +198,6 @@ class Watcher:
                 loss.numel() == 1):
             # a step no callback is awake for: the loss for on_losses and the epoch's mean
             value = loss.item() if self._read_losses else loss.detach()
-            state = self.monitor.state
-            state.inputs = state.targets = None
             self.monitor.loss_computed(value)
             self._keep(value)
             return loss
@@ -305,9 +311,10 @@ class Watcher:
         try:
             self.monitor.train_end(exception)
         finally:
-            for handle in self._handles:
-                handle.remove()
-            self._handles = []
+            self._post_handle.remove()
+            if self._pre_handle is not None:
+                self._pre_handle.remove()
+                self._pre_handle = None
             self._remove_forward_hooks()
             self.backend.remove_hooks()
 
