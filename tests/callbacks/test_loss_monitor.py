@@ -360,3 +360,35 @@ def test_losses_on_an_accelerator_are_read_in_one_transfer_per_batch(monkeypatch
     assert results[True][2] == [1]  # LossMonitor's losses are floats already: no read
     # step 0, steps 1-16, 17-32, and 33-39 at the end
     assert results[False][2] == [2, 16, 16, 7]
+
+
+def test_a_steps_later_losses_are_checked_for_nan_only():
+    """Several losses in one step (accumulated batches; a closure LBFGS re-evaluates at
+    moved parameters, where a trial point may be far off): the rules and the initial-loss
+    check take each step's first loss, so a re-evaluation 30x the loss raises no divergence
+    and does not stand for the initial loss; a NaN among them still stops training."""
+    import trainwatch as tw
+    from trainwatch import nn as twnn
+
+    def run(later):
+        model = twnn.Sequential([twnn.Dense(4, 3)], seed=0)
+        monitor = LossMonitor(every=2, warmup=2, expected_initial_loss=2.3)
+        mon = tw.Monitor(model, loss=twnn.SoftmaxCrossEntropy(), optimizer=twnn.SGD(model, lr=0.1),
+                         callbacks=[monitor], progress=False, raise_errors=True)
+        with mon.run():
+            for k in range(30):
+                mon.batch_begin(np.zeros((2, 4)), np.zeros(2, dtype=int))
+                mon.loss_computed(2.3 * 0.98 ** k)
+                for value in later(k):
+                    mon.loss_computed(value)
+                mon.step_end()
+                if mon.should_stop:
+                    break
+        return monitor, mon
+
+    monitor, mon = run(lambda k: [70.0, 2.2 * 0.98 ** k])
+    assert monitor.initial_loss == 2.3 and monitor._n == 30
+    assert not mon.alerts.history
+    monitor, mon = run(lambda k: [math.nan] if k == 12 else [70.0])
+    assert [(a.code, a.step) for a in mon.alerts.history] == [("loss.nonfinite", 12)]
+    assert mon.state.step == 13 and mon.state.stop_requested  # (stopped after step 12)

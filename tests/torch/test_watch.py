@@ -764,6 +764,62 @@ def test_the_optimizer_carries_the_step_pre_hook_only_on_steps_a_callback_is_awa
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 
+def test_an_lbfgs_closure_step_is_watched_like_any_other_step():
+    """``optimizer.step(closure)`` runs the forward, loss and backward inside the step (LBFGS
+    re-evaluates the closure at moved parameters). The closure's first forward is the
+    batch's, the backward's end and the step begin when the closure first returns (the
+    parameters not yet moved), so the gradient check runs on that batch, and the loss rules
+    take each step's first loss, not the re-evaluations."""
+    events, reported = [], []
+
+    class Order(Callback):
+        def on_batch_begin(self, s):
+            events.append(("batch", s.step, s.inputs is not None))
+            self.before = [p.detach().clone() for p in s.backend.model.parameters()]
+
+        def on_backward_end(self, s):
+            unmoved = all(torch.equal(a, p) for a, p in zip(self.before,
+                                                             s.backend.model.parameters()))
+            events.append(("backward_end", s.step, unmoved))
+
+        def on_step_begin(self, s):
+            events.append(("step_begin", s.step))
+
+        def on_step_end(self, s):
+            events.append(("step_end", s.step))
+
+    model = small_cnn()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=4)
+    (xt, yt), _ = data()
+    criterion = nn.CrossEntropyLoss()
+    mem, losses = MemoryOutput(), LossMonitor()
+    w = watch(model, opt, criterion, outputs=[mem], progress=False, callbacks=[
+        Order(), losses, GradientCheck(every=3, warmup_steps=1, budget=None)])
+    for start in range(0, 6 * 32, 32):
+        xb, yb = xt[start:start + 32], yt[start:start + 32]
+
+        def closure(xb=xb, yb=yb):
+            opt.zero_grad()
+            loss = criterion(model(xb), yb)
+            reported.append((w.step, loss.item()))
+            w.loss(loss, yb)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    w.close()
+    assert len(reported) > 6  # LBFGS re-evaluated the closure within steps
+    for step in range(6):
+        assert [e for e in events if e[1] == step] == [
+            ("batch", step, True), ("backward_end", step, True), ("step_begin", step),
+            ("step_end", step)]
+    assert [s for s, _ in mem.scalars_log["gradcheck/passed"]] == [1, 4]
+    assert all(v == 1.0 for _, v in mem.scalars_log["gradcheck/passed"])
+    assert not [a for a in w.monitor.alerts.history if a.code.startswith(("gradcheck", "loss"))]
+    assert losses.initial_loss == reported[0][1]  # the first loss, not a re-evaluation
+    assert len(opt._optimizer_step_pre_hooks) == len(opt._optimizer_step_post_hooks) == 0
+
+
 def test_sleeping_callbacks_and_idle_forward_hooks_write_what_every_step_dispatch_writes(
         monkeypatch):
     """With callbacks asleep between their steps and the model's forward hooks attached only

@@ -83,12 +83,13 @@ class LossMonitor(Callback):
     It takes in the losses as the Monitor hands them over (:meth:`on_losses`: in batches of
     up to 100 steps or 1 s, a non-finite float and the first loss at once, so on the CPU a
     NaN is judged on its own step) and sleeps otherwise: its batch hooks run on the first
-    step and the tensor-check steps only. The losses go into a ring buffer, each
-    ``every``-th step's rules evaluated. On an accelerator (``backend.host_reads_cheap``
-    False) the losses stay on the device and each batch is read in one transfer, so a NaN
-    loss is seen (and training stopped) up to 100 steps or about 1 s later, and the alert
-    says so: by then NaN/Inf may have spread to other tensors. Every ``every`` steps it
-    evaluates the rules and writes:
+    step and the tensor-check steps only. Each step's first loss goes into a ring buffer
+    (a step's later losses, of accumulated batches or of a closure's re-evaluations as LBFGS
+    makes, are judged for NaN/Inf only), each ``every``-th step's rules evaluated. On an
+    accelerator (``backend.host_reads_cheap`` False) the losses stay on the device and each
+    batch is read in one transfer, so a NaN loss is seen (and training stopped) up to 100
+    steps or about 1 s later, and the alert says so: by then NaN/Inf may have spread to
+    other tensors. Every ``every`` steps it evaluates the rules and writes:
 
     * ``loss/train_log10``: log10 of the batch loss (learning curves read straighter on a log
       scale; positive losses only);
@@ -186,7 +187,8 @@ class LossMonitor(Callback):
         # reductions on a few hundred values cost 5x more than the same sums on a list.
         self._size = size
         self._buf = [0.0] * (2 * size)
-        self._n = 0  # finite losses seen
+        self._n = 0  # finite losses taken in (each step's first)
+        self._last_step = -1  # the step of the last loss taken in
         self._ema = math.nan
         self._min = math.inf
         self._min_step = 0
@@ -252,12 +254,18 @@ class LossMonitor(Callback):
         if self._nonfinite_seen:
             return
         buf, size, every, smoothing = self._buf, self._size, self.every, self.smoothing
-        n, ema, low, high = self._n, self._ema, self._min, self._max
+        n, ema, low, high, last = self._n, self._ema, self._min, self._max, self._last_step
         for step, v in zip(steps, values):
             if v - v != 0.0:  # NaN or ±inf
                 self._n, self._ema, self._min, self._max = n, ema, low, high
                 self._nonfinite(state, step, v, None)
                 return
+            if step == last:
+                # a step's later losses (accumulated batches; a closure's re-evaluations at
+                # the moved parameters, as LBFGS makes): judged for NaN/Inf only, the rules
+                # take each step's first loss, its loss where the step began
+                continue
+            last = step
             i = n % size
             buf[i] = buf[i + size] = v
             n += 1
@@ -275,7 +283,7 @@ class LossMonitor(Callback):
                     self._check_initial(state, v)
                 if analysed:
                     self._analyse(state, step, v)
-        self._n, self._ema, self._min, self._max = n, ema, low, high
+        self._n, self._ema, self._min, self._max, self._last_step = n, ema, low, high, last
 
     def on_backward_end(self, state: RunState) -> None:
         every = self.check_tensors_every

@@ -84,6 +84,7 @@ class Watcher:
         self._in_step = False
         self._epoch_open = False
         self._backward_reported = False
+        self._closure_pending = False  # a step(closure) whose closure has not returned yet
         self._targets_reported = False
         self._losses: list[Any] = []  # this epoch's reported losses (detached), summed lazily
         self._loss_partial: list[Any] = []  # partial sums of 1024 losses each
@@ -167,9 +168,33 @@ class Watcher:
             self._predictions = output
         return None
 
-    def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _step_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> Any:
         if self._closed:
-            return
+            return None
+        # (args are step()'s own: the optimizer first, then the closure if positional)
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is None:
+            self._announce_step()
+            return None
+        # optimizer.step(closure) (LBFGS): the batch's forward, loss and backward run inside
+        # the step, in the closure; the step is announced when the closure first returns
+        # (gradients ready, the parameters not yet moved), so the closure's first forward is
+        # the batch's, as in any other step
+        self._closure_pending = True
+
+        def closure_then_announce() -> Any:
+            loss = closure()
+            if self._closure_pending and not self._closed:
+                self._announce_step()
+            return loss
+
+        if len(args) > 1:
+            return (args[0], closure_then_announce, *args[2:]), kwargs
+        return args, {**kwargs, "closure": closure_then_announce}
+
+    def _announce_step(self) -> None:
+        """The backward's end (unless announced already) and the step's beginning."""
+        self._closure_pending = False
         if not self._in_step:
             self._open_batch(None)
         if not self._backward_reported:
@@ -180,6 +205,8 @@ class Watcher:
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
+        if self._closure_pending:  # (an optimizer that never called its closure)
+            self._announce_step()
         self.monitor.step_end()
         self._in_step = False
         if not (self._quiet and self.monitor.callbacks.quiet):  # (else nothing changed)
