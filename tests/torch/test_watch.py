@@ -820,6 +820,43 @@ def test_an_lbfgs_closure_step_is_watched_like_any_other_step():
     assert len(opt._optimizer_step_pre_hooks) == len(opt._optimizer_step_post_hooks) == 0
 
 
+def test_tensors_another_optimizer_trains_are_not_called_frozen():
+    """Two optimizers on one model (Muon-style: one for the matrices, one for the rest),
+    one watched: the other's tensors do not move in the watched step, but they move between
+    checks, so they get no ratio and no ``frozen`` alert; a tensor no optimizer holds still
+    does, and the alert says the watched optimizer lacks it."""
+    def run(other_steps):
+        model = small_cnn()
+        matrices = [p for p in model.parameters() if p.ndim >= 2]
+        rest = [p for n, p in model.named_parameters() if p.ndim < 2 and n != "8.bias"]
+        watched_opt = torch.optim.SGD(matrices, lr=0.05, momentum=0.9)
+        other = torch.optim.Adam(rest, lr=1e-3)
+        mem = MemoryOutput()
+        w = watch(model, watched_opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+                  callbacks=[UpdateRatioMonitor(every=2, budget=None)])
+
+        def step_the_other():
+            if other_steps:
+                other.step()
+                other.zero_grad()
+
+        loop(model, watched_opt, w, epochs=2, on_batch=step_the_other)
+        w.close()
+        frozen = {a.tensor for a in w.monitor.alerts.history if a.code == "update_ratio.frozen"}
+        return mem, frozen, w.monitor.alerts.history
+
+    mem, frozen, history = run(other_steps=True)
+    assert frozen == {"8.bias"}  # in no optimizer
+    alert = next(a for a in history if a.tensor == "8.bias")
+    assert "the watched optimizer does not hold it" in alert.message
+    # (BatchNorm's weight, the other optimizer's: 0 at the first check, before it could
+    # be seen moving, then no ratio)
+    assert [s for s, _ in mem.scalars_log["update_ratio/1.weight"]] == [0]
+    assert len(mem.scalars_log["update_ratio/0.weight"]) == 8
+    _, frozen, _ = run(other_steps=False)  # nobody trains the rest: frozen, all of them
+    assert frozen == {"0.bias", "1.weight", "6.bias", "8.bias"}  # (1.bias: all zeros)
+
+
 def test_sleeping_callbacks_and_idle_forward_hooks_write_what_every_step_dispatch_writes(
         monkeypatch):
     """With callbacks asleep between their steps and the model's forward hooks attached only

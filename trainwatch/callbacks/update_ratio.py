@@ -115,6 +115,10 @@ class _Track:
     firing: str | None = None
     frozen: Streak = field(default_factory=Streak)  # checks with ‖Δθ‖ = 0
     zero: Streak = field(default_factory=Streak)  # checks with ‖θ‖ = 0
+    #: for a tensor the watched optimizer does not hold: ‖θ‖ at the last check (moved since:
+    #: another optimizer trains it, its ratio is not this step's to measure), and whether so
+    last_weight: float = math.nan
+    elsewhere: bool = False
     #: the tensor's tags: weight, gradient and update norms, ratio, log10 ratio
     tags: tuple[str, ...] = ()
 
@@ -233,6 +237,7 @@ class UpdateRatioMonitor(Callback):
         self._measuring = False
         self._reported: set[tuple[str, str | None]] = set()
         self._all_frozen = Streak()  # checks where no tensor changed
+        self._outside: set[str] = set()  # tensors the watched optimizer does not hold
 
     # -- results ------------------------------------------------------------------------------
 
@@ -319,10 +324,13 @@ class UpdateRatioMonitor(Callback):
         frozen: list[str] = []
         updated: list[str] = []
         still_zero = 0  # tensors that are all zeros and did not move either
+        outside = self._outside = state.backend.not_in_optimizer()
         for name, n in norms.items():
             if self._skipped(name):
                 continue
             track = self._track(name)
+            if name in outside and self._trained_elsewhere(state, step, name, n, track):
+                continue
             first = track.measured == 0
             track.measured += 1
             self.latest[name] = n
@@ -372,6 +380,24 @@ class UpdateRatioMonitor(Callback):
         if high is not None:
             values[f"{LOG10_PREFIX}band_high"] = math.log10(high)
         state.writer.scalars(values, step)
+
+    def _trained_elsewhere(self, state: RunState, step: int, name: str, n: TensorNorms,
+                           track: _Track) -> bool:
+        """For a tensor the watched optimizer does not hold: whether another optimizer trains
+        it (‖θ‖ moved since the last check, although not in the watched step). Its update
+        then happens outside the measured step, so it has no ratio here; one that never
+        moves is judged as any other (frozen: missing from every optimizer)."""
+        before, track.last_weight = track.last_weight, n.weight
+        if n.update != 0.0 or not math.isfinite(before) or n.weight == before:
+            track.elsewhere = False
+            return False
+        if not track.elsewhere:
+            track.elsewhere = True
+            track.frozen.update(False, step)
+            self._report(state, "update_ratio.frozen", name, False, step, lambda: {
+                "message": f"{name} is trained by another optimizer (‖θ‖ moved between "
+                           "checks, outside the watched optimizer's steps)"})
+        return True
 
     def _overridden(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in self.overrides)
@@ -485,6 +511,12 @@ class UpdateRatioMonitor(Callback):
                           "(.detach(), a stop-gradient, an unused branch) or every unit it "
                           "feeds is dead (ReLU outputs all zero, often after a too-high "
                           "learning rate)")
+        elif name in self._outside:
+            why = (f"although its gradient norm is {n.grad:.3g}: the watched optimizer does "
+                   "not hold it, and nothing else moved it")
+            suggestion = ("add it to the optimizer (built from part of the model, or before "
+                          "this module was created?); if it is frozen on purpose, "
+                          f"requires_grad_(False) or exclude=[{name!r}]")
         else:
             why = f"although its gradient norm is {n.grad:.3g}"
             suggestion = ("the optimizer does not update it: is it in the optimizer's "

@@ -166,6 +166,12 @@ class Backend(ABC):
         :meth:`Callback.read_at_step_end`."""
         return {name: (n.weight, n.grad, n.update) for name, n in self.end_update().items()}
 
+    def not_in_optimizer(self) -> set[str]:
+        """Names of the tensors measured by :meth:`end_update` that the watched optimizer
+        does not hold (another optimizer may train them, or none); empty when it holds them
+        all or is not known (the default)."""
+        return set()
+
     @abstractmethod
     def first_nonfinite(self) -> str | None:
         """Name of the first parameter or gradient tensor holding NaN/Inf

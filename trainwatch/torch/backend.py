@@ -470,6 +470,13 @@ class TorchBackend(Backend):
         host = self.scalars_to_host([v for triple in norms.values() for v in triple])
         return {n: TensorNorms(*host[3 * i:3 * i + 3]) for i, n in enumerate(norms)}
 
+    def not_in_optimizer(self) -> set[str]:
+        groups = getattr(self.optimizer, "param_groups", None)
+        if not groups:
+            return set()
+        held = {id(p) for group in groups for p in group["params"]}
+        return {n for n, p in zip(self._names, self._params) if id(p) not in held}
+
     def first_nonfinite(self) -> str | None:
         # One batched pass: a tensor holding NaN/Inf has a non-finite norm. A finite tensor
         # whose norm overflows is confirmed elementwise (only then: extra transfers).
