@@ -223,6 +223,23 @@ def test_tensor_without_gradient_is_frozen_with_that_reading(digits):
     assert "detached" in frozen[0].suggestion
 
 
+def test_tensor_with_a_negligible_gradient_is_frozen_with_that_reading(digits):
+    """A gradient ~1e-19 of the weights' norm (a bias in front of a normalisation: its true
+    gradient is 0, round-off leaves a trace) moves nothing: the alert says so, not that
+    the optimizer lacks the tensor."""
+    class TinyGrad(ZeroGrad):
+        def on_backward_end(self, state):
+            self.grad[...] = 1e-20  # (the model is float64: 0.05 * 1e-20 is lost too)
+
+    model = mlp()
+    trainer, _ = train(model, nn.SGD(model, lr=0.05), [TinyGrad(model, "fc2.weight"),
+                                                       every10()], digits, epochs=1)
+    frozen = fired(trainer, "update_ratio.frozen")
+    assert [a.tensor for a in frozen] == ["fc2.weight"]
+    assert "lost to the weights' float rounding" in frozen[0].message
+    assert "normalisation layer" in frozen[0].suggestion
+
+
 def test_optimizer_with_no_effect_is_one_alert_not_one_per_tensor(digits):
     class NoStep(nn.SGD):
         def step(self):

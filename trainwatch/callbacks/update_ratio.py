@@ -98,6 +98,11 @@ def is_bias(name: str) -> bool:
     return _BIAS.search(name) is not None
 
 
+#: ‖∇‖/‖θ‖ below which a tensor that did not move is read as getting (almost) no gradient:
+#: with a learning rate of order 1 its update is below float32's resolution of the weights
+NEGLIGIBLE_GRADIENT = 1e-6
+
+
 @dataclass
 class _Track:
     """Per-tensor state of the rules."""
@@ -511,6 +516,13 @@ class UpdateRatioMonitor(Callback):
                           "(.detach(), a stop-gradient, an unused branch) or every unit it "
                           "feeds is dead (ReLU outputs all zero, often after a too-high "
                           "learning rate)")
+        elif n.grad < NEGLIGIBLE_GRADIENT * n.weight:
+            why = (f"its gradient norm is only {n.grad:.2g} ({n.grad / n.weight:.1e} of ‖θ‖): "
+                   "an update that small is lost to the weights' float rounding")
+            suggestion = ("the tensor gets (almost) no gradient: a bias in front of a "
+                          "normalisation layer (BatchNorm, LayerNorm) has none, its shift "
+                          "is removed (set bias=False there), or the units it feeds are "
+                          f"nearly dead; if it is meant to stay, exclude=[{name!r}]")
         elif name in self._outside:
             why = (f"although its gradient norm is {n.grad:.3g}: the watched optimizer does "
                    "not hold it, and nothing else moved it")
