@@ -121,9 +121,8 @@ class _Track:
     frozen: Streak = field(default_factory=Streak)  # checks with ‖Δθ‖ = 0
     zero: Streak = field(default_factory=Streak)  # checks with ‖θ‖ = 0
     #: for a tensor the watched optimizer does not hold: ‖θ‖ at the last check (moved since:
-    #: another optimizer trains it, its ratio is not this step's to measure), and whether so
+    #: another optimizer trains it, its ratio is not this step's to measure)
     last_weight: float = math.nan
-    elsewhere: bool = False
     #: the tensor's tags: weight, gradient and update norms, ratio, log10 ratio
     tags: tuple[str, ...] = ()
 
@@ -394,14 +393,11 @@ class UpdateRatioMonitor(Callback):
         moves is judged as any other (frozen: missing from every optimizer)."""
         before, track.last_weight = track.last_weight, n.weight
         if n.update != 0.0 or not math.isfinite(before) or n.weight == before:
-            track.elsewhere = False
             return False
-        if not track.elsewhere:
-            track.elsewhere = True
-            track.frozen.update(False, step)
-            self._report(state, "update_ratio.frozen", name, False, step, lambda: {
-                "message": f"{name} is trained by another optimizer (‖θ‖ moved between "
-                           "checks, outside the watched optimizer's steps)"})
+        track.frozen.update(False, step)
+        self._report(state, "update_ratio.frozen", name, False, step, lambda: {
+            "message": f"{name} is trained by another optimizer (‖θ‖ moved between checks, "
+                       "outside the watched optimizer's steps)"})
         return True
 
     def _overridden(self, name: str) -> bool:
