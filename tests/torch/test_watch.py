@@ -1109,3 +1109,28 @@ def test_first_layer_filters_pause_while_that_layer_is_frozen():
     w, mem = train_with_freezing([FilterImages(every=4)], {10: False})
     assert max(s for s, _ in mem.images["filters/0.weight"]) < 10
     assert "callback.error" not in [a.code for a in w.monitor.alerts.history]
+
+
+def test_first_layer_filters_of_a_frozen_backbone_are_its_convolution_drawn_once():
+    """Fine-tuning a head on a frozen backbone: the first-layer picture is the backbone's
+    first convolution (drawn once: it does not change), not the trainable head, whose 64
+    inputs were drawn as 8x8 'filters' before."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(64, 3))
+    model[0].requires_grad_(False)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    mem = MemoryOutput()
+    with watch(model, opt, nn.CrossEntropyLoss(), progress=False, outputs=[mem],
+               callbacks=[FilterImages(every=4)]) as w:
+        for i in range(0, 64, 8):
+            loss = nn.functional.cross_entropy(model(x[i:i + 8]), y[i:i + 8])
+            w.loss(loss, y[i:i + 8])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert set(mem.images) == {"filters/0.weight"}
+    [(step, image)] = mem.images["filters/0.weight"]
+    assert step == 0 and image.shape[:2] == (2 * 24 + 1, 2 * 24 + 1)  # 4 grey 3x3 tiles, x8
+    assert "callback.error" not in [a.code for a in w.monitor.alerts.history]

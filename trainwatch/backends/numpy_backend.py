@@ -50,11 +50,13 @@ class NumpyBackend(Backend):
     def parameter_names(self) -> list[str]:
         return list(self.model.named_parameters())
 
-    def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    def parameters(self, names: Collection[str] | None = None, *,
+                   include_frozen: bool = False) -> dict[str, np.ndarray]:
+        # (every tensor of a trainwatch.nn model trains: include_frozen changes nothing)
         return {k: v.copy() for k, v in self.model.named_parameters().items()
                 if names is None or k in names}
 
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+    def parameter_shapes(self, *, include_frozen: bool = False) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.model.named_parameters().items()}
 
     def gradients(self) -> dict[str, np.ndarray]:

@@ -174,7 +174,9 @@ class FilterImages(Callback):
         at_start: also write the initial filters, before the first update (default True).
         at_end: also write the final filters when training ends (default True).
         layer: a layer (``"conv1"``) or parameter tensor (``"conv1.weight"``) name; None
-            (default) takes the first parameter tensor with 2 or more dimensions.
+            (default) takes the first parameter tensor with 2 or more dimensions, trainable
+            or frozen (a pretrained backbone's first convolution, not the head that
+            trains). A frozen layer is drawn once: its filters do not change.
         image_shape: ``(H, W)`` or ``(C, H, W)`` of the input, for a dense first layer (default:
             from the batch or the number of inputs, see the module docstring).
         min_size: tiles are enlarged to at least this many pixels (default 24).
@@ -220,6 +222,7 @@ class FilterImages(Callback):
         self._pending_start = self.at_start
         self._input_shape: tuple[int, ...] = ()  # the batch's, when seen
         self._last_step: int | None = None
+        self._drawn = False  # once drawn, a frozen layer is not drawn again
         self._disabled = False
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -264,17 +267,19 @@ class FilterImages(Callback):
         if self._disabled or step == self._last_step:
             return
         self._last_step = step
-        name = self.tensor or self._choose(state, state.backend.parameter_shapes())
+        backend = state.backend
+        name = self.tensor or self._choose(state, backend.parameter_shapes(include_frozen=True))
         if name is None:
             return
-        weights = state.backend.parameters(names=[name])
-        if name not in weights:  # (frozen now: the backend tracks what trains)
-            return
+        if self._drawn and name not in backend.parameter_shapes():
+            return  # frozen: the picture has not changed since it was drawn
+        weights = backend.parameters(names=[name], include_frozen=True)
         filters = self._filters(state, name, weights[name])
         if filters is None:
             return
         image = filter_grid(filters, min_size=self.min_size, max_filters=self.max_filters)
         state.writer.image(f"filters/{name}", image, step)
+        self._drawn = True
         score = smoothness(filters)
         if math.isfinite(score):
             state.writer.scalars({f"filters/{name}/smoothness": score}, step)

@@ -132,13 +132,17 @@ class Backend(ABC):
         """Names of the trainable parameter tensors, in layer order (``"conv1.weight"``)."""
 
     @abstractmethod
-    def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
-        """Host copies of the parameter tensors, keyed by name, in layer order; only
-        ``names`` when given (a GPU backend then transfers only those)."""
+    def parameters(self, names: Collection[str] | None = None, *,
+                   include_frozen: bool = False) -> dict[str, np.ndarray]:
+        """Host copies of the trainable parameter tensors, keyed by name, in layer order;
+        only ``names`` when given (a GPU backend then transfers only those); with
+        ``include_frozen``, the frozen ones too (a pretrained backbone's first layer)."""
 
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of every parameter tensor, in layer order (no data is read)."""
-        return {name: tuple(p.shape) for name, p in self.parameters().items()}
+    def parameter_shapes(self, *, include_frozen: bool = False) -> dict[str, tuple[int, ...]]:
+        """Shape of every trainable parameter tensor (with ``include_frozen``, of every
+        parameter tensor), in layer order (no data is read)."""
+        return {name: tuple(p.shape)
+                for name, p in self.parameters(include_frozen=include_frozen).items()}
 
     @abstractmethod
     def gradients(self) -> dict[str, np.ndarray]:

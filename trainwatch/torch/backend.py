@@ -377,15 +377,20 @@ class TorchBackend(Backend):
         self._follow_trainable()
         return list(self._names)
 
-    def parameters(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    def _named(self, include_frozen: bool) -> list[tuple[str, nn.Parameter]]:
+        """The tracked (trainable) parameters, or with ``include_frozen`` all of them."""
+        if include_frozen:
+            return self._all
         self._follow_trainable()
-        chosen = [(n, p) for n, p in zip(self._names, self._params)
-                  if names is None or n in names]
+        return list(zip(self._names, self._params))
+
+    def parameters(self, names: Collection[str] | None = None, *,
+                   include_frozen: bool = False) -> dict[str, np.ndarray]:
+        chosen = [(n, p) for n, p in self._named(include_frozen) if names is None or n in names]
         return dict(zip([n for n, _ in chosen], to_host([p for _, p in chosen])))
 
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        self._follow_trainable()
-        return {n: tuple(p.shape) for n, p in zip(self._names, self._params)}
+    def parameter_shapes(self, *, include_frozen: bool = False) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self._named(include_frozen)}
 
     def _grads_or_zeros(self) -> list[torch.Tensor]:
         return [torch.zeros_like(p) if p.grad is None else _dense(p.grad) for p in self._params]
