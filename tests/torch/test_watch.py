@@ -1134,3 +1134,36 @@ def test_first_layer_filters_of_a_frozen_backbone_are_its_convolution_drawn_once
     [(step, image)] = mem.images["filters/0.weight"]
     assert step == 0 and image.shape[:2] == (2 * 24 + 1, 2 * 24 + 1)  # 4 grey 3x3 tiles, x8
     assert "callback.error" not in [a.code for a in w.monitor.alerts.history]
+
+
+def test_lbfgs_update_ratios_are_written_but_not_judged_against_the_sgd_band():
+    """L-BFGS's line search takes steps of 10-40% of the weights by design: the ~1e-3 band
+    is a first-order rule of thumb, so the ratios are written and one info alert says why
+    they are not judged (update_ratio.high fired on every tensor with 'lower the learning
+    rate 140x' before); a tensor ``overrides`` names is still judged."""
+    def run(**monitor_options):
+        model = small_cnn()
+        opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+        (xt, yt), _ = data()
+        mem = MemoryOutput()
+        ratios = UpdateRatioMonitor(every=1, budget=None, patience=2, **monitor_options)
+        with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+                   callbacks=[ratios]) as w:
+            for start in range(0, 8 * 32, 32):
+                xb, yb = xt[start:start + 32], yt[start:start + 32]
+
+                def closure(xb=xb, yb=yb):
+                    opt.zero_grad()
+                    loss = nn.functional.cross_entropy(model(xb), yb)
+                    w.loss(loss, yb)
+                    loss.backward()
+                    return loss
+
+                opt.step(closure)
+        return mem, [a.code for a in w.monitor.alerts.history]
+
+    mem, codes = run()
+    assert max(v for _, v in mem.scalars_log["update_ratio/6.weight"]) > 0.05  # far above 1e-2
+    assert codes == ["update_ratio.band_not_applied"], codes
+    _, codes = run(overrides={"6.weight": (1e-4, 1e-2)})
+    assert codes.count("update_ratio.band_not_applied") == 1 and "update_ratio.high" in codes

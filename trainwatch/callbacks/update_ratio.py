@@ -146,7 +146,9 @@ class UpdateRatioMonitor(Callback):
       (L2 norms; ``update_ratio/`` holds only ratios).
 
     Alerts (warnings, once per episode per tensor): ``update_ratio.high``,
-    ``update_ratio.low``, ``update_ratio.frozen``; info: ``update_ratio.zero_weight``. See the
+    ``update_ratio.low``, ``update_ratio.frozen``; info: ``update_ratio.zero_weight``, and
+    ``update_ratio.band_not_applied`` once for an optimizer that is not first-order (L-BFGS:
+    its ratios are written, the band judges only the tensors ``overrides`` names). See the
     module docstring for the exact rules.
 
     Args:
@@ -242,6 +244,7 @@ class UpdateRatioMonitor(Callback):
         self._reported: set[tuple[str, str | None]] = set()
         self._all_frozen = Streak()  # checks where no tensor changed
         self._outside: set[str] = set()  # tensors the watched optimizer does not hold
+        self._band_applies = True  # a first-order optimizer: the band is its rule of thumb
 
     # -- results ------------------------------------------------------------------------------
 
@@ -255,6 +258,14 @@ class UpdateRatioMonitor(Callback):
     def on_train_begin(self, state: RunState) -> None:
         self._reset()
         self.budget.start(state.step)
+        if not state.backend.first_order_optimizer:
+            self._band_applies = False
+            state.alerts.fire(
+                "update_ratio.band_not_applied", "info",
+                f"the optimizer is not first-order (L-BFGS: a line search takes large steps by "
+                f"design): update ratios are written, but judged against the band "
+                f"{self.band} (a rule of thumb for SGD-like steps) only for the tensors "
+                f"`overrides` names", state.step)
         state.writer.layout({"update_ratio": {
             "all tensors, log10 (band lines: band_low, band_high)": (
                 "Multiline", [r"^update_ratio_log10/"]),
@@ -301,7 +312,8 @@ class UpdateRatioMonitor(Callback):
     def _track(self, name: str) -> _Track:
         track = self._tracks.get(name)
         if track is None:
-            band, judged = self.band, self.include_biases or not is_bias(name)
+            band = self.band
+            judged = self._band_applies and (self.include_biases or not is_bias(name))
             for pattern, b in self.overrides.items():
                 if fnmatch.fnmatchcase(name, pattern):
                     band, judged = b, True
@@ -372,7 +384,8 @@ class UpdateRatioMonitor(Callback):
                 # The tensor was exactly zero before this step (Δθ is all of θ): the ratio is
                 # 1 by construction and says nothing about the learning rate.
                 if first:  # zero-initialised: judged like a bias
-                    track.judged = self.include_biases or self._overridden(name)
+                    track.judged = ((self._band_applies and self.include_biases)
+                                    or self._overridden(name))
                 continue
             self._absorb(track, math.log10(ratio))
             if track.judged:

@@ -120,6 +120,13 @@ class Backend(ABC):
         ``"sigmoid_bce"`` or ``"mse"``; None when unknown."""
         return None
 
+    @property
+    def first_order_optimizer(self) -> bool:
+        """Whether the optimizer takes first-order steps (SGD, momentum, Adam and their kin),
+        the steps KNOWLEDGE's ~1e-3 update-to-weight ratio is a rule for; False for a
+        quasi-Newton method such as L-BFGS, whose line search takes large steps by design."""
+        return True
+
     def expected_initial_loss(self, num_classes: int) -> float | None:
         """The loss expected with small random weights and no regularisation (KNOWLEDGE §2:
         ln C for softmax over C classes, C − 1 for the multiclass SVM); None when unknown."""

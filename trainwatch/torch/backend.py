@@ -353,6 +353,10 @@ class TorchBackend(Backend):
         return loss_kind(self.loss_fn)
 
     @property
+    def first_order_optimizer(self) -> bool:
+        return not isinstance(self.optimizer, torch.optim.LBFGS)
+
+    @property
     def device(self) -> torch.device:
         """The device of the model's parameters."""
         return self._device
