@@ -1014,15 +1014,27 @@ class CausalAttention(nn.Module):
         return self.out(self.att(x, x, x, attn_mask=attn_mask, need_weights=False)[0].mean(1))
 
 
-@pytest.mark.parametrize("case", ["sequence first", "shared mask"])
+class SequenceFirstWeighted(SequenceFirst):
+    """Sequence-first inputs and a per-example weight: a forward of several arguments."""
+
+    def forward(self, x, weight):
+        return super().forward(x) * weight[:, None]
+
+
+@pytest.mark.parametrize("case", ["sequence first", "sequence first, two arguments",
+                                  "shared mask"])
 def test_gradient_checks_find_the_examples_of_a_batch(case):
     """Sequence-first inputs are cut along dim 1, where the targets' batch is (dim 0 cut time
-    steps against 3 examples of targets), and a shared (T, T) mask is left whole (it was cut
-    to (3, T)): the checks run and pass instead of raising."""
+    steps against 3 examples of targets), also among a forward's several arguments, and a
+    shared (T, T) mask is left whole (it was cut to (3, T)): the checks run and pass instead
+    of raising."""
     torch.manual_seed(0)
     if case == "sequence first":
         model, x = SequenceFirst(), torch.randn(5, 8, 4)
         forward = model
+    elif case == "sequence first, two arguments":
+        model, x, weight = SequenceFirstWeighted(), torch.randn(5, 8, 4), torch.rand(8) + 0.5
+        forward = lambda x: model(x, weight)  # noqa: E731
     else:
         model, x = CausalAttention(), torch.randn(8, 5, 8)
         mask = nn.Transformer.generate_square_subsequent_mask(5)

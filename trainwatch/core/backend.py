@@ -324,7 +324,8 @@ class Backend(ABC):
         loss); a 0-d value or a non-array as it is. With the batch's ``size`` (the targets'
         :func:`batch_length`), an array whose dim 0 is another length is cut along dim 1
         where that is the batch (a sequence-first RNN's ``(T, N, F)`` inputs), else left
-        whole (a shared mask)."""
+        whole (a shared mask). (The torch backend cuts a forward's several arguments, a
+        ``ForwardInputs``, by this rule too.)"""
         if isinstance(batch, (tuple, list)):
             items = [Backend.first_examples(b, n, size) for b in batch]
             return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)

@@ -26,6 +26,7 @@ from trainwatch.core.backend import (
     Backend,
     LayerInfo,
     TensorNorms,
+    batch_length,
 )
 from trainwatch.outputs.base import HistogramData
 from trainwatch.torch.inputs import ForwardInputs, map_arrays
@@ -516,6 +517,15 @@ class TorchBackend(Backend):
         if isinstance(x, (ForwardInputs, torch.Tensor)):  # (each tensor or array argument)
             return map_arrays(_host_copy, x)
         return np.array(x, copy=True)
+
+    @staticmethod
+    def first_examples(batch: Any, n: int, size: int | None = None) -> Any:
+        if isinstance(batch, ForwardInputs):  # (its arguments cut as a tuple's items are)
+            if size is None:  # (the first tensor argument's dim 0; None without one)
+                size = batch_length((*batch.args, *batch.kwargs.values()))
+            return ForwardInputs(Backend.first_examples(batch.args, n, size),
+                                 Backend.first_examples(batch.kwargs, n, size))
+        return Backend.first_examples(batch, n, size)
 
     def concatenate(self, batches: Sequence[Any]) -> Any:
         if isinstance(batches[0], ForwardInputs):
