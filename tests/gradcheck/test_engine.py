@@ -403,13 +403,34 @@ def test_a_real_bug_is_not_excused_as_a_kink():
     assert report.params["w"].kinks == 0
 
 
-def test_signature_straddles_are_set_aside():
+def test_a_kink_within_both_steps_is_judged_on_the_side_that_keeps_the_pattern():
+    """Entries 1e-8 from a ReLU's kink: ±h crosses it at h and at h/10, but one side keeps
+    the checked point's pattern (the piece the gradient is of): judged one-sided there,
+    a right gradient is correct and a wrong one is caught."""
     def loss_fn(p):
         w = p["w"]
-        return float(np.sum(np.maximum(w, 0.0))), w > 0
+        return float(np.sum(np.maximum(w, 0.0) ** 2 + w)), w > 0
 
-    params = {"w": np.array([1e-8, -2e-8, 1.0, -1.0])}
-    grads = {"w": np.array([1.0, 0.0, 1.0, 0.0])}
+    w = np.array([1e-8, -2e-8, 1.0, -1.0])
+    right = 2 * np.maximum(w, 0.0) + 1.0
+    check = check_gradients(loss_fn, {"w": w}, {"w": right}).params["w"]
+    assert check.verdict == "correct" and check.kinks == 0
+    assert any("sat on a kink at the checked point" in note for note in check.notes)
+    wrong = right + np.array([0.0, 0.5, 0.0, 0.0])  # the entry just below its kink
+    check = check_gradients(loss_fn, {"w": w}, {"w": wrong}).params["w"]
+    assert check.verdict == "wrong" and check.worst_index == (1,), check
+
+
+def test_signature_straddles_are_set_aside_when_no_side_keeps_the_pattern():
+    """Exactly on a kink whose pattern has a state of its own there (``|w|`` at 0: sign 0,
+    where a subgradient takes neither side): both ±h change it, nothing is left to compare
+    (the subgradients ±0.5 are no centered difference's 0, nor either side's ±1)."""
+    def loss_fn(p):
+        w = p["w"]
+        return float(np.sum(np.abs(w))), np.sign(w)
+
+    params = {"w": np.array([0.0, 0.0, 1.0, -1.0])}
+    grads = {"w": np.array([0.5, -0.5, 1.0, -1.0])}
     report = check_gradients(loss_fn, params, grads)
     check = report.params["w"]
     assert report.passed
@@ -424,8 +445,8 @@ def test_a_tensor_whose_every_direction_crossed_a_kink_is_judged_by_its_largest_
     theta = np.linspace(-1.0, 1.0, 50)
 
     def loss_fn(p):
-        moved = p["w"] - theta
-        crossed = np.count_nonzero(moved) > 1 and moved.sum() > 0
+        moved = p["w"] - theta  # (a move of several entries changes the pattern either way)
+        crossed = np.sign(moved.sum()) if np.count_nonzero(moved) > 1 else 0.0
         return float(np.sum(p["w"] ** 3)), np.array([crossed])
 
     params = {"w": theta.copy()}

@@ -593,13 +593,20 @@ def test_planted_bugs_fail_and_name_exactly_the_wrong_tensors(make, seed):
             assert check.verdict in PASSING, (name, str(report))
 
 
-def test_kink_models_set_kinks_aside_and_count_them():
-    for make in (make_relu_kinks_signature, make_relu_kinks_no_signature, make_svm_signature,
+def test_kink_models_set_kinks_aside_or_judge_them_one_sided():
+    """Probes across a kink are set aside (counted, the tensor's verdict "kink"), or, with a
+    signature, judged one-sided where one side keeps the checked point's pattern (the SVM's
+    margins 1e-7 from the hinge: every such probe is)."""
+    for make in (make_relu_kinks_signature, make_relu_kinks_no_signature,
                  make_maxpool_signature):
         report = _run(make(), 0)
         assert report.passed
         assert sum(check.kinks for check in report.params.values()) > 0, make.__name__
         assert any(check.verdict == "kink" for check in report.params.values()), make.__name__
+    report = _run(make_svm_signature(), 0)
+    assert report.passed and all(check.verdict == "correct" for check in report.params.values())
+    assert all(any("sat on a kink at the checked point" in note for note in check.notes)
+               for check in report.params.values()), str(report)
 
 
 def test_relu_kinks_with_signature_leave_smooth_tensors_correct():

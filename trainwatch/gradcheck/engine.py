@@ -40,7 +40,13 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
 6. **Before condemning.** A probe that would be "suspicious" or "wrong" is retried at
    ``h·retry_factors`` (h=1e-4 and 1e-6 by default, KNOWLEDGE §1); the best step is kept.
 7. **Kinks.** With a signature (``loss_fn`` returns ``(loss, signature)``), a probe whose
-   signatures at θ+h and θ-h differ is retried at h/10 and otherwise set aside. Without one, a
+   signatures at θ+h and θ-h differ is retried at h/10. If it crosses the kink there too (a
+   kink at θ itself, or within h/10 of it: a zero bias under a ReLU fed a zero input) and
+   one side keeps θ's signature at both steps, the loss runs on θ's piece on that side, the
+   piece the analytic gradient is of (a signature must be the side the gradient takes at a
+   tie, or a state of its own): the probe is judged one-sided there, the quotients
+   ``±(J(θ±s)-J(θ))/s`` at s = h and h/10 extrapolated to s → 0 (Richardson). Otherwise
+   it is set aside. Without one, a
    probe that fails at every step tried is set aside when the estimates at the steps do not
    follow the smooth ``n(s) = t + c·s²`` law, or when at every step the one-sided differences
    ``(J(θ+h)-J(θ))/h`` and ``(J(θ)-J(θ-h))/h`` differ by as much as the disagreement itself
@@ -304,6 +310,8 @@ class Probe:
     one_sided_gap: float = 0.0    # |forward - backward one-sided difference|
     gap_allowance: float = 0.0
     straddled: bool = False       # signatures at θ+h and θ-h differ
+    side: int = 0                 # straddled: +1 (-1) when θ+h (θ-h) kept θ's signature
+    one_sided: float = math.nan   # that side's difference quotient, ±(J(θ±h) - J(θ)) / h
     finite: bool = True           # both evaluations finite and the step representable
     kink: bool = False            # set aside
     note: str = ""
@@ -672,9 +680,11 @@ class Session:
             return probe
         probe.numerical = (j_plus - j_minus) / (x_plus - x_minus)
         probe.allowance = self._allowance(x_plus - x_minus)
-        probe.one_sided_gap = abs((j_plus - self.loss) / up - (self.loss - j_minus) / down)
+        forward, backward = (j_plus - self.loss) / up, (self.loss - j_minus) / down
+        probe.one_sided_gap = abs(forward - backward)
         probe.gap_allowance = 3.0 * self.options.noise_factor * self.noise / min(up, down)
         probe.straddled = self._straddles(sig_plus, sig_minus)
+        self._side(probe, sig_plus, sig_minus, forward, backward)
         return probe
 
     def measure_direction(self, name: str, direction: np.ndarray, step: float,
@@ -704,10 +714,22 @@ class Session:
             return probe
         probe.numerical = (j_plus - j_minus) / (2 * step)
         probe.allowance = self._allowance(2 * step)
-        probe.one_sided_gap = abs((j_plus - self.loss) / step - (self.loss - j_minus) / step)
+        forward, backward = (j_plus - self.loss) / step, (self.loss - j_minus) / step
+        probe.one_sided_gap = abs(forward - backward)
         probe.gap_allowance = 3.0 * self.options.noise_factor * self.noise / step
         probe.straddled = self._straddles(sig_plus, sig_minus)
+        self._side(probe, sig_plus, sig_minus, forward, backward)
         return probe
+
+    def _side(self, probe: Probe, sig_plus: np.ndarray | None, sig_minus: np.ndarray | None,
+              forward: float, backward: float) -> None:
+        """For a probe that crossed a kink: the side (if one) whose signature is θ's, where
+        the loss runs on the piece autograd differentiated, and its one-sided quotient."""
+        if not probe.straddled:
+            return
+        for side, sig, quotient in ((1, sig_plus, forward), (-1, sig_minus, backward)):
+            if not self._straddles(sig, self.signature):
+                probe.side, probe.one_sided = side, quotient
 
     # -- judging ----------------------------------------------------------------------------------
 
@@ -724,9 +746,16 @@ class Session:
                 smaller.note = f"crossed a kink at h={self.h:g}, judged at h={smaller.step:g}"
                 probe = smaller
             else:
-                probe.kink = True
-                probe.note = probe.note or "crossed a kink (signature changed)"
-                return probe
+                one_sided = self._one_sided(probe, smaller)
+                if one_sided is None:
+                    probe.kink = True
+                    probe.note = probe.note or "crossed a kink (signature changed)"
+                    return probe
+                if one_sided.rel > thresholds[1] and self._noise_pending is not None:
+                    factor = thresholds[0] / self.thresholds[0]  # (as below)
+                    self._measure_noise()
+                    return self.judge(measure, tuple(t * factor for t in self.thresholds))
+                return one_sided
         if probe.rel <= thresholds[1]:
             return probe
         if self._noise_pending is not None:
@@ -751,6 +780,25 @@ class Session:
         if best is not probe:
             best.note = f"fails at every step tried ({', '.join(f'{t.step:g}' for t in tries)})"
         return best
+
+    def _one_sided(self, big: Probe, small: Probe) -> Probe | None:
+        """A probe that crossed a kink at h and at h/10 on one side only, the other side on
+        θ's piece both times (a kink at θ itself: a zero-initialised bias under a ReLU fed a
+        zero input): judged one-sided on that side, against autograd's derivative of that
+        piece. The one-sided quotients q(s) = t + c·s at the two steps give t by Richardson
+        extrapolation, t = q(h/10) − (q(h) − q(h/10))/9; the allowance adds the correction
+        itself to the round-off noise of a one-sided quotient. None where no side qualifies
+        (a kink on both sides): the probe is set aside."""
+        if not (big.finite and small.finite and big.side and big.side == small.side):
+            return None
+        correction = (big.one_sided - small.one_sided) / 9.0
+        judged = Probe(small.kind, small.index, small.step, small.analytic,
+                       small.one_sided - correction,
+                       1.2 * self._allowance(small.step) + abs(correction))
+        judged.note = (f"on a kink at θ: judged one-sided (θ{'+' if big.side > 0 else '−'}h keeps "
+                       f"θ's kink pattern, the piece autograd differentiates), extrapolated "
+                       f"from h={big.step:g} and {small.step:g}")
+        return judged
 
     def localize(self, name: str, direction: np.ndarray, failed: Probe,
                  thresholds: tuple[float, float, float]) -> Probe | None:
@@ -869,6 +917,11 @@ class Session:
             reasons = sorted({p.note for p in kinks if p.note})
             notes.append(f"{len(kinks)} of {len(probes)} probes set aside as kinks"
                          + (f" ({'; '.join(reasons)})" if reasons else ""))
+        one_sided = [p for p in checked if p.note.startswith("on a kink at θ")]
+        if one_sided:
+            notes.append(f"{len(one_sided)} probe(s) sat on a kink at the checked point: "
+                         "judged one-sided, on the side whose kink pattern is the point's "
+                         "(the piece autograd differentiates)")
         retried = [p for p in checked if p.note.startswith("failed at")]
         if retried:
             notes.append(f"{len(retried)} probe(s) disagreed at h={self.h:g} but agree at "

@@ -167,13 +167,24 @@ _KINK_NAMES = (_KINK_BASES | frozenset(b + "_" for b in _KINK_BASES if not b.end
                | frozenset(_KINK_ALIASES))
 
 
+#: in-place calls whose pattern is read from their input, before the call overwrites it
+_PATTERN_BEFORE = frozenset({"clamp_", "clip_", "clamp_min_", "clamp_max_", "abs_"})
+
+
 def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor | None:
     """Which side of its kinks a torch call's inputs are on, as a tensor (None: no kink).
 
     Covers rectifiers (sign of the input), clamps (below / inside / above), ``abs``,
     ``maximum``/``minimum``/``max``/``min`` and ``amax``/``amin`` (the winners), max-pooling
     (the winners' indices), sorting and top-k (the order), comparisons and step functions
-    (their outputs), and the hinge/L1 losses (active terms, signs)."""
+    (their outputs), and the hinge/L1 losses (active terms, signs).
+
+    An input exactly on a kink gets the side autograd differentiates there (a rectifier at
+    0: off; ``clamp`` at a bound: inside; ``hardtanh`` at a bound: clamped), or a state of its
+    own where autograd takes neither side (``abs`` and ``l1_loss`` at 0, a tie of
+    ``maximum`` or of a whole tensor's ``max``), so a probe whose one side keeps the checked
+    point's pattern can be judged one-sided there (``tests/torch/test_kink_ties.py`` holds
+    every call to this)."""
     name = _KINK_ALIASES.get(name, name)
     base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
     x = args[0] if args else None
@@ -189,35 +200,37 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
         lambd = _arg(args, kwargs, 1, "lambd", 0.5)
         return (x > lambd).to(torch.int8) - (x < -lambd).to(torch.int8)
     if base in _CLAMPS:
-        if base == "hardtanh":
-            lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
-        elif base == "relu6":
-            lo, hi = 0.0, 6.0
-        elif base == "clamp_min":
+        if base in ("hardtanh", "relu6"):  # (no gradient at the bounds: clamped there)
+            lo, hi = (0.0, 6.0) if base == "relu6" else (
+                _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0))
+            return (out <= lo).to(torch.int8) + 2 * (out >= hi).to(torch.int8)
+        if base == "clamp_min":
             lo, hi = _arg(args, kwargs, 1, "min"), None
         elif base == "clamp_max":
             lo, hi = None, _arg(args, kwargs, 1, "max")
         else:
             lo, hi = _arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")
-        side = torch.zeros(out.shape, dtype=torch.int8, device=out.device)
+        # clamp's gradient passes at the bounds: inside there (x before an in-place call,
+        # see KinkRecorder._run)
+        side = torch.zeros(x.shape, dtype=torch.int8, device=x.device)
         if lo is not None:
-            side = side + (out <= lo).to(torch.int8)
+            side = side + (x < lo).to(torch.int8)
         if hi is not None:
-            side = side + 2 * (out >= hi).to(torch.int8)
+            side = side + 2 * (x > hi).to(torch.int8)
         return side
     if base in ("hardsigmoid", "hardswish"):
         return (x > -3).to(torch.int8) + (x >= 3).to(torch.int8)
-    if base == "abs" and not inplace:
-        return x > 0
+    if base == "abs":  # (x before an in-place call; at 0 autograd takes neither side)
+        return torch.sign(x)
     if base in ("maximum", "minimum", "fmax", "fmin"):
-        return x > args[1]
+        return torch.sign(x - args[1])  # (a tie splits the gradient: a side of its own)
     if base in ("max", "min"):
         other = kwargs.get("other", args[1] if len(args) > 1 else None)
         if isinstance(other, torch.Tensor):
-            return x > other
+            return torch.sign(x - other)
         if isinstance(out, tuple):  # (values, indices) along a dim
             return out[1]
-        return x.reshape(-1).argmax() if base == "max" else x.reshape(-1).argmin()
+        return x == out  # (the whole tensor's: tied winners share the gradient)
     if base in ("amax", "amin"):
         dim = _arg(args, kwargs, 1, "dim", ())
         ref = x.amax(dim=dim, keepdim=True) if base == "amax" else x.amin(dim=dim, keepdim=True)
@@ -232,13 +245,13 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
         target = args[1]
         margin = _arg(args, kwargs, 3, "margin", 1.0)
         return margin - x.gather(1, target.reshape(-1, 1).long()) + x > 0
-    if base == "hinge_embedding_loss":
-        return _arg(args, kwargs, 2, "margin", 1.0) - x > 0
+    if base == "hinge_embedding_loss":  # (active at the margin, as autograd takes it)
+        return _arg(args, kwargs, 2, "margin", 1.0) - x >= 0
     if base == "margin_ranking_loss":
         x2, target = args[1], args[2]
-        return -target * (x - x2) + _arg(args, kwargs, 3, "margin", 0.0) > 0
+        return -target * (x - x2) + _arg(args, kwargs, 3, "margin", 0.0) >= 0
     if base == "l1_loss":
-        return x > args[1]
+        return torch.sign(x - args[1])
     return None
 
 
@@ -354,8 +367,12 @@ class KinkRecorder(TorchFunctionMode):
                 values, indices = _POOLS[name](*args, **kwargs)
                 self.parts.append(indices.detach())
                 return (values, indices) if _arg(args, kwargs, where, "return_indices") else values
-            out = self._call(func, args, kwargs)
-            pattern = out if step else kink_pattern(name, args, kwargs, out)
+            if name in _PATTERN_BEFORE:  # (the input, before the call overwrites it)
+                pattern = kink_pattern(name, args, kwargs, None)
+                out = self._call(func, args, kwargs)
+            else:
+                out = self._call(func, args, kwargs)
+                pattern = out if step else kink_pattern(name, args, kwargs, out)
             if pattern is not None:
                 self.parts.append(pattern.detach())
         if narrowed is not None:  # (what the forward meant it to be, for a later view)
@@ -827,7 +844,9 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     tracked exactly through every torch call of the forward and the loss (rectifiers,
     clamps, max/min, max-pooling, sorting, comparisons, hinge and L1 losses: see
     :func:`kink_pattern`), modules and functional code alike: a probe whose ±h evaluations
-    fall on different sides of a kink is retried at a smaller step or set aside.
+    fall on different sides of a kink is retried at a smaller step, then judged one-sided on
+    the side that keeps the checked point's pattern (a unit sitting exactly on its kink: a
+    zero bias fed a zero input), else set aside.
 
     Args:
         model: the module; it comes back untouched (parameters, buffers, ``.grad`` fields,
