@@ -324,6 +324,19 @@ def test_evaluate_touches_nothing():
     assert math.isnan(TorchBackend(model).evaluate(x, y)[0])  # no loss function
 
 
+@pytest.mark.parametrize("shape", ["(1,)", "per example"])
+def test_evaluate_takes_a_loss_of_one_element_or_one_per_example(shape):
+    """A loss of shape (1,) (``.view(1)``), or per example (reduction="none"), is the batch's
+    mean loss (the (1,) one raised a broadcast error before)."""
+    model = cnn()
+    x, y = batch(40)
+    ce = nn.CrossEntropyLoss(reduction="mean" if shape == "(1,)" else "none")
+    backend = TorchBackend(model, lambda out, t: ce(out, t).reshape(-1))
+    reference = TorchBackend(model, nn.CrossEntropyLoss())
+    loss, acc = backend.evaluate(x, y, batch_size=16)
+    assert (loss, acc) == pytest.approx(reference.evaluate(x, y, batch_size=16), rel=1e-6)
+
+
 def test_state_dict_round_trip_restores_training_exactly():
     model, backend, opt = make()
     x, y = batch(32)

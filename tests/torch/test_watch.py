@@ -1179,3 +1179,41 @@ def test_lbfgs_update_ratios_are_written_but_not_judged_against_the_sgd_band():
     assert codes == ["update_ratio.band_not_applied"], codes
     _, codes = run(overrides={"6.weight": (1e-4, 1e-2)})
     assert codes.count("update_ratio.band_not_applied") == 1 and "update_ratio.high" in codes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_every_callback_watches_a_model_in_float64_or_bfloat16(dtype):
+    """A model in float64 (model.double()) or bfloat16, every callback on: none raises (the
+    batched norms asked torch to narrow float64 to float32, which disabled LossMonitor from
+    step 0; bfloat16 batches met numpy, which has no bfloat16, in AccuracyGapMonitor), and a
+    NaN planted in a weight is still named."""
+    from tests.helpers import all_callbacks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss_fn(out, y):
+        return nn.functional.cross_entropy(out.float(), y)
+
+    val = (torch.randn(24, 8).to(dtype), torch.randint(0, 4, (24,)))
+    mem = MemoryOutput()
+    with watch(model, opt, loss_fn, outputs=[mem], progress=False,
+               callbacks=all_callbacks(val)) as w:
+        for step in range(12):
+            x, y = torch.randn(16, 8).to(dtype), torch.randint(0, 4, (16,))
+            if step == 10:
+                with torch.no_grad():
+                    model[2].weight[0, 0] = float("nan")
+            loss = loss_fn(model(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 4 == 3:
+                w.epoch_end({"val_accuracy": 0.5})
+    codes = [a.code for a in w.monitor.alerts.history]
+    assert "callback.error" not in codes, w.summary()
+    nonfinite = [a for a in w.monitor.alerts.history if a.code == "loss.nonfinite"]
+    assert nonfinite and "2.weight" in nonfinite[0].message, w.summary()
+    assert mem.scalars_log["update_ratio/0.weight"] and mem.scalars_log["gradcheck/passed"]

@@ -168,13 +168,25 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.coalesce().values() if t.is_sparse else t
 
 
+_NARROW_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32})
+
+
 def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The 2-norms of ``tensors`` (float32 0-d tensors, one batched op); call under
-    ``torch.no_grad()``."""
-    if not tensors:
-        return []
+    """The 2-norms of ``tensors`` as 0-d tensors, one batched op per kind: float32 for float32
+    and lower precisions (half and bfloat16 accumulate in float32), the tensor's own
+    precision for float64 (which torch will not narrow); call under ``torch.no_grad()``."""
     tensors = [_dense(t) for t in tensors]
-    return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+    narrow = [i for i, t in enumerate(tensors) if t.dtype in _NARROW_FLOATS]
+    if len(narrow) == len(tensors):  # (the common case)
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32)) if tensors else []
+    wide = [i for i, t in enumerate(tensors) if t.dtype not in _NARROW_FLOATS]
+    norms: list[Any] = [None] * len(tensors)
+    for where, dtype in ((narrow, torch.float32), (wide, None)):
+        if where:
+            for i, n in zip(where, torch._foreach_norm([tensors[i] for i in where], 2,
+                                                       dtype=dtype)):
+                norms[i] = n
+    return norms
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -285,7 +297,9 @@ def random_states_kept(model: nn.Module, device: torch.device) -> Iterator[None]
 def _host_copy(a: torch.Tensor | np.ndarray) -> np.ndarray:
     """A host numpy copy of a tensor or array."""
     if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy().copy()
+        a = a.detach().cpu()
+        # (numpy has no bfloat16: float32 holds its values exactly)
+        return (a.float() if a.dtype == torch.bfloat16 else a).numpy().copy()
     return a.copy()
 
 
@@ -739,7 +753,8 @@ class TorchBackend(Backend):
                     out = _call(model, xb)
                     m = len(yb)
                     if self.loss_fn is not None:
-                        loss_sum += self.loss_fn(out, yb).detach().to(acc) * m
+                        # (a loss of shape (1,) or per example, reduction="none", too)
+                        loss_sum += self.loss_fn(out, yb).detach().to(acc).reshape(-1).mean() * m
                     scores = output_scores(out)
                     if scores is not None:
                         correct += _correct(scores, yb).to(acc)
