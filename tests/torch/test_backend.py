@@ -451,3 +451,72 @@ def test_capture_requests_are_counted_and_hooks_go_with_the_last():
     backend.capture_activations(True)  # remove_hooks closed every request: one opens it
     backend.capture_activations(False)
     assert not any(m._forward_hooks for m in leaves)
+
+
+def _layouts():
+    """(name, outputs, targets, expected accuracy; NaN: no classification)."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 5, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    by_row = (scores.argmax(1) == labels).float().mean().item()
+    tokens = torch.randn(4, 3, 5, generator=g)  # (N, T, C)
+    token_labels = torch.randint(0, 5, (4, 3), generator=g)
+    token_labels[0, 2] = -100  # ignore_index: no label
+    kept = token_labels >= 0
+    by_token = ((tokens.argmax(-1) == token_labels) & kept).sum().item() / kept.sum().item()
+    pixels = torch.randn(4, 5, 3, 3, generator=g)  # (N, C, H, W): segmentation
+    pixel_labels = torch.randint(0, 5, (4, 3, 3), generator=g)
+    by_pixel = (pixels.argmax(1) == pixel_labels).float().mean().item()
+    logits = torch.randn(8, 1, generator=g)
+    binary = (torch.rand(8, 1, generator=g) > 0.5).float()
+    by_logit = ((logits > 0).float() == binary).float().mean().item()
+    soft = torch.softmax(torch.randn(6, 5, generator=g), 1)
+    by_soft = (scores.argmax(1) == soft.argmax(1)).float().mean().item()
+    images = torch.randn(4, 1, 8, 8, generator=g)
+    return [
+        ("class indices", scores, labels, by_row),
+        ("one-hot rows", scores, nn.functional.one_hot(labels, 5).float(), by_row),
+        ("soft labels", scores, soft, by_soft),
+        ("tokens (N, T, C), ignore_index", tokens, token_labels, by_token),
+        ("pixels (N, C, H, W)", pixels, pixel_labels, by_pixel),
+        ("binary logits", logits, binary, by_logit),
+        ("a regression's values", logits, torch.randn(8, 1, generator=g), math.nan),
+        ("an autoencoder's images", images, images + 0.1, math.nan),
+        ("no class layout (N, 8) vs (N, 1)", torch.randn(4, 8, generator=g),
+         torch.ones(4, 1), math.nan),
+    ]
+
+
+@pytest.mark.parametrize("case", _layouts(), ids=lambda c: c[0])
+def test_accuracy_counts_a_classifications_labels_and_nothing_else(case):
+    """Accuracy is the fraction of labels classified right, whatever the class layout
+    (token and pixel labels were counted per example: 300% for a 3-token sequence); targets
+    that are no labels (a regression's values, an autoencoder's images) have no accuracy
+    (they got one, meaningless)."""
+    _, out, targets, expected = case
+    acc = TorchBackend.accuracy(out, targets)
+    if math.isnan(expected):
+        assert math.isnan(acc)
+    else:
+        assert acc == pytest.approx(expected) and 0.0 <= acc <= 1.0
+
+
+def test_trainer_fits_a_regression_without_an_accuracy():
+    """A regression (MSE, real-valued targets) has no accuracy: the Trainer's history and
+    logs leave it out, and the default callbacks raise nothing about it (a threshold rule
+    made up an accuracy near 50%, and an underfitting alert could follow)."""
+    from trainwatch import default_callbacks
+    from trainwatch.outputs import MemoryOutput
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    y = x @ np.ones((4, 1), dtype=np.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    mem = MemoryOutput()
+    trainer = Trainer(model, nn.MSELoss(), torch.optim.Adam(model.parameters(), 1e-2),
+                      callbacks=default_callbacks(), outputs=[mem], progress=False)
+    history = trainer.fit(x, y, epochs=3, batch_size=32, validation_data=(x[:64], y[:64]))
+    assert set(history) == {"train_loss", "val_loss"} and history["val_loss"][-1] < 3.0
+    assert not [k for k in mem.scalars_log if "accuracy" in k]
+    assert [a.code for a in trainer.monitor.alerts.history] == [], trainer.monitor.summary()

@@ -1217,3 +1217,48 @@ def test_every_callback_watches_a_model_in_float64_or_bfloat16(dtype):
     nonfinite = [a for a in w.monitor.alerts.history if a.code == "loss.nonfinite"]
     assert nonfinite and "2.weight" in nonfinite[0].message, w.summary()
     assert mem.scalars_log["update_ratio/0.weight"] and mem.scalars_log["gradcheck/passed"]
+
+
+def test_accuracy_gap_of_a_token_classifier_and_of_an_autoencoder():
+    """Step-wise gaps: a token classifier's accuracy is per token, within [0, 1] (it was
+    per sequence, over 300%, and raised accuracy_gap.overfit on a healthy run); an
+    autoencoder has no accuracy: one accuracy_gap.skipped, no accuracy written."""
+    def run(model, loss_fn, make_batch):
+        torch.manual_seed(0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        mem = MemoryOutput()
+        gap = AccuracyGapMonitor(every=2, validation_data=make_batch(24), subset=24)
+        with watch(model, opt, loss_fn, callbacks=[gap], outputs=[mem], progress=False) as w:
+            for _ in range(12):
+                x, y = make_batch(12)
+                loss = loss_fn(model(x), y)
+                w.loss(loss, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        accuracies = [v for k, points in mem.scalars_log.items() if k.startswith("accuracy/")
+                      and k != "accuracy/gap" for _, v in points]
+        return accuracies, [a.code for a in w.monitor.alerts.history]
+
+    table = torch.randint(0, 4, (30,), generator=torch.Generator().manual_seed(0))
+
+    def tokens(n):
+        ids = torch.randint(1, 30, (n, 6))
+        return ids, table[ids]
+
+    ce = nn.CrossEntropyLoss()
+    accuracies, codes = run(
+        nn.Sequential(nn.Embedding(30, 8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
+        lambda out, y: ce(out.reshape(-1, 4), y.reshape(-1)), tokens)
+    assert len(accuracies) == 12 and all(0.0 <= a <= 1.0 for a in accuracies), accuracies
+    assert max(accuracies) > 0.4 and "accuracy_gap.overfit" not in codes, codes  # (chance 0.25)
+
+    def images(n):
+        x = torch.randn(n, 1, 8, 8)
+        return x, x.clone()
+
+    accuracies, codes = run(
+        nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1)),
+        nn.MSELoss(), images)
+    assert accuracies == [] and codes == ["accuracy_gap.skipped"], codes

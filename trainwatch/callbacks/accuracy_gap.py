@@ -67,6 +67,13 @@ def fixed_subset(x: Any, y: Any, size: int) -> tuple[Any, Any]:
     return x[idx], y[idx]
 
 
+NO_CLASSIFICATION = ("the model's outputs and targets are no classification's (a regression's "
+                     "values, an autoencoder's images, or outputs whose shape matches no "
+                     "class layout), so they have no accuracy")
+NO_CLASSIFICATION_FIX = ("report train_accuracy and val_accuracy yourself at epoch ends, or "
+                         "leave AccuracyGapMonitor out")
+
+
 class AccuracyGapMonitor(Callback):
     """Writes the train − validation accuracy and loss gaps, and alerts on over/underfitting.
 
@@ -148,12 +155,12 @@ class AccuracyGapMonitor(Callback):
         self._train_subset: tuple[Any, Any] | None = None
         self._train_parts: list[tuple[Any, Any]] = []  # host copies (see Backend.to_host)
         self._train_seen = 0
-        self._no_batch = False  # (step-wise: no training batch was recorded to evaluate)
+        self._idle = False  # (nothing to compare in this run: see _skip)
 
     # -- hooks ---------------------------------------------------------------------------------
 
     def on_train_begin(self, state: RunState) -> None:
-        self._no_batch = False
+        self._idle = False
         charts = {"accuracy": {"train − validation gap": ("Multiline", [r"^accuracy/gap$"])},
                   "loss": {"validation − train gap": ("Multiline", [r"^loss/gap$"])}}
         if self.every is not None:
@@ -165,7 +172,7 @@ class AccuracyGapMonitor(Callback):
         state.writer.layout(charts)
 
     def next_step(self, step: int) -> int:
-        if self.every is None or self._no_batch:
+        if self.every is None or self._idle:
             return NEVER  # epoch ends only
         if self._train_subset is None:
             return step  # collecting the training subset from the batches
@@ -184,19 +191,18 @@ class AccuracyGapMonitor(Callback):
             return
         if self._train_subset is None:
             if not self._train_parts:
-                self._no_batch = True
-                state.alerts.fire(
-                    "accuracy_gap.skipped", "info",
-                    f"AccuracyGapMonitor saw no training batch by step {state.step} to take "
-                    "its training subset from (a forward run inside optimizer.step(closure), "
-                    "or in eval mode, is not recorded); it compares nothing in this run",
-                    state.step, suggestion="pass AccuracyGapMonitor(every=..., "
-                                           "train_data=(x, y))")
+                self._skip(state, f"it saw no training batch by step {state.step} to take its "
+                                  "training subset from (a forward run inside "
+                                  "optimizer.step(closure), or in eval mode, is not recorded)",
+                           "pass AccuracyGapMonitor(every=..., train_data=(x, y))")
                 return
             self._finish_collecting(state)
         backend = state.backend
         train_loss, train_acc = backend.evaluate(*self._train_subset)
         val_loss, val_acc = backend.evaluate(*self._val_subset)
+        if not (math.isfinite(train_acc) and math.isfinite(val_acc)):
+            self._skip(state, NO_CLASSIFICATION, NO_CLASSIFICATION_FIX)
+            return
         step = state.step + 1
         state.writer.scalars({
             "accuracy/train_subset": train_acc, "accuracy/val_subset": val_acc,
@@ -210,15 +216,28 @@ class AccuracyGapMonitor(Callback):
         m = state.metrics
         train_acc, val_acc = m.get("train_accuracy"), m.get("val_accuracy")
         train_loss, val_loss = m.get("train_loss"), m.get("val_loss")
-        if val_acc is None and self.validation_data is not None:
+        if val_acc is None and self.validation_data is not None and not self._idle:
             if self._val_subset is None:
                 self._val_subset = fixed_subset(*self.validation_data, self.subset)
             val_loss, val_acc = state.backend.evaluate(*self._val_subset)
+            if not math.isfinite(val_acc):
+                self._skip(state, NO_CLASSIFICATION, NO_CLASSIFICATION_FIX)
+                return
         if train_acc is None or val_acc is None:
+            return
+        if not (math.isfinite(train_acc) and math.isfinite(val_acc)):
+            self._skip(state, NO_CLASSIFICATION, NO_CLASSIFICATION_FIX)
             return
         self._evaluate(state, state.step, train_acc, val_acc, train_loss, val_loss)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _skip(self, state: RunState, reason: str, suggestion: str) -> None:
+        """Nothing to compare in this run: say why, once (info), and stop."""
+        self._idle = True
+        state.alerts.fire("accuracy_gap.skipped", "info",
+                          f"AccuracyGapMonitor compares nothing in this run: {reason}",
+                          state.step, suggestion=suggestion)
 
     def _collect(self, state: RunState) -> None:
         """Keep copies of the first ``subset`` training examples fed (step mode only)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -104,6 +105,10 @@ class Trainer:
                 if validation_data is not None:
                     val_loss, val_acc = backend.evaluate(*validation_data)
                     metrics.update(val_loss=float(val_loss), val_accuracy=float(val_acc))
+                # (no accuracy where the targets are no classification's: a regression)
+                metrics = {k: v for k, v in metrics.items()
+                           if not (k.endswith("accuracy") and math.isnan(v))}
+                if validation_data is not None:
                     mon.validation_end(metrics)
                 mon.epoch_end(metrics)
                 for k, v in metrics.items():

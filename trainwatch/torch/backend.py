@@ -741,7 +741,7 @@ class TorchBackend(Backend):
         n = len(inputs)
         acc = acc_dtype(self._device)
         loss_sum = torch.zeros((), dtype=acc, device=self._device)
-        correct = torch.zeros((), dtype=acc, device=self._device)
+        correct = torch.zeros(2, dtype=acc, device=self._device)  # [right, labelled]
         try:
             with (suspended(), torch.no_grad(), random_states_kept(model, self._device),
                   self._forward_writes_undone()):
@@ -761,10 +761,9 @@ class TorchBackend(Backend):
         finally:
             for m, flag in flags:
                 m.training = flag
-        total_loss, total_correct = torch.stack([loss_sum, correct]).tolist()
-        n = max(n, 1)
-        loss = total_loss / n if self.loss_fn is not None else float("nan")
-        return loss, total_correct / n
+        total_loss, right, labelled = torch.cat([loss_sum.reshape(1), correct]).tolist()
+        loss = total_loss / max(n, 1) if self.loss_fn is not None else float("nan")
+        return loss, right / labelled if labelled else float("nan")
 
     @contextlib.contextmanager
     def _forward_writes_undone(self) -> Iterator[None]:
@@ -868,33 +867,74 @@ class TorchBackend(Backend):
         return output_scores(outputs)
 
     def count_correct(self, predictions: Any, targets: Any) -> Any:
+        """The batch's accuracy times its examples (a 0-d tensor: the Trainer sums these over
+        an epoch and divides by its examples; NaN where the targets are no classification's,
+        see :func:`_correct`)."""
         scores = output_scores(predictions)
         if scores is None:  # (numpy arrays)
             return Backend.count_correct(self, predictions, targets)
         with torch.no_grad():
             p = scores.detach()
-            return _correct(p, as_tensor(targets, p.device, p.dtype))
+            t = as_tensor(targets, p.device, p.dtype)
+            right, labelled = _correct(p, t)
+            return right / labelled * len(t)
 
     @staticmethod
     def accuracy(predictions: Any, targets: Any) -> float:
-        """Fraction of rows whose arg-max equals the target (tensors or numpy arrays; of
-        several outputs, the scores: see :func:`output_scores`)."""
+        """The fraction of a classification's labels the outputs get right (tensors or
+        numpy arrays; of several outputs, the scores: see :func:`output_scores`; NaN where
+        the targets are no classification's, see :func:`_correct`)."""
         scores = output_scores(predictions)
         if scores is None:  # (numpy arrays)
             return Backend.accuracy(predictions, targets)
         with torch.no_grad():
             p = scores.detach()
-            t = as_tensor(targets, p.device, p.dtype)
-            return float(_correct(p, t)) / max(len(t), 1)
+            right, labelled = _correct(p, as_tensor(targets, p.device, p.dtype)).tolist()
+            return right / labelled if labelled else float("nan")
 
 
 def _correct(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Number of correct rows, as a 0-d tensor on the outputs' device (no sync)."""
-    if out.ndim == 1 or out.shape[-1] == 1:
-        return ((out.reshape(-1) > 0) == (targets.reshape(-1) > 0.5)).sum()
-    if targets.shape == out.shape:  # one-hot or score targets
-        return (out.argmax(dim=-1) == targets.argmax(dim=-1)).sum()
-    return (out.argmax(dim=-1) == targets.reshape(out.shape[:-1])).sum()
+    """``[right, labelled]``: how many of a classification's labels the outputs get right,
+    and how many there are, as a float64-or-float32 2-vector on the outputs' device (no
+    sync; accuracy = right / labelled, NaN where labelled is 0: no classification).
+
+    - Class indices (integer targets): scores ``(N, C)`` or ``(N, C, d...)`` against
+      ``(N, d...)`` (torch's class dim 1), or ``(N, d..., C)`` (class last: a token
+      classifier's ``(N, T, C)`` whose loss reshapes it); one logit per label against 0/1.
+      A negative target (``ignore_index``) is no label.
+    - Float targets: rows of probabilities (one-hot or soft labels: non-negative, summing to
+      1) against scores ``(N, C)``; else targets that are all 0 or 1 against one logit each
+      (binary, multi-label). Any other targets (a regression's values, an autoencoder's
+      images) are no labels."""
+    acc = acc_dtype(out.device)
+    none = torch.zeros(2, dtype=acc, device=out.device)
+    if out.ndim == 0 or targets.ndim == 0 or targets.shape[0] != out.shape[0]:
+        return none
+    if not targets.is_floating_point():
+        t = targets.long()
+        if out.ndim >= 2 and out.shape[1] >= 2 and t.shape == out.shape[:1] + out.shape[2:]:
+            predicted = out.argmax(1)
+        elif out.ndim >= 2 and out.shape[-1] >= 2 and t.shape == out.shape[:-1]:
+            predicted = out.argmax(-1)
+        elif t.numel() == out.numel() and (t.shape == out.shape or t.shape == out.shape[:-1]):
+            predicted = (out.reshape(t.shape) > 0).long()
+        else:
+            return none
+        labelled = t >= 0
+        return torch.stack([((predicted == t) & labelled).sum(), labelled.sum()]).to(acc)
+    t = targets.to(acc)
+    counts = none
+    if t.numel() == out.numel() and (t.shape == out.shape or t.shape == out.shape[:-1]):
+        binary = ((t == 0) | (t == 1)).all()
+        right = ((out.reshape(t.shape) > 0) == (t > 0.5)).sum().to(acc)
+        total = torch.full((), t.numel(), dtype=acc, device=out.device)  # (a fill: no copy)
+        counts = torch.where(binary, torch.stack([right, total]), none)
+    if out.ndim == 2 and out.shape[1] >= 2 and t.shape == out.shape:
+        rows = ((t >= 0).all(1) & ((t.sum(1) - 1).abs() <= 1e-6)).all()
+        right = (out.argmax(1) == t.argmax(1)).sum().to(acc)
+        total = torch.full((), len(t), dtype=acc, device=out.device)
+        counts = torch.where(rows, torch.stack([right, total]), counts)
+    return counts
 
 
 def _histogram_row(t: torch.Tensor, bins: int) -> torch.Tensor:
