@@ -1262,3 +1262,37 @@ def test_accuracy_gap_of_a_token_classifier_and_of_an_autoencoder():
                       nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1)),
         nn.MSELoss(), images)
     assert accuracies == [] and codes == ["accuracy_gap.skipped"], codes
+
+
+@pytest.mark.parametrize("mistake", ["loss after the step", "training in eval mode"])
+def test_a_loop_that_gives_no_batch_is_told_why(mistake):
+    """A loss reported after optimizer.step(), or training forwards in eval mode, leave no
+    batch for the gradient checks: the watcher says which, once (gradcheck.skipped told
+    the loop to report its targets, which it did), and the right order gives no such alert."""
+    def run(mistake):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        check = GradientCheck(every=2, warmup_steps=1, budget=None)
+        with watch(model, opt, nn.CrossEntropyLoss(), callbacks=[check], progress=False) as w:
+            if mistake == "training in eval mode":
+                model.eval()
+            for _ in range(6):
+                x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
+                loss = nn.functional.cross_entropy(model(x), y)
+                if mistake != "loss after the step":
+                    w.loss(loss, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if mistake == "loss after the step":
+                    w.loss(loss, y)
+        return check, [a.code for a in w.monitor.alerts.history]
+
+    check, codes = run(None)
+    assert len(check.reports) == 3 and codes == [], codes
+    check, codes = run(mistake)
+    told = {"loss after the step": "watch.loss_after_step",
+            "training in eval mode": "watch.eval_mode_training"}[mistake]
+    assert not check.reports and codes.count(told) == 1, codes
+    assert set(codes) == {told, "gradcheck.skipped"}, codes

@@ -213,8 +213,9 @@ class GradientCheck(Callback):
                 "gradcheck.skipped", "info",
                 f"GradientCheck needs the batch, but the loop did not give its {missing}",
                 state.step,
-                suggestion="with trainwatch.torch.watch, report the targets: "
-                           "watcher.loss(loss, targets); in a loop of your own, "
+                suggestion="with trainwatch.torch.watch, report the targets, "
+                           "watcher.loss(loss, targets), before optimizer.step(), and run the "
+                           "training forward in train mode; in a loop of your own, "
                            "Monitor.batch_begin(inputs, targets)")
             return
         if self._over_budget():

@@ -99,6 +99,8 @@ class Watcher:
         self._forward_hooks = (CopySafeHook(self._forward_pre), CopySafeHook(self._forward_post))
         self._forward_handles: list[Any] = []  # attached for the steps that read the batch
         self._quiet = False  # no callback awake this step: the hooks only count the step
+        self._eval_forward = False  # a forward with gradients in eval mode since the last step
+        self._first_step_unreported = False  # no loss reported before the first step ended
         # where reads are cheap (the CPU) the loss is read once, as it is reported: callbacks
         # see it as a float (LossMonitor judges every step's), and so does the epoch's mean
         self._read_losses = self.backend.host_reads_cheap
@@ -150,8 +152,10 @@ class Watcher:
     def _forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         # the first training forward after a step opens the batch; later forwards of the
         # same step (gradient accumulation, auxiliary passes) and eval/no-grad passes don't
-        if (self._in_step or self._closed or not module.training or is_suspended()
-                or not torch.is_grad_enabled()):
+        if self._in_step or self._closed or is_suspended() or not torch.is_grad_enabled():
+            return None
+        if not module.training:  # (taken for validation; noted: see _announce_step)
+            self._eval_forward = True
             return None
         # (a forward of one tensor is recorded as that tensor; any other, model((x, ids))
         # included, as its arguments, which slice by examples)
@@ -197,6 +201,16 @@ class Watcher:
         self._closure_pending = False
         if not self._in_step:
             self._open_batch(None)
+        if self._eval_forward and self.monitor.state.inputs is None:
+            self._eval_forward = False  # (said once)
+            self.monitor.alerts.fire(
+                "watch.eval_mode_training", "info",
+                "the step's forward ran with the model in eval mode (model.eval()), which the "
+                "watcher takes for validation: it records no training batch, so gradient "
+                "checks and the step-wise accuracy gap have none to run on",
+                self.monitor.state.step,
+                suggestion="train with model.train() (to freeze BatchNorm or dropout, call "
+                           ".eval() on those layers only)")
         if not self._backward_reported:
             self._backward_reported = True
             self.monitor.backward_end()
@@ -207,10 +221,27 @@ class Watcher:
             return
         if self._closure_pending:  # (an optimizer that never called its closure)
             self._announce_step()
+        if self.monitor.state.step < 2:
+            self._check_loss_order(self.monitor.state.step)
         self.monitor.step_end()
         self._in_step = False
         if not (self._quiet and self.monitor.callbacks.quiet):  # (else nothing changed)
             self._follow_schedule()
+
+    def _check_loss_order(self, step: int) -> None:
+        """At the end of steps 0 and 1: a loss first reported between them came after
+        ``optimizer.step()`` (said once)."""
+        reported = bool(self._losses or self._loss_partial)
+        if step == 0:
+            self._first_step_unreported = not reported
+        elif self._first_step_unreported and reported:
+            self.monitor.alerts.fire(
+                "watch.loss_after_step", "warning",
+                "watcher.loss() is called after optimizer.step(): each loss is recorded with "
+                "the next step (one step late: a NaN is blamed on the step after it) and its "
+                "batch is over, so gradient checks and the step-wise accuracy gap have none "
+                "to run on", step, suggestion="call watcher.loss(loss, targets) before "
+                                              "optimizer.step(), right after computing the loss")
 
     # -- what the loop reports --------------------------------------------------------------------
 
