@@ -635,7 +635,8 @@ def test_a_watched_model_can_be_deep_copied_pickled_and_saved_and_the_copy_is_no
     """copy.deepcopy(model) (an EMA model, a best-model snapshot) and torch.save(model) copy
     the module's hooks: they must not drag the watcher along (its writers hold locks: this
     raised "cannot pickle '_thread.lock'"), and the copy's forwards are not the watched
-    model's batches. Also during a step that captures activations."""
+    model's batches. Also during a step that captures activations. A copy's hooks do
+    nothing and take themselves off at its first forward (they stayed for good)."""
     import copy
     import pickle
 
@@ -651,11 +652,16 @@ def test_a_watched_model_can_be_deep_copied_pickled_and_saved_and_the_copy_is_no
     w = watch(model, opt, criterion, logdir=tmp_path, progress=False, raise_errors=True,
               callbacks=[HistogramMonitor(budget=None, every=2), Batches()])
     torch.manual_seed(0)
-    copies = []
+    copies, hooked = [], []
+
+    def hooks(module):
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
     for _ in range(4):
         x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
         out = model(x)  # on even steps the layers are capturing now
         copies.append(copy.deepcopy(model))
+        hooked.append(hooks(copies[-1]))
         loss = criterion(out, y)
         w.loss(loss, y)
         opt.zero_grad()
@@ -663,6 +669,7 @@ def test_a_watched_model_can_be_deep_copied_pickled_and_saved_and_the_copy_is_no
         opt.step()
         ema = copies[-1].train()
         ema(torch.randn(8, 4)).sum().backward()  # a training forward of the copy: not watched
+    assert max(hooked) > 0 and [hooks(c) for c in copies] == [0, 0, 0, 0], hooked
     saved = tmp_path / "model.pt"
     torch.save(model, saved)
     pickle.loads(pickle.dumps(opt))

@@ -230,7 +230,8 @@ class CopySafeHook:
     best-model snapshot), ``pickle`` and ``torch.save(model)`` copy a module's hooks; a bound
     method or closure of trainwatch's would drag the watcher (its writers, locks, threads)
     along and fail, or make the copy report to the original's watcher. The copy's hook does
-    nothing: the copy is not watched."""
+    nothing (the copy is not watched) and, called once, takes itself off the copy, which
+    then runs without trainwatch's hooks."""
 
     __slots__ = ("fn",)
 
@@ -238,13 +239,37 @@ class CopySafeHook:
         self.fn = fn
 
     def __call__(self, *args: Any) -> Any:
-        return None if self.fn is None else self.fn(*args)
+        if self.fn is not None:
+            return self.fn(*args)
+        _unhook(args[0], self)  # (a copy's: its module or optimizer comes first)
+        return None
 
     def __deepcopy__(self, memo: dict) -> CopySafeHook:
         return CopySafeHook(None)
 
     def __reduce__(self) -> tuple:
         return (CopySafeHook, (None,))
+
+
+#: where modules and optimizers keep their hooks, and the flags torch keys by a hook's id
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_optimizer_step_pre_hooks",
+               "_optimizer_step_post_hooks")
+_HOOK_FLAGS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks_with_kwargs")
+
+
+def _unhook(owner: Any, hook: CopySafeHook) -> None:
+    """Remove ``hook`` from a module's or optimizer's hooks, as its handle would."""
+    for name in _HOOK_DICTS:
+        hooks = getattr(owner, name, None)
+        if not isinstance(hooks, dict):
+            continue
+        for key in [k for k, v in hooks.items() if v is hook]:
+            del hooks[key]
+            for flag in _HOOK_FLAGS:
+                flags = getattr(owner, flag, None)
+                if isinstance(flags, dict):
+                    flags.pop(key, None)
 
 
 def output_scores(output: Any) -> torch.Tensor | None:
