@@ -1303,3 +1303,31 @@ def test_a_loop_that_gives_no_batch_is_told_why(mistake):
             "training in eval mode": "watch.eval_mode_training"}[mistake]
     assert not check.reports and codes.count(told) == 1, codes
     assert set(codes) == {told, "gradcheck.skipped"}, codes
+
+
+def test_a_hook_of_yours_can_tell_trainwatchs_own_passes_apart():
+    """Gradient checks and the step-wise accuracy gap run the model through its hooks, the
+    user's too; trainwatch.torch.in_own_pass() tells such a hook which calls are the loop's."""
+    from trainwatch.torch import in_own_pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    calls = {"loop": 0, "trainwatch": 0}
+
+    def count(module, args, output):
+        calls["trainwatch" if in_own_pass() else "loop"] += 1
+
+    model[2].register_forward_hook(count)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    val = (torch.randn(24, 8), torch.randint(0, 4, (24,)))
+    check = GradientCheck(every=3, warmup_steps=1, budget=None)
+    with watch(model, opt, nn.CrossEntropyLoss(), progress=False, callbacks=[
+            check, AccuracyGapMonitor(every=2, validation_data=val, subset=16)]) as w:
+        for _ in range(6):
+            x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert calls["loop"] == 6 and calls["trainwatch"] > 6 and len(check.reports) == 2, calls

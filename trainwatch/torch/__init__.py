@@ -6,6 +6,8 @@
   and a line per epoch; :meth:`Watcher.close` removes every hook.
 - :func:`check_module`: float64 finite-difference check of a module's parameter gradients.
 - :class:`ForwardInputs`: the batch of a forward that takes several arguments.
+- :func:`in_own_pass`: whether one of trainwatch's own forward passes is running (for hooks
+  of yours that should not see them).
 """
 
 try:
@@ -13,9 +15,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('trainwatch.torch needs PyTorch: pip install "trainwatch[torch]"') from exc
 
-from trainwatch.torch.backend import TorchBackend
+from trainwatch.torch.backend import TorchBackend, in_own_pass
 from trainwatch.torch.gradcheck import check_module
 from trainwatch.torch.inputs import ForwardInputs
 from trainwatch.torch.watch import Watcher, watch
 
-__all__ = ["ForwardInputs", "TorchBackend", "Watcher", "check_module", "watch"]
+__all__ = ["ForwardInputs", "TorchBackend", "Watcher", "check_module", "in_own_pass", "watch"]

@@ -50,8 +50,15 @@ def suspended() -> Iterator[None]:
         _suspend_depth -= 1
 
 
-def is_suspended() -> bool:
-    """True inside :func:`suspended` (a trainwatch-internal forward pass)."""
+def in_own_pass() -> bool:
+    """True while one of trainwatch's own passes runs (a gradient check, an evaluation of
+    the step-wise accuracy gap): they go through the model's forward hooks, yours too; a hook
+    that records what the loop feeds the model can skip them::
+
+        def record(module, args, output):
+            if not trainwatch.torch.in_own_pass():
+                seen.append(output.detach())
+    """
     return _suspend_depth > 0
 
 

@@ -38,7 +38,7 @@ from trainwatch.torch.backend import (
     CopySafeHook,
     TorchBackend,
     acc_dtype,
-    is_suspended,
+    in_own_pass,
     stack_scalars,
 )
 from trainwatch.torch.inputs import ForwardInputs
@@ -152,7 +152,7 @@ class Watcher:
     def _forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         # the first training forward after a step opens the batch; later forwards of the
         # same step (gradient accumulation, auxiliary passes) and eval/no-grad passes don't
-        if self._in_step or self._closed or is_suspended() or not torch.is_grad_enabled():
+        if self._in_step or self._closed or in_own_pass() or not torch.is_grad_enabled():
             return None
         if not module.training:  # (taken for validation; noted: see _announce_step)
             self._eval_forward = True
@@ -167,7 +167,7 @@ class Watcher:
     def _forward_post(self, module: nn.Module, args: tuple, output: Any) -> None:
         # keep the batch's outputs as its predictions (a reference: loss() hands callbacks a
         # detached view, never a copy)
-        if self._await_output and not is_suspended():
+        if self._await_output and not in_own_pass():
             self._await_output = False
             self._predictions = output
         return None
