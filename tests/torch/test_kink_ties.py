@@ -58,6 +58,12 @@ CALLS = {
     "topk": (lambda x: torch.topk(x, 3), [2.2]),
     "cummax": (lambda x: torch.cummax(x, 0), [0.7, 0.7]),
     "max_pool1d": (lambda x: F.max_pool1d(x.reshape(1, 1, 8), 2), [-0.3]),
+    "max_pool2d": (lambda x: F.max_pool2d(x.reshape(1, 1, 2, 4), 2), [2.2]),  # (ties x[5])
+    "adaptive_max_pool1d": (lambda x: F.adaptive_max_pool1d(x.reshape(1, 1, 8), 3), [-0.3]),
+    "amin": (lambda x: x.reshape(2, 4).amin(1), [-1.7, -0.3, -1.7]),
+    "kthvalue": (lambda x: torch.kthvalue(x, 3), [-0.3]),
+    "cummin": (lambda x: torch.cummin(x, 0), [-0.3]),
+    "mode": (lambda x: torch.mode(x.reshape(2, 4), 1), [-0.3, -0.3]),
     "l1_loss": (lambda x: F.l1_loss(x, OTHER, reduction="none"), [BASE[0]]),
     "hinge_embedding_loss": (lambda x: F.hinge_embedding_loss(x, MINUS, reduction="none"),
                              [1.0]),
