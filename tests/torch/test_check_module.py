@@ -1270,3 +1270,24 @@ def test_a_model_prepared_for_quantisation_aware_training_is_checked():
             assert any("fake quantisation" in note for note in report.notes), report.notes
         else:
             assert report.failed == ["l1.weight", "l1.bias"], report
+
+
+def test_a_kink_the_recorder_cannot_see_is_set_aside_beside_kinks_it_records():
+    """cosine_embedding_loss's hinge runs in one C++ call the recorder cannot look into,
+    exactly at its margin on row 0; a ReLU elsewhere gives the check a kink signature. The
+    engine's own one-sided test runs beside a signature too, so the probes across the unseen
+    hinge are set aside (they read as wrong before) and the check passes."""
+    torch.manual_seed(0)
+    head = nn.Linear(4, 4).double()
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x[0] = 0.0  # row 0's outputs are the bias: cosine exactly 0, the margin
+
+    def loss_fn(out, t):
+        hinge = nn.functional.cosine_embedding_loss(out[:, :2], out[:, 2:], t, margin=0.0)
+        return hinge + 1e-3 * torch.relu(out + 10.0).sum()
+
+    for seed in (0, 1):
+        report = check_module(head, loss_fn, x, torch.tensor([-1.0, -1.0, 1.0]), seed=seed)
+        assert report.passed, str(report)

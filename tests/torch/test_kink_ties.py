@@ -32,6 +32,9 @@ CALLS = {
     "prelu": (lambda x: F.prelu(x, torch.tensor([0.25], dtype=torch.float64)), [0.0]),
     "rrelu": (lambda x: F.rrelu(x, training=False), [0.0]),
     "threshold": (lambda x: F.threshold(x, 0.5, 0.1), [0.5]),
+    "threshold in place": (lambda x: F.threshold(x.clone(), 0.5, 0.9, inplace=True), [0.5]),
+    "hardsigmoid in place": (lambda x: F.hardsigmoid(x.clone(), inplace=True), [3.0, -3.0]),
+    "hardswish in place": (lambda x: F.hardswish(x.clone(), inplace=True), [3.0, -3.0]),
     "hardshrink": (lambda x: F.hardshrink(x, 0.5), [0.5, -0.5]),
     "softshrink": (lambda x: F.softshrink(x, 0.5), [0.5, -0.5]),
     "hardtanh": (F.hardtanh, [1.0, -1.0]),
@@ -72,13 +75,30 @@ CALLS = {
     "multi_margin_loss": (lambda x: F.multi_margin_loss(x.reshape(2, 4), torch.tensor([0, 1]),
                                                         reduction="none"),
                           [1.0, 0.0, -3.0, -4.0, 0.0]),
+    "argsort": (lambda x: x.gather(0, torch.argsort(x)) * torch.arange(8.0), [0.2]),
+    "median along a dim": (lambda x: torch.median(x.reshape(2, 4), 1), [-0.3, -0.3]),
+    "median of all": (lambda x: torch.median(x).reshape(1), [0.2]),  # (ties x[4])
+    "quantile": (lambda x: torch.quantile(x, 0.5).reshape(1), [0.2]),
+    "norm": (lambda x: x.reshape(2, 4).norm(dim=1), [0.0, 0.0, 0.0, 0.0]),
+    "vector_norm": (lambda x: torch.linalg.vector_norm(x.reshape(2, 4), dim=1),
+                    [0.0, 0.0, 0.0, 0.0]),
+    "grid_sample": (lambda x: F.grid_sample(IMAGE, x.reshape(1, 2, 2, 2), align_corners=False),
+                    [0.25, -0.25, 0.75]),
+    "grid_sample aligned": (lambda x: F.grid_sample(IMAGE, x.reshape(1, 2, 2, 2),
+                                                    align_corners=True), [1 / 3, -1 / 3]),
+    "grid_sample nearest": (lambda x: F.grid_sample(IMAGE, x.reshape(1, 2, 2, 2), "nearest",
+                                                    align_corners=False), [0.5, 0.0]),
+    "grid_sample border": (lambda x: F.grid_sample(IMAGE, 2 * x.reshape(1, 2, 2, 2),
+                                                   padding_mode="border",
+                                                   align_corners=False), [0.125]),
     "floor": (torch.floor, [1.0]),
     "round": (torch.round, [0.5]),
     "a comparison": (lambda x: (x > 0).double() * x, [0.0]),
 }
 #: calls whose gradient at a tie is neither side's (sign(0) = 0; a tie's gradient split)
 TIE_STATES = {"abs", "abs_", "maximum", "minimum", "fmax", "max with other", "max of all",
-              "min of all", "l1_loss"}
+              "min of all", "l1_loss", "median of all", "quantile", "norm", "vector_norm"}
+IMAGE = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 WEIGHTS = torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 

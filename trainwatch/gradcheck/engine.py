@@ -46,7 +46,8 @@ How one check runs (every number is an option, see :data:`DEFAULTS`):
    piece the analytic gradient is of (a signature must be the side the gradient takes at a
    tie, or a state of its own): the probe is judged one-sided there, the quotients
    ``±(J(θ±s)-J(θ))/s`` at s = h and h/10 extrapolated to s → 0 (Richardson). Otherwise
-   it is set aside. Without one, a
+   it is set aside. With or without one (a signature may miss a kink: one inside a loss
+   computed in C++), a
    probe that fails at every step tried is set aside when the estimates at the steps do not
    follow the smooth ``n(s) = t + c·s²`` law, or when at every step the one-sided differences
    ``(J(θ+h)-J(θ))/h`` and ``(J(θ)-J(θ-h))/h`` differ by as much as the disagreement itself
@@ -771,7 +772,7 @@ class Session:
         if best.rel <= thresholds[1]:
             best.note = f"failed at h={probe.step:g}, agrees at h={best.step:g}"
             return best
-        if not self.has_signature and self.options.kink_detection:
+        if self.options.kink_detection:  # (also with a signature: a kink it does not see)
             reason = _kink_evidence(usable)
             if reason:
                 probe.kink = True

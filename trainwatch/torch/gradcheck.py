@@ -146,29 +146,36 @@ _HANDLED = _CASTS | _FAKE_QUANTS | {"detach", "detach_", "__get__", "gumbel_soft
 _COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
                           "greater_equal", "less_equal", "not_equal", "__gt__", "__lt__",
                           "__ge__", "__le__", "__eq__", "__ne__"})
-_STEPS = frozenset({"floor", "ceil", "round", "trunc", "fix", "sign", "sgn", "argmax", "argmin"})
+_STEPS = frozenset({"floor", "ceil", "round", "trunc", "fix", "sign", "sgn", "argmax", "argmin",
+                    "argsort"})
 _RECTIFIERS = frozenset({"relu", "leaky_relu", "elu", "selu", "celu", "rrelu", "prelu"})
 _POOLS = {f"{kind}max_pool{d}d": getattr(F, f"{kind}max_pool{d}d_with_indices")
           for kind in ("", "adaptive_") for d in (1, 2, 3)}
 #: calls returning (values, indices), the indices telling the winners: sorting, top-k, and
 #: pooling asked for its indices
-_INDEXED = frozenset({"sort", "topk", "kthvalue", "cummax", "cummin", "mode"}
-                     | {f"{name}_with_indices" for name in _POOLS})
+_INDEXED = frozenset({"sort", "topk", "kthvalue", "cummax", "cummin", "mode", "median",
+                      "nanmedian"} | {f"{name}_with_indices" for name in _POOLS})
+#: calls whose kinks sit where their input ties (a zero vector's norm, a quantile's order):
+#: the tie is a state of its own
+_TIES = frozenset({"norm", "linalg_vector_norm", "dist", "quantile", "nanquantile"})
 _CLAMPS = frozenset({"hardtanh", "relu6", "clamp", "clip", "clamp_min", "clamp_max"})
 _LOSSES = frozenset({"multi_margin_loss", "hinge_embedding_loss", "margin_ranking_loss",
                      "l1_loss"})
 _OTHERS = frozenset({"threshold", "hardshrink", "softshrink", "hardsigmoid", "hardswish", "abs",
                      "maximum", "minimum", "fmax", "fmin", "max", "min", "amax", "amin"})
 _KINK_BASES = (_COMPARISONS | _STEPS | _RECTIFIERS | _INDEXED | frozenset(_POOLS) | _CLAMPS
-               | _LOSSES | _OTHERS)
+               | _LOSSES | _OTHERS | _TIES | {"grid_sample"})
 #: every torch call name :func:`kink_pattern` knows, in-place variants (``relu_``) included:
 #: the recorder passes any other call straight through
 _KINK_NAMES = (_KINK_BASES | frozenset(b + "_" for b in _KINK_BASES if not b.endswith("__"))
                | frozenset(_KINK_ALIASES))
 
 
-#: in-place calls whose pattern is read from their input, before the call overwrites it
-_PATTERN_BEFORE = frozenset({"clamp_", "clip_", "clamp_min_", "clamp_max_", "abs_"})
+#: calls whose pattern is read from their input alone, before the call (which may overwrite
+#: it in place: ``x.clamp_(...)``, ``F.hardswish(x, inplace=True)``)
+_PATTERN_BEFORE = frozenset(
+    name for base in ("clamp", "clip", "clamp_min", "clamp_max", "abs", "hardsigmoid",
+                      "hardswish", "threshold", "_threshold") for name in (base, base + "_"))
 
 
 def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor | None:
@@ -194,8 +201,8 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
     if base in _RECTIFIERS:
         # rectifiers with positive slopes keep the sign, so an overwritten input still tells
         return out > 0 if inplace else x > 0
-    if base == "threshold":
-        return (out if inplace else x) > _arg(args, kwargs, 1, "threshold")
+    if base == "threshold":  # (x before the call, see _PATTERN_BEFORE)
+        return x > _arg(args, kwargs, 1, "threshold")
     if base in ("hardshrink", "softshrink"):
         lambd = _arg(args, kwargs, 1, "lambd", 0.5)
         return (x > lambd).to(torch.int8) - (x < -lambd).to(torch.int8)
@@ -237,6 +244,12 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
         return x == ref
     if base in _INDEXED and isinstance(out, tuple):
         return out[1]
+    if base in ("median", "nanmedian"):  # (of the whole tensor: its tied values share)
+        return x == out
+    if base in _TIES:
+        return _tie_pattern(base, x, args, kwargs)
+    if base == "grid_sample":
+        return _sample_cells(x, args, kwargs)
     if base in _COMPARISONS or base in _STEPS:
         return out if isinstance(out, torch.Tensor) else None
     if base in _POOLS:
@@ -253,6 +266,38 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
     if base == "l1_loss":
         return torch.sign(x - args[1])
     return None
+
+
+def _tie_pattern(base: str, x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Norms: which reduced vectors are exactly zero (the norm's kink). Quantiles: the sort
+    order and which neighbours tie in it."""
+    if base == "dist":
+        return ((x - args[1]) != 0).sum() == 0
+    if base in ("quantile", "nanquantile"):
+        dim = _arg(args, kwargs, 2, "dim")
+        values, order = torch.sort(x.reshape(-1) if dim is None else x, dim=0 if dim is None
+                                   else dim)
+        ties = values.diff(dim=0 if dim is None else dim) == 0
+        return torch.cat([order.reshape(-1), ties.reshape(-1).long()])
+    dim = _arg(args, kwargs, 2, "dim")  # (norm(x, p, dim), linalg_vector_norm(x, ord, dim))
+    nonzero = (x != 0).to(torch.int8)
+    return (nonzero.sum() if dim is None else nonzero.sum(dim=dim)) == 0
+
+
+def _sample_cells(image: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.grid_sample``'s kinks: the pixel cell of every sample point (its coordinates'
+    floor for bilinear and bicubic interpolation, the nearest pixel for ``nearest``), and on
+    which side of the image's edges it is where the padding clips or reflects."""
+    grid = _arg(args, kwargs, 1, "grid")
+    mode = _arg(args, kwargs, 2, "mode", "bilinear")
+    padding = _arg(args, kwargs, 3, "padding_mode", "zeros")
+    align = bool(_arg(args, kwargs, 4, "align_corners", False))
+    sizes = torch.tensor(list(reversed(image.shape[2:])), dtype=grid.dtype, device=grid.device)
+    at = (grid + 1) / 2 * (sizes - 1) if align else ((grid + 1) * sizes - 1) / 2
+    cells = (torch.round(at) if mode == "nearest" else torch.floor(at)).long()
+    if padding != "zeros":
+        cells = cells * 4 + (at < 0).long() + 2 * (at > sizes - 1).long()
+    return cells
 
 
 class _Held:
@@ -367,7 +412,7 @@ class KinkRecorder(TorchFunctionMode):
                 values, indices = _POOLS[name](*args, **kwargs)
                 self.parts.append(indices.detach())
                 return (values, indices) if _arg(args, kwargs, where, "return_indices") else values
-            if name in _PATTERN_BEFORE:  # (the input, before the call overwrites it)
+            if name in _PATTERN_BEFORE:  # (the input, before an in-place call overwrites it)
                 pattern = kink_pattern(name, args, kwargs, None)
                 out = self._call(func, args, kwargs)
             else:
