@@ -202,7 +202,6 @@ class Watcher:
         if not self._in_step:
             self._open_batch(None)
         if self._eval_forward and self.monitor.state.inputs is None:
-            self._eval_forward = False  # (said once)
             self.monitor.alerts.fire(
                 "watch.eval_mode_training", "info",
                 "the step's forward ran with the model in eval mode (model.eval()), which the "
@@ -211,6 +210,7 @@ class Watcher:
                 self.monitor.state.step,
                 suggestion="train with model.train() (to freeze BatchNorm or dropout, call "
                            ".eval() on those layers only)")
+        self._eval_forward = False  # (one step's: a validation pass before it no longer counts)
         if not self._backward_reported:
             self._backward_reported = True
             self.monitor.backward_end()
