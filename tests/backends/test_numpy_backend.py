@@ -348,3 +348,18 @@ def test_loss_backward_and_step_primitives(digits):
     for name, value in backend.parameters().items():
         assert np.allclose(value, before[name] - 0.1 * first[name], rtol=0, atol=1e-15)
     assert make(l2=0.0).loss(scores, y)[1] == 0.0
+
+
+def test_example_cuts_try_every_reading_of_arrays_whose_shape_leaves_it_open():
+    """An array whose dims 0 and 1 both have the batch's size (8 here: sequence-first inputs
+    as long as the batch, a (T, T) mask) may hold its examples along either, or be shared:
+    the usual cut comes first, then every other reading; unambiguous batches have one."""
+    backend = NumpyBackend(nn.Sequential([nn.Dense(3, 2)], seed=0), nn.SoftmaxCrossEntropy())
+    x, mask, y = np.zeros((8, 8, 3)), np.zeros((8, 8)), np.zeros((8, 5))
+    cuts = list(backend.example_cuts((x, mask, y), 2, 8))
+    shapes = [tuple(a.shape for a in cut) for cut in cuts]
+    assert len(shapes) == 9 and len(set(shapes)) == 9
+    assert shapes[0] == ((2, 8, 3), (2, 8), (2, 5))  # the usual cut: dim 0
+    assert ((8, 2, 3), (8, 8), (2, 5)) in shapes  # sequence-first, the mask shared
+    assert [a.shape for a in backend.first_examples((x, mask, y), 2, 8)] == list(shapes[0])
+    assert len(list(backend.example_cuts((np.zeros((8, 5, 3)), y), 2, 8))) == 1

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from trainwatch.core.backend import batch_length
@@ -263,16 +264,15 @@ class GradientCheck(Callback):
 
     def _check(self, state: RunState) -> Any:
         size = batch_length(state.targets)  # (where the inputs hold their examples)
-        inputs = state.backend.first_examples(state.inputs, self.examples, size)
         targets = state.backend.first_examples(state.targets, self.examples)
         seed = self.seed + state.step
         limited = (self.budget.fraction is not None and self.time_limit is not None
                    and not self.reports and not self._estimated)
         limit = {"max_seconds": self.time_limit} if limited else {}
         started = time.perf_counter()
+        cuts = state.backend.example_cuts(state.inputs, self.examples, size)
         try:
-            report = state.backend.check_gradients(inputs, targets, seed=seed, **self.options,
-                                                   **limit)
+            inputs, report = self._first_cut_that_runs(state, cuts, targets, seed, limit)
         except CheckTimeout as stop:
             spent = time.perf_counter() - started
             self.budget.add(spent)
@@ -290,6 +290,22 @@ class GradientCheck(Callback):
         self._estimated = False
         self.budget.add(self._seconds)
         return report
+
+    def _first_cut_that_runs(self, state: RunState, cuts: Iterator[Any], targets: Any,
+                             seed: int, limit: dict[str, float]) -> tuple[Any, Any]:
+        """(inputs, report) of the first cut of the inputs the model runs on: the usual one,
+        then, where the inputs' shapes leave it open (sequence-first inputs as long as the
+        batch), the other readings; the usual cut's error if none runs."""
+        first_error: Exception | None = None
+        for inputs in cuts:
+            try:
+                return inputs, state.backend.check_gradients(inputs, targets, seed=seed,
+                                                             **self.options, **limit)
+            except CheckTimeout:
+                raise
+            except Exception as exc:  # noqa: BLE001 - another reading may run
+                first_error = first_error or exc
+        raise first_error
 
     def _write(self, state: RunState, report: Any) -> None:
         values = {"gradcheck/passed": float(report.passed), "gradcheck/seconds": self._seconds}

@@ -9,9 +9,10 @@ one device-to-host transfer per call.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,46 @@ def alive_units(a: np.ndarray) -> np.ndarray:
     if a.ndim < 2:
         return np.array([bool((a > 0).any())])
     return (a > 0).any(axis=(0, *range(2, a.ndim)))
+
+
+def _arrays(batch: Any) -> Iterator[Any]:
+    """The arrays of a batch, inside tuples, lists and dicts, in :func:`_cut`'s order."""
+    if isinstance(batch, (tuple, list)):
+        for item in batch:
+            yield from _arrays(item)
+    elif isinstance(batch, dict):
+        for item in batch.values():
+            yield from _arrays(item)
+    elif getattr(batch, "shape", None) is not None:
+        yield batch
+
+
+def _ambiguous(array: Any, size: int | None) -> bool:
+    """Whether an array's dims 0 and 1 both have the batch's size."""
+    shape = array.shape
+    return size is not None and len(shape) >= 2 and shape[0] == shape[1] == size
+
+
+def _cut(batch: Any, n: int, size: int | None, readings: Iterator[int | None]) -> Any:
+    """The first ``n`` examples of a batch (see :meth:`Backend.first_examples`); an
+    ambiguous array (:func:`_ambiguous`) takes the next of ``readings``: its examples along
+    dim 0, dim 1, or None (whole)."""
+    if isinstance(batch, (tuple, list)):
+        items = [_cut(b, n, size, readings) for b in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    if isinstance(batch, dict):
+        return {k: _cut(v, n, size, readings) for k, v in batch.items()}
+    shape = getattr(batch, "shape", None)
+    if shape is None:
+        return batch[:n] if hasattr(batch, "__getitem__") else batch
+    if len(shape) == 0:
+        return batch
+    if _ambiguous(batch, size):
+        dim = next(readings)
+        return batch if dim is None else batch[:n] if dim == 0 else batch[:, :n]
+    if size is not None and shape[0] != size:
+        return batch[:, :n] if len(shape) >= 2 and shape[1] == size else batch
+    return batch[:n]
 
 
 def batch_length(batch: Any) -> int | None:
@@ -317,8 +358,7 @@ class Backend(ABC):
         """A host numpy copy of a batch (inputs or targets) from the training loop."""
         return np.array(x, copy=True)
 
-    @staticmethod
-    def first_examples(batch: Any, n: int, size: int | None = None) -> Any:
+    def first_examples(self, batch: Any, n: int, size: int | None = None) -> Any:
         """The first ``n`` examples of a batch (inputs or targets): an array's or tensor's
         first ``n`` rows, inside tuples, lists and dicts too (several targets of a multi-task
         loss); a 0-d value or a non-array as it is. With the batch's ``size`` (the targets'
@@ -326,19 +366,17 @@ class Backend(ABC):
         where that is the batch (a sequence-first RNN's ``(T, N, F)`` inputs), else left
         whole (a shared mask). (The torch backend cuts a forward's several arguments, a
         ``ForwardInputs``, by this rule too.)"""
-        if isinstance(batch, (tuple, list)):
-            items = [Backend.first_examples(b, n, size) for b in batch]
-            return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-        if isinstance(batch, dict):
-            return {k: Backend.first_examples(v, n, size) for k, v in batch.items()}
-        shape = getattr(batch, "shape", None)
-        if shape is None:
-            return batch[:n] if hasattr(batch, "__getitem__") else batch
-        if len(shape) == 0:
-            return batch
-        if size is not None and shape[0] != size:
-            return batch[:, :n] if len(shape) >= 2 and shape[1] == size else batch
-        return batch[:n]
+        return next(self.example_cuts(batch, n, size))
+
+    def example_cuts(self, batch: Any, n: int, size: int | None = None) -> Iterator[Any]:
+        """:meth:`first_examples`' cut, then the other readings of a batch whose shapes do not
+        tell where its examples are: an array whose dims 0 and 1 both have the batch's
+        ``size`` (sequence-first inputs as long as the batch, a ``(T, T)`` mask with T the
+        batch size) cut along dim 1 instead, or left whole; every combination, for the
+        caller to try in turn (a gradient check takes the first its model runs on)."""
+        ambiguous = sum(1 for _ in _arrays(batch) if _ambiguous(_, size))
+        for readings in itertools.product((0, 1, None), repeat=ambiguous):
+            yield _cut(batch, n, size, iter(readings))
 
     def concatenate(self, batches: Sequence[Any]) -> Any:
         """One batch holding the examples of ``batches`` (host copies from :meth:`to_host`),

@@ -564,14 +564,14 @@ class TorchBackend(Backend):
             return map_arrays(_host_copy, x)
         return np.array(x, copy=True)
 
-    @staticmethod
-    def first_examples(batch: Any, n: int, size: int | None = None) -> Any:
-        if isinstance(batch, ForwardInputs):  # (its arguments cut as a tuple's items are)
-            if size is None:  # (the first tensor argument's dim 0; None without one)
-                size = batch_length((*batch.args, *batch.kwargs.values()))
-            return ForwardInputs(Backend.first_examples(batch.args, n, size),
-                                 Backend.first_examples(batch.kwargs, n, size))
-        return Backend.first_examples(batch, n, size)
+    def example_cuts(self, batch: Any, n: int, size: int | None = None) -> Iterator[Any]:
+        if not isinstance(batch, ForwardInputs):
+            yield from super().example_cuts(batch, n, size)
+            return
+        if size is None:  # (the first tensor argument's dim 0; None without one)
+            size = batch_length((*batch.args, *batch.kwargs.values()))
+        for args, kwargs in super().example_cuts((batch.args, batch.kwargs), n, size):
+            yield ForwardInputs(args, kwargs)  # (its arguments cut as a tuple's items are)
 
     def concatenate(self, batches: Sequence[Any]) -> Any:
         if isinstance(batches[0], ForwardInputs):
