@@ -1291,3 +1291,31 @@ def test_a_kink_the_recorder_cannot_see_is_set_aside_beside_kinks_it_records():
     for seed in (0, 1):
         report = check_module(head, loss_fn, x, torch.tensor([-1.0, -1.0, 1.0]), seed=seed)
         assert report.passed, str(report)
+
+
+class ResizedCache(nn.Module):
+    """Keeps its last outputs in a buffer it resizes in place to the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(4, 3)
+        self.register_buffer("last", torch.zeros(64, 3))
+
+    def forward(self, x):
+        y = self.l(x)
+        self.last.resize_(y.shape).copy_(y.detach())
+        return y
+
+
+def test_a_buffer_the_forward_resizes_is_reset_before_every_evaluation():
+    """A forward that resizes a buffer in place to its batch (64 rows in training, 3 in the
+    check): every evaluation starts from the buffer as it was (resetting it raised a size
+    mismatch), and the model's own buffer comes back untouched."""
+    torch.manual_seed(0)
+    model = ResizedCache()
+    model(torch.randn(64, 4))
+    before = model.last.clone()
+    report = check_module(model, nn.CrossEntropyLoss(), torch.randn(3, 4),
+                          torch.tensor([0, 1, 2]))
+    assert report.passed, str(report)
+    assert torch.equal(model.last, before)

@@ -972,6 +972,9 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
 
     def evaluate() -> torch.Tensor:
         if working:
+            for now, then in zip(working.values(), buffers.values()):
+                if now.shape != then.shape:  # (a forward that resizes a buffer in place)
+                    now.resize_(then.shape)
             torch._foreach_copy_(list(working.values()), list(buffers.values()))
             for (owner, attr), tensor in zip(slots.values(), working.values()):
                 if owner._buffers.get(attr) is not tensor:
