@@ -233,3 +233,10 @@ def test_fixed_subset_is_deterministic_and_spread():
 def test_arguments_are_validated(kwargs, name):
     with pytest.raises(ValueError, match=name):
         AccuracyGapMonitor(**kwargs)
+
+
+def test_inputs_with_their_examples_elsewhere_than_dim_0_are_refused_with_the_way_out():
+    """Sequence-first validation inputs (T, N, F) against N targets: refused at construction,
+    saying evaluation takes examples along dim 0 and what to do instead."""
+    with pytest.raises(ValueError, match=r"validation_data: .*\(5 != 24\).*dim 0.*transpose"):
+        AccuracyGapMonitor(every=4, validation_data=(np.zeros((5, 24, 4)), np.zeros(24)))

@@ -51,7 +51,9 @@ def _pair(name: str, data: Any) -> tuple[Any, Any] | None:
         raise ValueError(f"{name}: must be an (inputs, targets) pair, got {type(data).__name__}")
     x, y = data
     if len(x) != len(y):
-        raise ValueError(f"{name}: inputs and targets differ in length ({len(x)} != {len(y)})")
+        raise ValueError(f"{name}: inputs and targets differ in length ({len(x)} != {len(y)}); "
+                         "evaluation takes examples along dim 0 of both (sequence-first "
+                         "inputs: transpose them, or report val_accuracy at epoch ends)")
     if len(x) == 0:
         raise ValueError(f"{name}: is empty")
     return x, y
