@@ -391,3 +391,22 @@ def test_tensorboard_tags_and_log_scale_chart(digits, tmp_path):
 def test_arguments_are_validated(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         UpdateRatioMonitor(**kwargs)
+
+
+@pytest.mark.parametrize("lr, code", [(0.5, "update_ratio.high"), (1e-4, "update_ratio.low")])
+def test_a_short_run_with_the_learning_rate_far_off_is_told_within_two_checks(lr, code):
+    """A small MLP whose steps take a fraction of a millisecond: the first measurement runs
+    cold, and spacing the next by its cost put it past the end of the run (only step 0 was
+    measured, and nothing fired). Its cost is forgotten, so the second comes at step 20 and a
+    rate far off is reported there."""
+    x, y = load_digits()
+    model = nn.Sequential([nn.Dense(64, 128, rng=0), nn.ReLU(), nn.Dense(128, 10, rng=1)],
+                          seed=0)
+    memory = MemoryOutput()
+    monitor = UpdateRatioMonitor()  # (defaults: every 20 steps, a 0.25 % budget)
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), nn.SGD(model, lr=lr),
+                      callbacks=[monitor], outputs=[memory], progress=False)
+    trainer.fit(x[:1280], y[:1280], epochs=2, batch_size=32)  # 80 steps
+    assert [s for s, _ in memory.scalars_log["update_ratio/fc2.weight"]][:2] == [0, 20]
+    fired = [a for a in trainer.monitor.alerts.history if a.code == code]
+    assert fired and fired[0].step == 20, trainer.monitor.summary()

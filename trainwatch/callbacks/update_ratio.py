@@ -245,6 +245,7 @@ class UpdateRatioMonitor(Callback):
         self._all_frozen = Streak()  # checks where no tensor changed
         self._outside: set[str] = set()  # tensors the watched optimizer does not hold
         self._band_applies = True  # a first-order optimizer: the band is its rule of thumb
+        self._warm = False  # the first (cold) measurement's cost is forgotten once done
 
     # -- results ------------------------------------------------------------------------------
 
@@ -298,6 +299,12 @@ class UpdateRatioMonitor(Callback):
                 with self.budget:
                     self._evaluate(state, step, {name: TensorNorms(*floats[3 * i:3 * i + 3])
                                                  for i, name in enumerate(names)})
+                if not self._warm:
+                    # the first measurement runs cold (first calls, the snapshot's buffers
+                    # allocated): spacing the next by its cost put it past the end of short
+                    # runs, and a rate far off needs two measurements to be reported
+                    self._warm = True
+                    self.budget.forget()
 
             self.read_at_step_end(state, [v for name in names for v in norms[name]], evaluate)
 

@@ -96,6 +96,13 @@ class TimeBudget:
         """Count one occurrence (call it once per occurrence, timed with ``with``)."""
         self.occurrences += 1
 
+    def forget(self) -> None:
+        """Forget the work timed so far (a first, cold occurrence whose cost says little
+        about the next ones): the next occurrence is due at once, and spaced by its own cost
+        from then on."""
+        self.seconds = 0.0
+        self.occurrences = 0
+
     def add(self, seconds: float) -> None:
         """Count ``seconds`` of work timed elsewhere."""
         self.seconds += seconds
