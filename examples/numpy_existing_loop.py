@@ -27,6 +27,7 @@ mon = tw.Monitor(model, loss=loss_fn, optimizer=optimizer, logdir=args.logdir)  
 with mon.run(epochs=args.epochs, steps_per_epoch=-(-len(x_train) // 32)):  # trainwatch
     for epoch in range(args.epochs):
         mon.epoch_begin(epoch)  # trainwatch
+        correct = 0
         for xb, yb in minibatches(x_train, y_train, 32, rng):
             mon.batch_begin(xb, yb)  # trainwatch
             scores = model.forward(xb, training=True)
@@ -38,10 +39,12 @@ with mon.run(epochs=args.epochs, steps_per_epoch=-(-len(x_train) // 32)):  # tra
             mon.step_begin()  # trainwatch
             optimizer.step()
             mon.step_end()  # trainwatch
+            correct += int(np.sum(scores.argmax(axis=1) == yb))
         val_scores = model.forward(x_val, training=False)
         val_accuracy = float(np.mean(val_scores.argmax(axis=1) == y_val))
-        mon.epoch_end({"val_accuracy": val_accuracy,  # trainwatch
-                       "val_loss": loss_fn.forward(val_scores, y_val)})  # trainwatch
+        mon.epoch_end({"train_accuracy": correct / len(x_train),  # trainwatch
+                       "val_accuracy": val_accuracy,
+                       "val_loss": loss_fn.forward(val_scores, y_val)})
 
 print(f"validation accuracy {val_accuracy:.3f}")
 print(mon.summary())

@@ -240,3 +240,19 @@ def test_inputs_with_their_examples_elsewhere_than_dim_0_are_refused_with_the_wa
     saying evaluation takes examples along dim 0 and what to do instead."""
     with pytest.raises(ValueError, match=r"validation_data: .*\(5 != 24\).*dim 0.*transpose"):
         AccuracyGapMonitor(every=4, validation_data=(np.zeros((5, 24, 4)), np.zeros(24)))
+
+
+def test_a_loop_that_reports_half_the_pair_is_told_what_is_missing():
+    """Epoch ends with val_accuracy but no train_accuracy (a hand-written loop): the gap
+    cannot be computed; one info alert names the missing metric (nothing was said before)."""
+    model = nn.Sequential([nn.Dense(4, 3, rng=0)], seed=0)
+    monitor = Monitor(model, loss=nn.SoftmaxCrossEntropy(), callbacks=[AccuracyGapMonitor()],
+                      progress=False)
+    monitor.train_begin()
+    for _ in range(3):
+        monitor.epoch_begin()
+        monitor.epoch_end({"val_accuracy": 0.5, "val_loss": 1.0})
+    monitor.train_end()
+    skipped = [a for a in monitor.alerts.history if a.code == "accuracy_gap.skipped"]
+    assert len(skipped) == 1 and "no train_accuracy" in skipped[0].message
+    assert "train_accuracy" in skipped[0].suggestion

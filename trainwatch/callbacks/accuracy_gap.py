@@ -226,6 +226,16 @@ class AccuracyGapMonitor(Callback):
                 self._skip(state, NO_CLASSIFICATION, NO_CLASSIFICATION_FIX)
                 return
         if train_acc is None or val_acc is None:
+            if (train_acc is None) != (val_acc is None):  # (half the pair: say what is missing)
+                given, missing = (("val_accuracy", "train_accuracy") if train_acc is None
+                                  else ("train_accuracy", "val_accuracy"))
+                state.alerts.fire(
+                    "accuracy_gap.skipped", "info",
+                    f"AccuracyGapMonitor compares nothing in this run: the loop reports "
+                    f"{given} at epoch ends but no {missing}", state.step,
+                    suggestion=f"report {missing} too (watcher.epoch_end({{'train_accuracy': "
+                               f"..., 'val_accuracy': ...}})), or pass AccuracyGapMonitor("
+                               f"every=N, validation_data=(x, y)) for gaps on fixed subsets")
             return
         if not (math.isfinite(train_acc) and math.isfinite(val_acc)):
             self._skip(state, NO_CLASSIFICATION, NO_CLASSIFICATION_FIX)
