@@ -247,7 +247,8 @@ def test_training_loop_is_not_slowed_by_a_bad_endpoint(kind, dead_url, endpoint)
     assert watched - baseline < 0.2, (watched, baseline)
     assert closing < bound + 0.3
     assert sink.delivered == 0
-    assert len(manager.history) == 200
+    reported = [a for a in manager.history if a.code == "alerts.sink_error"]
+    assert len(manager.history) - len(reported) == 200 and len(reported) <= 1
 
 
 @pytest.mark.parametrize(
@@ -279,3 +280,20 @@ def test_close_rejects_bad_timeout_and_is_idempotent(endpoint):
     with pytest.raises(ValueError, match="timeout"):
         sink.close(timeout=-1)
     assert sink.close() and sink.close()
+
+
+def test_a_dead_webhook_is_reported_once_through_the_other_sinks(dead_url):
+    """A webhook's failures happen on its own thread: they were only logged, on a logger
+    that shows nothing unless configured. The first is now an alerts.sink_error, once,
+    that the other sinks receive (at the next alert, or when the manager closes)."""
+    from trainwatch.alerts import CallableSink
+
+    seen: list[Alert] = []
+    hook = WebhookSink(dead_url, timeout=0.5, retries=0)
+    manager = AlertManager(sinks=[hook, CallableSink(seen.append)])
+    manager.fire("update_ratio.high", "warning", "ratio 2.0e-02 above 1e-2", 3)
+    manager.fire("loss.divergence", "warning", "the loss rose", 4)
+    manager.close()
+    errors = [a for a in seen if a.code == "alerts.sink_error"]
+    assert len(errors) == 1 and dead_url in errors[0].message, [str(a) for a in seen]
+    assert hook.delivered == 0 and hook.failed >= 1

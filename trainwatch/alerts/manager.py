@@ -197,12 +197,19 @@ class AlertManager:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Close every sink (flushes files, waits briefly for webhooks)."""
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:  # noqa: BLE001
-                logger.warning("trainwatch: alert sink %r failed to close: %s", sink, exc)
+        """Close every sink (flushes files, waits briefly for webhooks): those that deliver
+        on their own threads first, so a failure of their last deliveries still reaches the
+        others (``alerts.sink_error``)."""
+        delivering = [s for s in self.sinks if type(s).failure is not AlertSink.failure]
+        rest = [s for s in self.sinks if all(s is not d for d in delivering)]
+        for group in (delivering, rest):
+            for sink in group:
+                try:
+                    sink.close()
+                except Exception as exc:  # noqa: BLE001
+                    logger.warning("trainwatch: alert sink %r failed to close: %s", sink, exc)
+            if group is delivering:
+                self._report_failures(self.history[-1].step if self.history else 0)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -231,6 +238,19 @@ class AlertManager:
                     self.history.append(broken)
                     logger.warning("%s", broken)
                     pending.append(broken)
+            if current is alert:
+                self._report_failures(alert.step)
+
+    def _report_failures(self, step: int) -> None:
+        """Failures sinks found on their own threads (a webhook's deliveries): one
+        ``alerts.sink_error`` each, to every sink."""
+        for sink in self.sinks:
+            try:
+                failure = sink.failure()
+            except Exception:  # noqa: BLE001 - a sink's bookkeeping never stops training
+                failure = None
+            if failure:
+                self._emit(Alert("alerts.sink_error", Severity.WARNING, failure, step))
 
 
 def _described(describe: Callable[[], Mapping[str, Any]], severity: Any, message: str,

@@ -48,6 +48,12 @@ class AlertSink(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Flush and release resources (called once at the end of training)."""
 
+    def failure(self) -> str | None:
+        """A failure found outside :meth:`emit` (a delivery on a background thread), once:
+        the :class:`~trainwatch.alerts.AlertManager` reports it as ``alerts.sink_error``;
+        None when there is none."""
+        return None
+
 
 _LEVELS = {
     Severity.INFO: logging.INFO,
@@ -224,7 +230,8 @@ class WebhookSink(AlertSink):
     in between; other 4xx answers are not retried. :meth:`close` waits at most its
     ``timeout`` for the queue to drain and then gives up, so a dead or hanging endpoint
     never slows or stops training. The first failure is logged as a warning on logger
-    ``trainwatch``, later ones at debug level.
+    ``trainwatch`` and reported once through the alerts (``alerts.sink_error``, at the next
+    alert or when training ends), later ones at debug level.
 
     Proxies come from the usual environment variables (``https_proxy``, ``no_proxy``, ...),
     read at construction.
@@ -298,6 +305,7 @@ class WebhookSink(AlertSink):
         self._closed = False
         self._abandon = threading.Event()
         self._warned = False
+        self._failure: str | None = None  # the first failure, until failure() takes it
         self._thread = threading.Thread(
             target=self._run, name="trainwatch-webhook", daemon=True
         )
@@ -417,9 +425,17 @@ class WebhookSink(AlertSink):
 
     def _report(self, alert: Alert, error: BaseException | None) -> None:
         level = logging.DEBUG if self._warned else logging.WARNING
+        if not self._warned:  # (for the alerts, on the training thread: see failure())
+            self._failure = (f"webhook {self.url} failed for alert {alert.code}: {error!r}; it "
+                             "keeps trying the next alerts (later failures are logged at "
+                             "debug level on logger 'trainwatch')")
         self._warned = True
         logger.log(level, "trainwatch: webhook %s failed for alert %s: %r (further "
                    "failures are logged at debug level)", self.url, alert.code, error)
+
+    def failure(self) -> str | None:
+        failure, self._failure = self._failure, None
+        return failure
 
     def __repr__(self) -> str:
         return (f"WebhookSink({self.url!r}, delivered={self.delivered}, "
