@@ -18,7 +18,7 @@ args = parser.parse_args()
 
 x, y = load_digits()
 (x_train, y_train), (x_val, y_val) = train_val_split(x, y, val_fraction=0.2, seed=0)
-model = nn.Sequential([nn.Dense(64, 64), nn.Tanh(), nn.Dense(64, 10)], seed=0)
+model = nn.Sequential([nn.Dense(64, 64, rng=0), nn.Tanh(), nn.Dense(64, 10, rng=1)], seed=0)
 loss_fn = nn.SoftmaxCrossEntropy()
 optimizer = nn.Nesterov(model, lr=0.05, momentum=0.9)
 rng = np.random.default_rng(0)
