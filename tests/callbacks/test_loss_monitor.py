@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainwatch import Callback, Trainer, nn
-from trainwatch.callbacks.loss_monitor import LossMonitor
+from trainwatch.callbacks.loss_monitor import LossMonitor, class_count
 from trainwatch.callbacks.update_ratio import UpdateRatioMonitor
 from trainwatch.data import load_digits, train_val_split
 from trainwatch.outputs.memory import MemoryOutput
@@ -392,3 +392,19 @@ def test_a_steps_later_losses_are_checked_for_nan_only():
     monitor, mon = run(lambda k: [math.nan] if k == 12 else [70.0])
     assert [(a.code, a.step) for a in mon.alerts.history] == [("loss.nonfinite", 12)]
     assert mon.state.step == 13 and mon.state.stop_requested  # (stopped after step 12)
+
+
+@pytest.mark.parametrize("scores, targets, classes", [
+    ((32, 10), (32,), 10),             # (N, C)
+    ((32, 5, 64), (32, 64), 5),        # torch's (N, C, T) sequence layout
+    ((8, 21, 16, 16), (8, 16, 16), 21),  # (N, C, H, W) pixels
+    ((32, 64, 5), (32, 64), 5),        # a token classifier's (N, T, C)
+    ((32, 10), (32, 10), 10),          # one-hot targets
+    ((32, 10), None, 10),              # no targets reported: the last dim
+    ((32,), (32,), None),
+])
+def test_the_classes_of_the_expected_initial_loss_follow_the_targets_layout(
+        scores, targets, classes):
+    """ln C needs C: dim 1 for torch's (N, C, d...) layouts (the last dim, 64 positions,
+    made a 5-class tagger's healthy start read as 'below chance' before)."""
+    assert class_count(scores, targets) == classes

@@ -76,6 +76,19 @@ def _positive(name: str, value: Any, *, above: float = 0.0, most: float = math.i
     return float(value)
 
 
+def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int | None:
+    """How many classes scores of shape ``scores`` range over: dim 1 where the targets are
+    class indices laid out as ``(N, d...)`` against ``(N, C, d...)`` scores (torch's
+    ``(N, C, T)`` sequences, ``(N, C, H, W)`` pixels), else the last dim (``(N, C)``, a token
+    classifier's ``(N, T, C)``); None for scores of fewer than 2 dims."""
+    if len(scores) < 2:
+        return None
+    if (targets is not None and len(scores) >= 3 and tuple(targets) == scores[:1] + scores[2:]
+            and tuple(targets) != scores[:-1]):
+        return int(scores[1])
+    return int(scores[-1])
+
+
 class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
@@ -370,7 +383,8 @@ class LossMonitor(Callback):
         if self.expected_initial_loss is not None:
             return self.expected_initial_loss, "given as expected_initial_loss"
         shape = np.shape(state.predictions) if state.predictions is not None else ()
-        classes = int(shape[-1]) if len(shape) >= 2 else None
+        targets = np.shape(state.targets) if state.targets is not None else None
+        classes = class_count(shape, targets)
         kind = getattr(state.backend, "loss_kind", None)
         method = getattr(state.backend, "expected_initial_loss", None)
         if callable(method) and classes is not None:
