@@ -410,3 +410,23 @@ def test_a_short_run_with_the_learning_rate_far_off_is_told_within_two_checks(lr
     assert [s for s, _ in memory.scalars_log["update_ratio/fc2.weight"]][:2] == [0, 20]
     fired = [a for a in trainer.monitor.alerts.history if a.code == code]
     assert fired and fired[0].step == 20, trainer.monitor.summary()
+
+
+@pytest.mark.parametrize("grad, advice", [(0.0, "no gradient"), (0.5, "higher")])
+def test_the_advice_for_a_low_ratio_depends_on_whether_there_is_a_gradient(grad, advice):
+    """A ratio far below the band with no gradient (units killed by a rate that was too
+    high; only momentum still moves the weights) asked for a rate thousands of times higher,
+    the opposite of the cure: it now says the tensor gets no gradient. With a gradient the
+    advice stands, and says that a converged or decayed run needs nothing."""
+    from trainwatch.core.backend import TensorNorms
+
+    monitor = UpdateRatioMonitor()
+    track = monitor._track("fc1.weight")
+    track.since, track.streak = 0, 3
+    norms = TensorNorms(weight=10.0, grad=grad, update=1e-7)
+    described = monitor._band_message(60, "fc1.weight", norms, track, 1e-8, "low", True)
+    assert advice in described["suggestion"]
+    if grad:
+        assert "converged" in described["suggestion"]
+    else:
+        assert "higher learning rate would not move it" in described["suggestion"]

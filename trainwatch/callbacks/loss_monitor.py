@@ -25,7 +25,8 @@ KNOWLEDGE §2–3 turned into alerts:
 * ``loss.noise`` (warning): the step-to-step scatter of the loss over the last
   ``noise_window`` steps (``std(diff(loss)) / √2``, which ignores the trend) relative to the
   loss level (never less than a quarter of the initial loss, so a loss near zero does not
-  read as noisy) is above ``noise_threshold``: the batch is probably too small. Judged once
+  read as noisy) is above ``noise_threshold``: the batch is probably small (the scatter is
+  mostly the batches' sampling noise; it needs acting on only if the loss stalls). Judged once
   the window lies after ``warmup`` (the steep first drop of the curve is not noise) and
   holds no divergence.
 * ``loss.initial`` (warning, checked once on the first batch, with the data loss alone when
@@ -525,15 +526,17 @@ class LossMonitor(Callback):
                 return {"message": f"the batch loss scatter is down to {spread:.0%} of its "
                                    f"level"}
             try:
-                batch = f"batch size {len(inputs)}"
-            except TypeError:  # no batch (None), or one without a length
-                batch = "the batch size"
+                batch = f"; batch size {len(inputs)}"
+            except TypeError:  # no batch recorded at this step (None), or no length
+                batch = ""
             return {"message": (f"the batch loss scatters by {spread:.0%} of its level over "
-                                f"the last {span} steps (threshold {self.noise_threshold:.0%}; "
+                                f"the last {span} steps (threshold {self.noise_threshold:.0%}"
                                 f"{batch})"),
-                    "suggestion": ("the batch is probably too small for this learning rate: "
-                                   "use a larger batch (4× the batch halves the scatter) or a "
-                                   "lower learning rate")}
+                    "suggestion": ("most of it is the batches' sampling noise, which grows as "
+                                   "the batch shrinks: if the smoothed loss still falls, "
+                                   "nothing needs changing; if it stalls, use a larger batch "
+                                   "(4× the batch halves the scatter) or a lower learning "
+                                   "rate")}
 
         state.alerts.update("loss.noise", active, step=step, severity="warning", value=spread,
                             describe=describe)

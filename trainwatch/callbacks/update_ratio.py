@@ -492,6 +492,15 @@ class UpdateRatioMonitor(Callback):
             f"learning rate probably too {side}: try it about {_fmt_factor(factor)}× {how} "
             f"(the ratio scales roughly with the learning rate; aim for about {target:.0e})"
         )
+        if side == "low" and not n.grad > NEGLIGIBLE_GRADIENT * n.weight:
+            # no gradient to scale: a higher rate moves nothing (units killed, often by a
+            # rate that was too high, or the tensor cut from the loss)
+            suggestion = ("the tensor gets (almost) no gradient, so a higher learning rate "
+                          "would not move it: its units are probably dead (often after a too-high "
+                          "learning rate) or it is cut from the loss (.detach(), an unused branch)")
+        elif side == "low":
+            suggestion += ("; a converged run, or the end of a learning-rate decay, has low "
+                           "ratios by design: then nothing needs changing")
         return {"message": message, "severity": "warning", "value": smoothed,
                 "suggestion": suggestion}
 
