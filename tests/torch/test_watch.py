@@ -1353,3 +1353,26 @@ def test_a_tagger_in_torchs_sequence_layout_starts_at_the_expected_loss():
         opt.step()
     assert abs(loss.item() - np.log(5)) < 0.3
     assert "loss.initial" not in [a.code for a in w.monitor.alerts.history], w.summary()
+
+
+def test_a_confident_sigmoid_output_is_not_called_saturated():
+    """A binary classifier's sigmoid output (BCELoss) saturates as the model grows
+    confident, as it should: its saturated fraction is written, but activations.saturated
+    (whose advice is weights too large or a rate too high) no longer fires on it."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 2)
+    y = (x[:, :1] + x[:, 1:] > 0).float()
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1), nn.Sigmoid())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    mem = MemoryOutput()
+    with watch(model, opt, nn.BCELoss(), progress=False, outputs=[mem],
+               callbacks=[HistogramMonitor(every=50, budget=None)]) as w:
+        for _ in range(10):
+            for i in range(0, 512, 32):
+                loss = nn.functional.binary_cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+                w.loss(loss, y[i:i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    assert mem.scalars_log["activations/3/saturated_fraction"][-1][1] > 0.5
+    assert "activations.saturated" not in [a.code for a in w.monitor.alerts.history]

@@ -171,7 +171,9 @@ class HistogramMonitor(Callback):
     Then capture goes off again; the other steps never call it.
 
     Alerts (warnings, per layer for the first two, once per episode, with hysteresis):
-    ``activations.saturated`` when a layer's saturated fraction exceeds ``saturated_alert``,
+    ``activations.saturated`` when a layer's saturated fraction exceeds ``saturated_alert``
+    (not for the model's last layer: a sigmoid or tanh output saturates as the model grows
+    confident, as a binary classifier trained with BCE should),
     ``activations.dead`` when its dead fraction exceeds ``dead_alert``,
     ``gradients.vanishing`` / ``gradients.exploding`` when the gradient norm ratio falls
     below ``vanishing_ratio`` / rises above ``exploding_ratio``; and once per run
@@ -339,11 +341,13 @@ class HistogramMonitor(Callback):
             values[f"activations/{name}/mean"] = mean
             values[f"activations/{name}/std"] = math.sqrt(
                 max(h.sum_squares / h.num - mean * mean, 0.0))
+        output = self._layers[-1].name if self._layers else None
         for name, st in stats.items():
             kind = watched[name]
             if kind in SATURATING_KINDS:
                 values[f"activations/{name}/saturated_fraction"] = st.saturated
-                self._alert_saturated(state, name, kind, st.saturated)
+                if name != output:  # (the model's own outputs saturate as it grows confident)
+                    self._alert_saturated(state, name, kind, st.saturated)
             elif st.alive is not None and st.examples >= self.dead_min_batch:
                 alive = st.alive
                 values[f"activations/{name}/dead_fraction"] = (
