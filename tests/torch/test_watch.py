@@ -20,7 +20,7 @@ from trainwatch.callbacks.histograms import HistogramMonitor  # noqa: E402
 from trainwatch.callbacks.update_ratio import UpdateRatioMonitor  # noqa: E402
 from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
-from trainwatch.torch import ForwardInputs, Watcher, watch  # noqa: E402
+from trainwatch.torch import ForwardInputs, TorchBackend, Watcher, watch  # noqa: E402
 from trainwatch.torch import backend as backend_module  # noqa: E402
 from trainwatch.torch.host_reads import count_host_reads  # noqa: E402
 
@@ -1376,3 +1376,27 @@ def test_a_confident_sigmoid_output_is_not_called_saturated():
                 opt.step()
     assert mem.scalars_log["activations/3/saturated_fraction"][-1][1] > 0.5
     assert "activations.saturated" not in [a.code for a in w.monitor.alerts.history]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_loss_near_its_label_smoothing_floor_is_no_plateau(smoothing):
+    """Cross-entropy with label smoothing 0.1 over 10 classes cannot go below 0.500 (the
+    smoothed targets' entropy): a loss settling at 0.52 is at its floor, not 'a plateau at a
+    poor value' (loss.plateau fired, advising a lower learning rate). Without smoothing the
+    same curve is a plateau, and is still reported."""
+    torch.manual_seed(0)
+    model = nn.Linear(64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    floor = TorchBackend(model, criterion).loss_floor(10)
+    assert floor == (pytest.approx(0.50029, abs=1e-5) if smoothing else 0.0)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    with watch(model, opt, criterion, progress=False, callbacks=[LossMonitor()]) as w:
+        for step in range(1600):
+            if step == 0:
+                w.loss(criterion(model(x), y), y)  # (the first batch: the classes)
+            else:
+                w.loss(0.5 + 0.02 + 1.8 * np.exp(-step / 100))
+            opt.step()
+    plateau = [a for a in w.monitor.alerts.history if a.code == "loss.plateau"]
+    assert bool(plateau) == (smoothing == 0.0), w.summary()

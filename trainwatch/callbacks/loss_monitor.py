@@ -16,8 +16,10 @@ KNOWLEDGE §2–3 turned into alerts:
   at least 1 % of the initial loss (so a loss near zero does not diverge by rounding).
 * ``loss.plateau`` (warning): no progress over the last ``plateau_window`` steps: the mean of
   the window's newest quarter is less than ``plateau_threshold`` (relative) below the mean of
-  its oldest quarter, while the loss is still above ``plateau_floor`` times its initial value
-  (a loss near zero has converged, not stalled), and not while the window holds a divergence.
+  its oldest quarter, while the loss is still above ``plateau_floor`` of the way from the
+  least value it can take (0, or the smoothed targets' entropy under label smoothing:
+  ``Backend.loss_floor``) to its initial value (a loss near its floor has converged, not
+  stalled), and not while the window holds a divergence.
   The message gives the reading: a curve flat or nearly linear from the start means a
   learning rate that is too low; a jump (a batch loss above 1.5× the initial one) and a
   return to the starting value means a too-high rate killed the units; a fast drop and then
@@ -126,8 +128,9 @@ class LossMonitor(Callback):
         plateau_window: steps over which progress is measured (default 200).
         plateau_threshold: relative improvement over the window below which the loss is on a
             plateau (default 0.01, i.e. 1 %).
-        plateau_floor: no plateau alert once the loss is below this fraction of its initial
-            value (default 0.1).
+        plateau_floor: no plateau alert once the loss is below this fraction of the way from
+            its least value (0, or higher under label smoothing) to its initial value
+            (default 0.1).
         noise_window: steps over which the scatter is measured (default 50).
         noise_threshold: relative spread above which the loss is too noisy (default 0.3; the
             8x8-digits demo at batch 32 stays below 0.21 after its first 100 steps, batch 8
@@ -217,6 +220,7 @@ class LossMonitor(Callback):
         self.initial_loss: float | None = None
         self.expected_initial: float | None = None
         self._initial_context: tuple[float | None, str, Any] = (None, "", None)
+        self._loss_floor = 0.0  # the least value the loss can take (Backend.loss_floor)
         #: the latest evaluation: progress over the plateau window, relative spread
         self.window_progress: float = math.nan
         self.relative_spread: float = math.nan
@@ -245,8 +249,12 @@ class LossMonitor(Callback):
         return step == 0 and self.check_initial  # the number of classes, from the outputs
 
     def on_loss_computed(self, state: RunState) -> None:
-        if state.step == 0 and self.check_initial:  # what the first loss is judged by
-            self._initial_context = (*self._expected(state), state.data_loss)
+        if state.step == 0:
+            if self.check_initial:  # what the first loss is judged by
+                self._initial_context = (*self._expected(state), state.data_loss)
+            floor = getattr(state.backend, "loss_floor", None)
+            if callable(floor):  # (label smoothing: the loss never reaches 0)
+                self._loss_floor = float(floor(self._classes(state)))
 
     def on_losses(self, state: RunState) -> None:
         # every check_every-th step's losses, taken in together (in one warm loop on the
@@ -380,12 +388,17 @@ class LossMonitor(Callback):
         state.alerts.fire("loss.initial", "warning", message, state.step, value=value,
                           suggestion=suggestion)
 
+    @staticmethod
+    def _classes(state: RunState) -> int | None:
+        """The classes the batch's scores range over (see :func:`class_count`)."""
+        shape = np.shape(state.predictions) if state.predictions is not None else ()
+        targets = np.shape(state.targets) if state.targets is not None else None
+        return class_count(shape, targets)
+
     def _expected(self, state: RunState) -> tuple[float | None, str]:
         if self.expected_initial_loss is not None:
             return self.expected_initial_loss, "given as expected_initial_loss"
-        shape = np.shape(state.predictions) if state.predictions is not None else ()
-        targets = np.shape(state.targets) if state.targets is not None else None
-        classes = class_count(shape, targets)
+        classes = self._classes(state)
         kind = getattr(state.backend, "loss_kind", None)
         method = getattr(state.backend, "expected_initial_loss", None)
         if callable(method) and classes is not None:
@@ -463,12 +476,15 @@ class LossMonitor(Callback):
         win = self._window(self._plateau_n)
         q = max(len(win) // 4, 1)
         first, last = sum(win[:q]) / q, sum(win[-q:]) / q
-        progress = (first - last) / first if first > 0 else math.nan
+        # progress toward the least value the loss can take (above 0 with label smoothing)
+        floor = self._loss_floor
+        progress = (first - last) / (first - floor) if first > floor else math.nan
         self.window_progress = progress
         span = self._plateau_n * self.check_every
-        # Judged only above the floor, and not while the window holds a divergence (a loss
-        # that rose is the divergence's alert, not a plateau).
-        judged = last > self.plateau_floor * ref and step - self._diverged_at > span
+        # Judged only above plateau_floor of the way down to the loss's least value, and not
+        # while the window holds a divergence (a rise is the divergence's alert).
+        judged = (last - floor > self.plateau_floor * (ref - floor)
+                  and step - self._diverged_at > span)
         raw = progress < self.plateau_threshold and judged
         active = self._condition("plateau", step, raw,
                                  progress < 2 * self.plateau_threshold and judged)

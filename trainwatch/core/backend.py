@@ -173,6 +173,11 @@ class Backend(ABC):
         ln C for softmax over C classes, C − 1 for the multiclass SVM); None when unknown."""
         return None
 
+    def loss_floor(self, num_classes: int | None) -> float:
+        """The least value the loss can take: 0 for most losses; label smoothing raises it
+        (a model that fits its training set well stays above it)."""
+        return 0.0
+
     # -- parameters and gradients ------------------------------------------------------------
 
     @abstractmethod

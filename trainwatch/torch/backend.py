@@ -399,6 +399,16 @@ class TorchBackend(Backend):
     def loss_kind(self) -> str | None:
         return loss_kind(self.loss_fn)
 
+    def loss_floor(self, num_classes: int | None) -> float:
+        smoothing = getattr(self.loss_fn, "label_smoothing", 0.0)
+        if not (isinstance(self.loss_fn, nn.CrossEntropyLoss) and smoothing > 0
+                and num_classes and num_classes >= 2):
+            return 0.0
+        # the entropy of the smoothed targets: 1 - ε + ε/C on the label, ε/C on the others
+        other = smoothing / num_classes
+        label = 1.0 - smoothing + other
+        return -label * math.log(label) - (num_classes - 1) * other * math.log(other)
+
     @property
     def first_order_optimizer(self) -> bool:
         return not isinstance(self.optimizer, torch.optim.LBFGS)
