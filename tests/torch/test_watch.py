@@ -1400,3 +1400,35 @@ def test_a_loss_near_its_label_smoothing_floor_is_no_plateau(smoothing):
             opt.step()
     plateau = [a for a in w.monitor.alerts.history if a.code == "loss.plateau"]
     assert bool(plateau) == (smoothing == 0.0), w.summary()
+
+
+def test_a_classifier_initialised_at_its_label_prior_starts_where_it_should():
+    """An imbalanced detector (10% positives) whose output bias is set to the prior's log
+    odds starts at the labels' entropy (~0.33), not ln 2: loss.initial called that 'below
+    chance' with advice about leaking labels. A start far below even the prior is still
+    reported."""
+    torch.manual_seed(0)
+    x = torch.randn(320, 8)
+    y = (torch.rand(320, 1) < 0.1).float()
+    y[:32:10] = 1.0  # (the first batch holds a few positives)
+
+    def first_alerts(bias, leak=False):
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        with torch.no_grad():
+            model[2].bias.fill_(bias)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        criterion = nn.BCEWithLogitsLoss()
+        with watch(model, opt, criterion, progress=False, callbacks=[LossMonitor()]) as w:
+            out = model(x[:32])
+            if leak:  # the labels leak into the scores: a start near 0
+                out = out + 20 * (2 * y[:32] - 1)
+            loss = criterion(out, y[:32])
+            w.loss(loss, y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [a.code for a in w.monitor.alerts.history]
+
+    prior = float(y[:32].mean())
+    assert "loss.initial" not in first_alerts(np.log(prior / (1 - prior)))
+    assert "loss.initial" in first_alerts(0.0, leak=True)

@@ -79,6 +79,28 @@ def _positive(name: str, value: Any, *, above: float = 0.0, most: float = math.i
     return float(value)
 
 
+def label_entropy(targets: Any, kind: str | None) -> float | None:
+    """The entropy (nats) of a batch's labels: the loss of a model that predicts their
+    frequencies, where one whose last bias is set to the labels' prior starts (ln C, ln 2
+    for balanced labels; less for imbalanced ones). For softmax cross-entropy (class
+    indices; negative ones ignored) and sigmoid BCE (0/1 targets); None otherwise."""
+    if targets is None or kind not in ("softmax_cross_entropy", "sigmoid_bce"):
+        return None
+    try:
+        y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):  # (several targets, a structure)
+        return None
+    if kind == "sigmoid_bce":
+        p = np.array([1.0 - y.mean(), y.mean()]) if y.size else np.array([])
+    else:
+        labels = y[y >= 0]
+        if not labels.size or np.any(labels != np.round(labels)):
+            return None
+        p = np.bincount(labels.astype(np.int64)) / labels.size
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum()) if p.size else None
+
+
 def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int | None:
     """How many classes scores of shape ``scores`` range over: dim 1 where the targets are
     class indices laid out as ``(N, d...)`` against ``(N, C, d...)`` scores (torch's
@@ -221,6 +243,7 @@ class LossMonitor(Callback):
         self.expected_initial: float | None = None
         self._initial_context: tuple[float | None, str, Any] = (None, "", None)
         self._loss_floor = 0.0  # the least value the loss can take (Backend.loss_floor)
+        self._label_entropy: float | None = None  # of the first batch's labels
         #: the latest evaluation: progress over the plateau window, relative spread
         self.window_progress: float = math.nan
         self.relative_spread: float = math.nan
@@ -252,6 +275,9 @@ class LossMonitor(Callback):
         if state.step == 0:
             if self.check_initial:  # what the first loss is judged by
                 self._initial_context = (*self._expected(state), state.data_loss)
+                self._label_entropy = label_entropy(
+                    state.backend.to_host(state.targets) if state.targets is not None
+                    else None, getattr(state.backend, "loss_kind", None))
             floor = getattr(state.backend, "loss_floor", None)
             if callable(floor):  # (label smoothing: the loss never reaches 0)
                 self._loss_floor = float(floor(self._classes(state)))
@@ -368,6 +394,9 @@ class LossMonitor(Callback):
             return
         tol = self.initial_tolerance
         if expected / (1 + tol) <= value <= expected * (1 + tol):
+            return
+        prior = self._label_entropy  # (a last layer's bias set to the labels' frequencies)
+        if value < expected and prior is not None and value >= prior / (1 + tol):
             return
         which = "data loss, regularisation off" if data_loss is not None else (
             "total loss; the loop reports no separate data loss")
