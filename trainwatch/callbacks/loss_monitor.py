@@ -243,7 +243,7 @@ class LossMonitor(Callback):
         self.expected_initial: float | None = None
         self._initial_context: tuple[float | None, str, Any] = (None, "", None)
         self._loss_floor = 0.0  # the least value the loss can take (Backend.loss_floor)
-        self._label_entropy: float | None = None  # of the first batch's labels
+        self._first_targets: Any = None  # the first batch's labels (see _check_initial)
         #: the latest evaluation: progress over the plateau window, relative spread
         self.window_progress: float = math.nan
         self.relative_spread: float = math.nan
@@ -275,9 +275,7 @@ class LossMonitor(Callback):
         if state.step == 0:
             if self.check_initial:  # what the first loss is judged by
                 self._initial_context = (*self._expected(state), state.data_loss)
-                self._label_entropy = label_entropy(
-                    state.backend.to_host(state.targets) if state.targets is not None
-                    else None, getattr(state.backend, "loss_kind", None))
+                self._first_targets = state.targets  # (read only if the start is low)
             floor = getattr(state.backend, "loss_floor", None)
             if callable(floor):  # (label smoothing: the loss never reaches 0)
                 self._loss_floor = float(floor(self._classes(state)))
@@ -387,6 +385,7 @@ class LossMonitor(Callback):
 
     def _check_initial(self, state: RunState, total: float) -> None:
         expected, how, data_loss = self._initial_context
+        first_targets, self._first_targets = self._first_targets, None
         value = total if data_loss is None else float(data_loss)
         self.initial_loss = value
         self.expected_initial = expected
@@ -395,9 +394,12 @@ class LossMonitor(Callback):
         tol = self.initial_tolerance
         if expected / (1 + tol) <= value <= expected * (1 + tol):
             return
-        prior = self._label_entropy  # (a last layer's bias set to the labels' frequencies)
-        if value < expected and prior is not None and value >= prior / (1 + tol):
-            return
+        if value < expected and first_targets is not None:
+            # where a classifier whose last bias is set to the labels' frequencies starts
+            prior = label_entropy(state.backend.to_host(first_targets),
+                                  getattr(state.backend, "loss_kind", None))
+            if prior is not None and value >= prior / (1 + tol):
+                return
         which = "data loss, regularisation off" if data_loss is not None else (
             "total loss; the loop reports no separate data loss")
         factor = value / expected
