@@ -142,6 +142,13 @@ def test_low_accuracy_that_still_climbs_is_not_underfitting():
     assert not fired(alerts, "accuracy_gap.underfit")
     alerts, _ = feed([(0.5, 0.3)] * 5)
     assert not fired(alerts, "accuracy_gap.underfit")
+    # nor one far below validation (noisy training labels, accuracy counted with dropout
+    # on: no capacity problem; "give it more capacity" fired on such runs)
+    alerts, _ = feed([(0.46, 0.9)] * 5)
+    assert not fired(alerts, "accuracy_gap.underfit")
+    # a stalled accuracy that fell says so with its sign
+    alerts, _ = feed([(0.31, 0.3), (0.3, 0.3), (0.3, 0.3), (0.3, 0.3)])
+    assert "(-1.0 points" in fired(alerts, "accuracy_gap.underfit")[0].message
 
 
 def test_thresholds_are_configurable():

@@ -9,8 +9,8 @@ writes, and turns the two patterns into alerts:
   ``patience`` evaluations, and growing over them (the accuracy gap did not shrink, or the
   loss gap ``val_loss − train_loss`` rose). Once firing it stays active while the gap is above
   ``overfit_gap / 2``, so a gap hovering at the threshold is one alert, not a storm.
-* ``accuracy_gap.underfit``: training accuracy below ``underfit_accuracy`` with a gap below
-  ``underfit_gap``, and stalled: it rose by less than ``min_improvement`` over the last
+* ``accuracy_gap.underfit``: training accuracy below ``underfit_accuracy`` with a gap within
+  ± ``underfit_gap``, and stalled: it rose by less than ``min_improvement`` over the last
   ``patience`` evaluations (early epochs of a healthy run climb fast, so they don't count).
 """
 
@@ -109,7 +109,8 @@ class AccuracyGapMonitor(Callback):
             0.10, i.e. 10 points; the 8x8-digits demo runs at about 2 points).
         underfit_accuracy: training accuracy (fraction) below which a stalled run is
             underfitting (default 0.6).
-        underfit_gap: the gap must be below this for underfitting (default 0.05).
+        underfit_gap: the gap must be within ± this for underfitting (default 0.05; a
+            validation accuracy far above the training one is no capacity problem).
         min_improvement: training accuracy must rise by at least this over ``patience``
             evaluations to count as still learning (default 0.01).
         min_growth: the accuracy gap must rise by at least this over the ``patience``
@@ -309,7 +310,9 @@ class AccuracyGapMonitor(Callback):
 
     def _check_underfit(self, state: RunState, step: int, point: dict[str, float]) -> None:
         window, acc, gap = self._window, point["train_accuracy"], point["gap"]
-        low = acc < self.underfit_accuracy and gap < self.underfit_gap
+        # (validation far above training is no capacity problem: noisy training labels, or
+        # training accuracy counted with dropout on)
+        low = acc < self.underfit_accuracy and -self.underfit_gap < gap < self.underfit_gap
         if self._underfit:
             active = low
             rise = acc - window[0]["train_accuracy"]
@@ -319,7 +322,7 @@ class AccuracyGapMonitor(Callback):
         self._underfit = active
         message = (
             f"training accuracy {acc:.1%} "
-            + (f"has stalled (+{rise * 100:.1f} points over {self.patience} evaluations) "
+            + (f"has stalled ({rise * 100:+.1f} points over {self.patience} evaluations) "
                f"with a train − validation gap of only {gap * 100:.1f} points"
                if active else "is improving again")
         )
