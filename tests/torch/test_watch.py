@@ -1432,3 +1432,29 @@ def test_a_classifier_initialised_at_its_label_prior_starts_where_it_should():
     prior = float(y[:32].mean())
     assert "loss.initial" not in first_alerts(np.log(prior / (1 - prior)))
     assert "loss.initial" in first_alerts(0.0, leak=True)
+
+
+def test_a_multi_task_loss_with_a_tuple_of_targets_is_watched_by_the_loss_rules():
+    """Targets (class labels, regression values) of a multi-task loss: LossMonitor reads the
+    classes from single arrays only (np.shape of the tuple raised, disabling it)."""
+    torch.manual_seed(0)
+    body, cls, reg = nn.Linear(8, 16), nn.Linear(16, 3), nn.Linear(16, 1)
+    model = nn.ModuleDict({"body": body, "cls": cls, "reg": reg})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def forward(x):
+        h = torch.relu(body(x))
+        return cls(h), reg(h)
+
+    with watch(model, opt, progress=False, callbacks=[LossMonitor()]) as w:
+        for _ in range(4):
+            x = torch.randn(12, 8)
+            targets = (torch.randint(0, 3, (12,)), torch.randn(12, 1))
+            scores, value = forward(x)
+            loss = (nn.functional.cross_entropy(scores, targets[0])
+                    + nn.functional.mse_loss(value, targets[1]))
+            w.loss(loss, targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert "callback.error" not in [a.code for a in w.monitor.alerts.history], w.summary()

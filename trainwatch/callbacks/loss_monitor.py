@@ -422,9 +422,10 @@ class LossMonitor(Callback):
     @staticmethod
     def _classes(state: RunState) -> int | None:
         """The classes the batch's scores range over (see :func:`class_count`)."""
-        shape = np.shape(state.predictions) if state.predictions is not None else ()
-        targets = np.shape(state.targets) if state.targets is not None else None
-        return class_count(shape, targets)
+        # (shapes of single arrays only: several targets of a multi-task loss have none)
+        shape = tuple(getattr(state.predictions, "shape", ()))
+        targets = getattr(state.targets, "shape", None)
+        return class_count(shape, None if targets is None else tuple(targets))
 
     def _expected(self, state: RunState) -> tuple[float | None, str]:
         if self.expected_initial_loss is not None:
