@@ -211,7 +211,8 @@ def test_noise_of_a_tiny_batch(digits):
     a = noise[0]
     assert 100 <= a.step <= 130  # judged once the window is past the warm-up
     assert a.value > 0.3 and "batch size 4" in a.message
-    assert "larger batch" in a.suggestion
+    assert "larger batch" in a.suggestion and "sampling noise" in a.suggestion
+    assert a.severity.value == "info"  # (an observation: a noisy healthy run needs nothing)
 
 
 # -- the initial loss ------------------------------------------------------------------------------

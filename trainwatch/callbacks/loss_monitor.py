@@ -24,7 +24,8 @@ KNOWLEDGE §2–3 turned into alerts:
   learning rate that is too low; a jump (a batch loss above 1.5× the initial one) and a
   return to the starting value means a too-high rate killed the units; a fast drop and then
   a plateau at a poor value means a rate too high for this stage.
-* ``loss.noise`` (warning): the step-to-step scatter of the loss over the last
+* ``loss.noise`` (info: an observation, most of it the batches' sampling noise): the
+  step-to-step scatter of the loss over the last
   ``noise_window`` steps (``std(diff(loss)) / √2``, which ignores the trend) relative to the
   loss level (never less than a quarter of the initial loss, so a loss near zero does not
   read as noisy) is above ``noise_threshold``: the batch is probably small (the scatter is
@@ -586,5 +587,5 @@ class LossMonitor(Callback):
                                    "(4× the batch halves the scatter) or a lower learning "
                                    "rate")}
 
-        state.alerts.update("loss.noise", active, step=step, severity="warning", value=spread,
+        state.alerts.update("loss.noise", active, step=step, severity="info", value=spread,
                             describe=describe)
