@@ -43,6 +43,21 @@ def small_cnn(seed=0):
     )
 
 
+def fit_watched(model, opt, criterion, x, y, *, batch, epochs=1, **watch_options):
+    """Train on (x, y) in order, batches of ``batch``, watched with a MemoryOutput: the
+    (closed) watcher and the output."""
+    mem = MemoryOutput()
+    with watch(model, opt, criterion, progress=False, outputs=[mem], **watch_options) as w:
+        for _ in range(epochs):
+            for i in range(0, len(x), batch):
+                loss = criterion(model(x[i:i + batch]), y[i:i + batch])
+                w.loss(loss, y[i:i + batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return w, mem
+
+
 def accuracy(model, x, y):
     model.eval()
     with torch.no_grad():
@@ -1143,15 +1158,8 @@ def test_first_layer_filters_of_a_frozen_backbone_are_its_convolution_drawn_once
     model[0].requires_grad_(False)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    mem = MemoryOutput()
-    with watch(model, opt, nn.CrossEntropyLoss(), progress=False, outputs=[mem],
-               callbacks=[FilterImages(every=4)]) as w:
-        for i in range(0, 64, 8):
-            loss = nn.functional.cross_entropy(model(x[i:i + 8]), y[i:i + 8])
-            w.loss(loss, y[i:i + 8])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    w, mem = fit_watched(model, opt, nn.CrossEntropyLoss(), x, y, batch=8,
+                         callbacks=[FilterImages(every=4)])
     assert set(mem.images) == {"filters/0.weight"}
     [(step, image)] = mem.images["filters/0.weight"]
     assert step == 0 and image.shape[:2] == (2 * 24 + 1, 2 * 24 + 1)  # 4 grey 3x3 tiles, x8
@@ -1364,16 +1372,8 @@ def test_a_confident_sigmoid_output_is_not_called_saturated():
     y = (x[:, :1] + x[:, 1:] > 0).float()
     model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1), nn.Sigmoid())
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    mem = MemoryOutput()
-    with watch(model, opt, nn.BCELoss(), progress=False, outputs=[mem],
-               callbacks=[HistogramMonitor(every=50, budget=None)]) as w:
-        for _ in range(10):
-            for i in range(0, 512, 32):
-                loss = nn.functional.binary_cross_entropy(model(x[i:i + 32]), y[i:i + 32])
-                w.loss(loss, y[i:i + 32])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    w, mem = fit_watched(model, opt, nn.BCELoss(), x, y, batch=32, epochs=10,
+                         callbacks=[HistogramMonitor(every=50, budget=None)])
     assert mem.scalars_log["activations/3/saturated_fraction"][-1][1] > 0.5
     assert "activations.saturated" not in [a.code for a in w.monitor.alerts.history]
 
