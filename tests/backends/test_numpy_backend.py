@@ -363,3 +363,13 @@ def test_example_cuts_try_every_reading_of_arrays_whose_shape_leaves_it_open():
     assert ((8, 2, 3), (8, 8), (2, 5)) in shapes  # sequence-first, the mask shared
     assert [a.shape for a in backend.first_examples((x, mask, y), 2, 8)] == list(shapes[0])
     assert len(list(backend.example_cuts((np.zeros((8, 5, 3)), y), 2, 8))) == 1
+
+
+def test_the_learning_rate_is_the_optimizers_as_it_is_now():
+    model = nn.Sequential([nn.Dense(3, 2, rng=0)], seed=0)
+    optimizer = nn.Momentum(model, lr=0.05)
+    backend = NumpyBackend(model, nn.SoftmaxCrossEntropy(), optimizer)
+    assert backend.learning_rate() == 0.05
+    optimizer.lr = 0.005  # (a schedule of the loop's own)
+    assert backend.learning_rate() == 0.005
+    assert NumpyBackend(model, nn.SoftmaxCrossEntropy()).learning_rate() is None

@@ -1458,3 +1458,32 @@ def test_a_multi_task_loss_with_a_tuple_of_targets_is_watched_by_the_loss_rules(
             loss.backward()
             opt.step()
     assert "callback.error" not in [a.code for a in w.monitor.alerts.history], w.summary()
+
+
+@pytest.mark.parametrize("schedule", ["decay", "warm-up", "constant"])
+def test_update_ratios_below_the_band_are_not_blamed_on_a_scheduled_learning_rate(schedule):
+    """A learning rate decayed to 1/1000 of its peak, or still warming up, moves the weights
+    by ratios far below the band by design: update_ratio.low ('try it 100x higher') fired on
+    such healthy schedules. A rate that low from the start is still reported."""
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 16), torch.randint(0, 4, (256,))
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    lr = {"decay": 0.05, "warm-up": 5e-6, "constant": 5e-6}[schedule]
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    if schedule == "decay":
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=40, gamma=1e-3)
+    else:  # (warm-up: the rate grows 5% a step; constant: it stays at its start)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 1.05 ** s if schedule == "warm-up" else 1.0)
+    monitor = UpdateRatioMonitor(every=5, budget=None, patience=3, severe_patience=3)
+    with watch(model, opt, nn.CrossEntropyLoss(), progress=False, callbacks=[monitor]) as w:
+        for step in range(120 if schedule == "decay" else 60):
+            i = (step * 32) % 256
+            loss = nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+            w.loss(loss, y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            scheduler.step()
+    low = [a for a in w.monitor.alerts.history if a.code == "update_ratio.low"]
+    assert bool(low) == (schedule == "constant"), w.summary()

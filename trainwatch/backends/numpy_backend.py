@@ -47,6 +47,10 @@ class NumpyBackend(Backend):
 
     # -- parameters and gradients ------------------------------------------------------------
 
+    def learning_rate(self) -> float | None:
+        lr = getattr(self.optimizer, "lr", None)
+        return float(lr) if isinstance(lr, (int, float)) else None
+
     def parameter_names(self) -> list[str]:
         return list(self.model.named_parameters())
 

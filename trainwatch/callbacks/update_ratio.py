@@ -146,7 +146,9 @@ class UpdateRatioMonitor(Callback):
       (L2 norms; ``update_ratio/`` holds only ratios).
 
     Alerts (warnings, once per episode per tensor): ``update_ratio.high``,
-    ``update_ratio.low``, ``update_ratio.frozen``; info: ``update_ratio.zero_weight``, and
+    ``update_ratio.low`` (not while the learning rate is below half its peak so far, a
+    schedule's decay, or rising, a warm-up: ``Backend.learning_rate``),
+    ``update_ratio.frozen``; info: ``update_ratio.zero_weight``, and
     ``update_ratio.band_not_applied`` once for an optimizer that is not first-order (L-BFGS:
     its ratios are written, the band judges only the tensors ``overrides`` names). See the
     module docstring for the exact rules.
@@ -246,6 +248,9 @@ class UpdateRatioMonitor(Callback):
         self._outside: set[str] = set()  # tensors the watched optimizer does not hold
         self._band_applies = True  # a first-order optimizer: the band is its rule of thumb
         self._warm = False  # the first (cold) measurement's cost is forgotten once done
+        self._peak_lr = 0.0  # the learning rate's largest value so far, and its last one
+        self._last_lr: float | None = None
+        self._scheduled_low = False  # a warm-up or a decay explains low ratios now
 
     # -- results ------------------------------------------------------------------------------
 
@@ -348,6 +353,7 @@ class UpdateRatioMonitor(Callback):
         updated: list[str] = []
         still_zero = 0  # tensors that are all zeros and did not move either
         outside = self._outside = state.backend.not_in_optimizer()
+        self._follow_learning_rate(state.backend.learning_rate())
         for name, n in norms.items():
             if self._skipped(name):
                 continue
@@ -452,7 +458,8 @@ class UpdateRatioMonitor(Callback):
         # The streak counts checks strictly beyond the band edge; the hysteresis rule only
         # keeps a firing condition active until the ratio is back inside by the margin.
         side = ("high" if high is not None and smoothed > high else
-                "low" if low is not None and smoothed < low else None)
+                "low" if low is not None and smoothed < low and not self._scheduled_low
+                else None)
         latched = track.rule.check(smoothed, key=name)
         if side != track.direction:
             track.direction, track.streak, track.severe_streak, track.since = side, 0, 0, step
@@ -471,6 +478,17 @@ class UpdateRatioMonitor(Callback):
             self._report(state, f"update_ratio.{code_side}", name, active, step,
                          lambda s=code_side, a=active: self._band_message(
                              step, name, n, track, smoothed, s, a))
+
+    def _follow_learning_rate(self, lr: float | None) -> None:
+        """A learning rate below half its peak so far (a schedule's decay) or rising since the
+        last check (a warm-up) explains ratios below the band: low is not judged then."""
+        if lr is None or not math.isfinite(lr):
+            self._scheduled_low = False
+            return
+        rising = self._last_lr is not None and lr > self._last_lr * 1.01
+        self._peak_lr = max(self._peak_lr, lr)
+        self._scheduled_low = rising or lr < self._peak_lr / 2
+        self._last_lr = lr
 
     def _band_message(self, step: int, name: str, n: TensorNorms, track: _Track,
                       smoothed: float, side: str, active: bool) -> dict[str, Any]:

@@ -173,6 +173,11 @@ class Backend(ABC):
         ln C for softmax over C classes, C − 1 for the multiclass SVM); None when unknown."""
         return None
 
+    def learning_rate(self) -> float | None:
+        """The optimizer's learning rate now (the largest of its parameter groups'), None
+        where unknown: a schedule's warm-up or decay explains update ratios below the band."""
+        return None
+
     def loss_floor(self, num_classes: int | None) -> float:
         """The least value the loss can take: 0 for most losses; label smoothing raises it
         (a model that fits its training set well stays above it)."""

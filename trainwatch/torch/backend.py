@@ -399,6 +399,12 @@ class TorchBackend(Backend):
     def loss_kind(self) -> str | None:
         return loss_kind(self.loss_fn)
 
+    def learning_rate(self) -> float | None:
+        groups = getattr(self.optimizer, "param_groups", None)
+        rates = [g.get("lr") for g in groups or ()]
+        rates = [float(r) for r in rates if isinstance(r, (int, float, torch.Tensor))]
+        return max(rates) if rates else None
+
     def loss_floor(self, num_classes: int | None) -> float:
         smoothing = getattr(self.loss_fn, "label_smoothing", 0.0)
         if not (isinstance(self.loss_fn, nn.CrossEntropyLoss) and smoothing > 0
