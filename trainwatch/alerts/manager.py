@@ -201,7 +201,7 @@ class AlertManager:
         on their own threads first, so a failure of their last deliveries still reaches the
         others (``alerts.sink_error``)."""
         delivering = [s for s in self.sinks if type(s).failure is not AlertSink.failure]
-        rest = [s for s in self.sinks if all(s is not d for d in delivering)]
+        rest = [s for s in self.sinks if type(s).failure is AlertSink.failure]
         for group in (delivering, rest):
             for sink in group:
                 try:

@@ -230,13 +230,11 @@ class AccuracyGapMonitor(Callback):
             if (train_acc is None) != (val_acc is None):  # (half the pair: say what is missing)
                 given, missing = (("val_accuracy", "train_accuracy") if train_acc is None
                                   else ("train_accuracy", "val_accuracy"))
-                state.alerts.fire(
-                    "accuracy_gap.skipped", "info",
-                    f"AccuracyGapMonitor compares nothing in this run: the loop reports "
-                    f"{given} at epoch ends but no {missing}", state.step,
-                    suggestion=f"report {missing} too (watcher.epoch_end({{'train_accuracy': "
-                               f"..., 'val_accuracy': ...}})), or pass AccuracyGapMonitor("
-                               f"every=N, validation_data=(x, y)) for gaps on fixed subsets")
+                self._skip(state, f"the loop reports {given} at epoch ends but no {missing}",
+                           f"report {missing} too (watcher.epoch_end({{'train_accuracy': ..., "
+                           f"'val_accuracy': ...}})), or pass AccuracyGapMonitor(every=N, "
+                           f"validation_data=(x, y)) for gaps on fixed subsets",
+                           stop=False)  # (the loop may report both later)
             return
         if not (math.isfinite(train_acc) and math.isfinite(val_acc)):
             self._skip(state, NO_CLASSIFICATION, NO_CLASSIFICATION_FIX)
@@ -245,9 +243,10 @@ class AccuracyGapMonitor(Callback):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _skip(self, state: RunState, reason: str, suggestion: str) -> None:
-        """Nothing to compare in this run: say why, once (info), and stop."""
-        self._idle = True
+    def _skip(self, state: RunState, reason: str, suggestion: str, *, stop: bool = True
+              ) -> None:
+        """Nothing to compare in this run: say why, once (info), and (``stop``) stop."""
+        self._idle = self._idle or stop
         state.alerts.fire("accuracy_gap.skipped", "info",
                           f"AccuracyGapMonitor compares nothing in this run: {reason}",
                           state.step, suggestion=suggestion)

@@ -274,12 +274,12 @@ class LossMonitor(Callback):
 
     def on_loss_computed(self, state: RunState) -> None:
         if state.step == 0:
+            classes = self._classes(state)
             if self.check_initial:  # what the first loss is judged by
-                self._initial_context = (*self._expected(state), state.data_loss)
+                self._initial_context = (*self._expected(state, classes), state.data_loss)
                 self._first_targets = state.targets  # (read only if the start is low)
-            floor = getattr(state.backend, "loss_floor", None)
-            if callable(floor):  # (label smoothing: the loss never reaches 0)
-                self._loss_floor = float(floor(self._classes(state)))
+            # (label smoothing: the loss never reaches 0)
+            self._loss_floor = float(state.backend.loss_floor(classes))
 
     def on_losses(self, state: RunState) -> None:
         # every check_every-th step's losses, taken in together (in one warm loop on the
@@ -428,10 +428,9 @@ class LossMonitor(Callback):
         targets = getattr(state.targets, "shape", None)
         return class_count(shape, None if targets is None else tuple(targets))
 
-    def _expected(self, state: RunState) -> tuple[float | None, str]:
+    def _expected(self, state: RunState, classes: int | None) -> tuple[float | None, str]:
         if self.expected_initial_loss is not None:
             return self.expected_initial_loss, "given as expected_initial_loss"
-        classes = self._classes(state)
         kind = getattr(state.backend, "loss_kind", None)
         method = getattr(state.backend, "expected_initial_loss", None)
         if callable(method) and classes is not None:

@@ -384,7 +384,7 @@ class Backend(ABC):
         ``size`` (sequence-first inputs as long as the batch, a ``(T, T)`` mask with T the
         batch size) cut along dim 1 instead, or left whole; every combination, for the
         caller to try in turn (a gradient check takes the first its model runs on)."""
-        ambiguous = sum(1 for _ in _arrays(batch) if _ambiguous(_, size))
+        ambiguous = sum(1 for array in _arrays(batch) if _ambiguous(array, size))
         for readings in itertools.product((0, 1, None), repeat=ambiguous):
             yield _cut(batch, n, size, iter(readings))
 
