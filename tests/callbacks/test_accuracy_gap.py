@@ -1,10 +1,16 @@
 """AccuracyGapMonitor: the gap curves, the overfit/underfit verdicts, the step-wise mode."""
 
+import re
+
 import numpy as np
 import pytest
 
 from trainwatch import Monitor, Trainer, nn
-from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor, fixed_subset
+from trainwatch.callbacks.accuracy_gap import (
+    CONFIRM_STEPS,
+    AccuracyGapMonitor,
+    fixed_subset,
+)
 from trainwatch.data import load_digits, train_val_split
 from trainwatch.outputs.memory import MemoryOutput
 
@@ -53,6 +59,14 @@ def test_overfitting_a_tiny_training_set_raises_overfit_once(digits):
     assert not fired(alerts, "accuracy_gap.underfit")
     assert overfit[0].value > 0.10
     assert overfit[0].suggestion and "regularisation" in overfit[0].suggestion
+    # confirmed on training examples scored in eval mode, as validation is: those kept after
+    # the first large gap (the 30, seen twice) score as high as in training: memorised
+    kept = re.search(r"as validation is, (\d+) training examples reach ([\d.]+)%",
+                     overfit[0].message)
+    assert kept and int(kept[1]) == 60
+    val_then = history["val_accuracy"][overfit[0].step - 1]
+    assert float(kept[2]) / 100 - val_then > 0.10
+    assert not fired(alerts, "accuracy_gap.eval_mode")
     # the run really overfits: the training set is learnt, validation lags far behind
     assert history["train_accuracy"][-1] - history["val_accuracy"][-1] > 0.3
     # one gap point per epoch, equal to the history's train - val accuracy
@@ -149,6 +163,29 @@ def test_low_accuracy_that_still_climbs_is_not_underfitting():
     # a stalled accuracy that fell says so with its sign
     alerts, _ = feed([(0.31, 0.3), (0.3, 0.3), (0.3, 0.3), (0.3, 0.3)])
     assert "(-1.0 points" in fired(alerts, "accuracy_gap.underfit")[0].message
+
+
+def test_examples_for_a_verdict_are_kept_for_a_few_steps_at_most():
+    """From the first large gap the monitor wakes on every step to keep training examples;
+    a loop that reports none (no targets) sends it back to sleep after CONFIRM_STEPS
+    steps, and the verdict comes without them, as before."""
+    gap = AccuracyGapMonitor()
+    mon = Monitor(mlp(64, 10), callbacks=[gap], progress=False, raise_errors=True)
+    mon.train_begin(epochs=4)
+    x = np.zeros((8, 64))
+    awake = []
+    for epoch in range(4):
+        mon.epoch_begin(epoch)
+        for _ in range(20):
+            awake.append(gap.next_step(mon.state.step) == mon.state.step)
+            mon.batch_begin(x, None)  # (no targets)
+            mon.step_begin()
+            mon.step_end()
+        mon.epoch_end({"train_accuracy": 0.99, "val_accuracy": 0.7})
+    mon.train_end()
+    assert awake[:20] == [False] * 20  # no large gap yet
+    assert awake[20:] == [True] * CONFIRM_STEPS + [False] * (60 - CONFIRM_STEPS)
+    assert len(fired(mon.alerts, "accuracy_gap.overfit")) == 1
 
 
 def test_thresholds_are_configurable():

@@ -479,6 +479,63 @@ def test_stepwise_accuracy_gap_on_a_batch_of_several_forward_arguments():
     assert [step for step, _ in mem.scalars_log["accuracy/val_subset"]] == [2, 4]
 
 
+
+def eval_mode_gap_run(watched, epochs=12):
+    """A loop whose validation accuracy is stuck at chance by the switch to eval mode, not by
+    memorising: a BatchNorm with a momentum of 0 (running statistics never move) after a
+    layer whose bias (20, which training mode normalises away) eval mode keeps. Returns
+    the final parameters and buffers, the random state and the watcher (None bare)."""
+    (xt, yt), (xv, yv) = data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32, momentum=0.0),
+                          nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        model[1].bias.fill_(20.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    w = watch(model, opt, criterion, callbacks=[AccuracyGapMonitor()], progress=False,
+              raise_errors=True) if watched else None
+    for _ in range(epochs):
+        right = 0
+        for i in range(0, len(xt), 64):
+            out = model(xt[i:i + 64])
+            loss = criterion(out, yt[i:i + 64])
+            if w is not None:
+                w.loss(loss, yt[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            right += int((out.argmax(1) == yt[i:i + 64]).sum())
+        if w is not None:  # (training accuracy counted as the model trains, in train mode)
+            w.epoch_end({"train_accuracy": right / len(xt),
+                         "val_accuracy": accuracy(model, xv, yv)})
+    if w is not None:
+        w.close()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, torch.get_rng_state(), w
+
+
+def test_a_gap_that_closes_in_eval_mode_is_no_overfitting_and_scoring_it_changes_nothing():
+    state, rng, w = eval_mode_gap_run(watched=True)
+    alerts = w.monitor.alerts.history
+    assert not [a for a in alerts if a.code == "accuracy_gap.overfit"]
+    mode = [a for a in alerts if a.code == "accuracy_gap.eval_mode" and not a.resolved]
+    assert len(mode) == 1 and mode[0].severity.value == "info"
+    # training mode is far above validation, and so is eval mode's score of training examples
+    # below it: the gap is the mode switch's
+    assert "256 training examples reach" in mode[0].message and "not memorisation" in (
+        mode[0].message)
+    persists = [a for a in alerts if a.code == "accuracy_gap.eval_mode_persists"]
+    assert len(persists) == 1 and persists[0].severity.value == "warning"
+    assert "momentum of 0" in persists[0].suggestion
+    # the first verdict after 3 evaluations (8 steps an epoch), the warning 9 after it
+    assert mode[0].step == 24 and persists[0].step == 96
+    # keeping and scoring training examples left training as it was
+    bare_state, bare_rng, _ = eval_mode_gap_run(watched=False)
+    assert torch.equal(rng, bare_rng)
+    for name, value in bare_state.items():
+        assert torch.equal(state[name], value), name
+
 # -- no host reads on idle steps ---------------------------------------------------------------
 
 def reads_per_step(model, opt, callbacks, mem):

@@ -12,6 +12,18 @@ writes, and turns the two patterns into alerts:
 * ``accuracy_gap.underfit``: training accuracy below ``underfit_accuracy`` with a gap within
   ± ``underfit_gap``, and stalled: it rose by less than ``min_improvement`` over the last
   ``patience`` evaluations (early epochs of a healthy run climb fast, so they don't count).
+
+A loop's training accuracy is counted as it trains (train mode: BatchNorm on batch statistics,
+dropout on), its validation accuracy in eval mode. A gap between the two modes is no
+memorisation: early in a BatchNorm net's training the running statistics lag behind the
+weights (validation at chance while training climbs), and after a loss spike they lag again.
+So before an epoch-wise overfit verdict the monitor evaluates training examples the way
+validation is evaluated: from the first large gap on it keeps copies of the next training
+batches (up to ``CONFIRM_EXAMPLES`` examples), and at the verdict scores them in eval mode. If
+the gap closes there (below ``overfit_gap / 2``), the gap is the mode switch's:
+``accuracy_gap.eval_mode`` (info) says so instead of ``accuracy_gap.overfit``. A mode gap still
+there after ``PERSISTENT_MODE_GAP`` evaluations is no lag: ``accuracy_gap.eval_mode_persists``
+(warning): the model is worse in eval mode than in training mode, and stays so.
 """
 
 from __future__ import annotations
@@ -30,6 +42,24 @@ OVERFIT_SUGGESTION = (
     "the model memorises the training set: add regularisation (L2 weight decay, dropout), "
     "get more training data or augment it, use a smaller model, or stop earlier"
 )
+EVAL_MODE_PERSISTS_SUGGESTION = (
+    "BatchNorm's running statistics do not match the training batches: batches too small or "
+    "not shuffled (a larger batch, or GroupNorm), a momentum of 0 or running statistics "
+    "frozen; or another layer behaves differently in eval mode"
+)
+EVAL_MODE_SUGGESTION = ("nothing to do if it closes within a few epochs (BatchNorm's running "
+                        "statistics catching up); if it persists: "
+                        + EVAL_MODE_PERSISTS_SUGGESTION)
+
+#: training examples kept (host copies, at most ``CONFIRM_BYTES``) to score in eval mode
+#: before an epoch-wise overfit verdict
+CONFIRM_EXAMPLES = 256
+CONFIRM_BYTES = 64 * 2**20
+#: the most steps that collection stays awake for (a loop that reports no targets gives none)
+CONFIRM_STEPS = 32
+#: consecutive evaluations of a mode gap after which it is reported as a problem (a lag of
+#: BatchNorm's running statistics closes within a few epochs)
+PERSISTENT_MODE_GAP = 10
 UNDERFIT_SUGGESTION = (
     "the model cannot fit even the training data: give it more capacity (more units or "
     "layers), train longer, lower the regularisation, or revisit the learning rate"
@@ -93,7 +123,11 @@ class AccuracyGapMonitor(Callback):
       ``loss/train_subset``, ``loss/val_subset`` (MetricLogger owns ``accuracy/train`` etc.).
 
     Alerts: ``accuracy_gap.overfit`` and ``accuracy_gap.underfit`` (warnings; see the module
-    docstring for the exact conditions), each firing once per episode.
+    docstring for the exact conditions), each firing once per episode, and
+    ``accuracy_gap.eval_mode`` (info): a gap that closes when training examples are scored in
+    eval mode, as validation is (BatchNorm's running statistics lagging), not overfitting;
+    ``accuracy_gap.eval_mode_persists`` (warning) when that lasts ``PERSISTENT_MODE_GAP``
+    evaluations.
 
     Args:
         every: evaluate every this many optimizer steps (needs ``validation_data``); None
@@ -102,7 +136,9 @@ class AccuracyGapMonitor(Callback):
             when the loop reports no ``val_accuracy``.
         train_data: ``(x, y)`` for step-wise evaluation of the training side; None (default)
             keeps copies of the first ``subset`` training examples the loop feeds
-            (numpy-convertible batches; fewer if the first evaluation comes sooner).
+            (numpy-convertible batches; fewer if the first evaluation comes sooner). Epoch-wise,
+            the examples scored in eval mode before an overfit verdict (default: copies of
+            up to ``CONFIRM_EXAMPLES`` training examples fed after the first large gap).
         subset: examples evaluated per side in step mode (default 512), spread evenly over
             the given data; the same ones every time.
         overfit_gap: accuracy gap (fraction) above which overfitting is suspected (default
@@ -158,23 +194,32 @@ class AccuracyGapMonitor(Callback):
         self._train_subset: tuple[Any, Any] | None = None
         self._train_parts: list[tuple[Any, Any]] = []  # host copies (see Backend.to_host)
         self._train_seen = 0
+        self._train_bytes = 0
+        self._collecting = 0  # epoch-wise: steps left to keep training examples for a verdict
+        self._kept_for_verdicts = False  # (whether that began)
+        self._mode_gaps = 0  # consecutive evaluations whose gap closed in eval mode
         self._idle = False  # (nothing to compare in this run: see _skip)
 
     # -- hooks ---------------------------------------------------------------------------------
 
     def on_train_begin(self, state: RunState) -> None:
         self._idle = False
+        self._collecting = 0
+        self._kept_for_verdicts = self.train_data is not None  # (then scored instead)
+        self._mode_gaps = 0
         charts = {"accuracy": {"train − validation gap": ("Multiline", [r"^accuracy/gap$"])},
                   "loss": {"validation − train gap": ("Multiline", [r"^loss/gap$"])}}
+        if self.train_data is not None:
+            self._train_subset = fixed_subset(*self.train_data, self.subset)
         if self.every is not None:
             charts["accuracy"]["train vs validation (subset)"] = (
                 "Multiline", [r"^accuracy/train_subset$", r"^accuracy/val_subset$"])
             self._val_subset = fixed_subset(*self.validation_data, self.subset)
-            if self.train_data is not None:
-                self._train_subset = fixed_subset(*self.train_data, self.subset)
         state.writer.layout(charts)
 
     def next_step(self, step: int) -> int:
+        if self.every is None and self._collecting:
+            return step  # keeping training examples for an overfit verdict
         if self.every is None or self._idle:
             return NEVER  # epoch ends only
         if self._train_subset is None:
@@ -187,6 +232,9 @@ class AccuracyGapMonitor(Callback):
     def on_step_end(self, state: RunState) -> None:
         every = self.every
         if every is None:
+            if self._collecting:
+                self._collecting -= 1
+                self._collect(state)
             return
         if self._train_subset is None:
             self._collect(state)
@@ -252,19 +300,24 @@ class AccuracyGapMonitor(Callback):
                           state.step, suggestion=suggestion)
 
     def _collect(self, state: RunState) -> None:
-        """Keep copies of the first ``subset`` training examples fed (step mode only)."""
+        """Keep copies of the training examples fed: the first ``subset`` step-wise, up to
+        ``CONFIRM_EXAMPLES`` (and ``CONFIRM_BYTES``) epoch-wise."""
         if state.inputs is None or state.targets is None:
             return
-        need = self.subset - self._train_seen
+        limit = self.subset if self.every is not None else min(self.subset, CONFIRM_EXAMPLES)
+        need = limit - self._train_seen
         xb = state.backend.to_host(state.backend.first_examples(state.inputs, need))
         yb = state.backend.to_host(state.backend.first_examples(state.targets, need))
         self._train_parts.append((xb, yb))
         self._train_seen += len(xb)
-        if self._train_seen >= self.subset:
+        self._train_bytes += getattr(xb, "nbytes", 0)
+        full = self.every is None and self._train_bytes >= CONFIRM_BYTES
+        if self._train_seen >= limit or full:
             self._finish_collecting(state)
 
     def _finish_collecting(self, state: RunState) -> None:
         """Freeze the training subset (also when fewer than ``subset`` examples were seen)."""
+        self._collecting = 0
         parts, self._train_parts = self._train_parts, []
         join = state.backend.concatenate
         self._train_subset = (join([p[0] for p in parts]), join([p[1] for p in parts]))
@@ -283,6 +336,9 @@ class AccuracyGapMonitor(Callback):
                  "gap": gap, "loss_gap": loss_gap}
         self.history.append(point)
         self._window.append(point)
+        if self.every is None and gap > self.overfit_gap and not self._kept_for_verdicts:
+            self._kept_for_verdicts = True  # (once a run: a loop may report no targets)
+            self._collecting = CONFIRM_STEPS  # examples to score if the gap persists
         self._check_overfit(state, step, point)
         self._check_underfit(state, step, point)
 
@@ -297,6 +353,12 @@ class AccuracyGapMonitor(Callback):
             acc_growing = gap - first["gap"] >= self.min_growth
             loss_growing = point["loss_gap"] > first["loss_gap"]  # False when NaN
             active = large and (acc_growing or loss_growing)
+        scored = None  # (accuracy, examples) of training examples in eval mode
+        if active and not self._overfit and self.every is None:
+            scored = self._training_examples_in_eval_mode(state)
+        mode_gap = scored is not None and (
+            scored[0] - point["val_accuracy"] <= self.overfit_gap / 2)
+        active = active and not mode_gap
         self._overfit = active
         message = (
             f"train accuracy {point['train_accuracy']:.1%} vs validation "
@@ -304,8 +366,45 @@ class AccuracyGapMonitor(Callback):
             + (f"(above {self.overfit_gap * 100:.0f} and not closing over the last "
                f"{self.patience} evaluations)" if active else "(back under control)")
         )
+        if active and scored is not None:
+            message += (f"; scored in eval mode, as validation is, {scored[1]} training "
+                        f"examples reach {scored[0]:.1%}")
         state.alerts.update("accuracy_gap.overfit", active, step=step, severity="warning",
                             message=message, value=gap, suggestion=OVERFIT_SUGGESTION)
+        state.alerts.update(
+            "accuracy_gap.eval_mode", mode_gap, step=step, severity="info", value=gap,
+            suggestion=EVAL_MODE_SUGGESTION, describe=lambda: {"message": (
+                f"train accuracy {point['train_accuracy']:.1%} vs validation "
+                f"{point['val_accuracy']:.1%} is a gap of {gap * 100:.1f} points, but scored in "
+                f"eval mode, as validation is, {scored[1]} training examples reach "
+                f"{scored[0]:.1%}: the gap is the switch to eval mode (BatchNorm's running "
+                "statistics lagging behind the weights, early in training or after a loss "
+                "spike), not memorisation" if mode_gap else
+                f"train accuracy {point['train_accuracy']:.1%} vs validation "
+                f"{point['val_accuracy']:.1%}: a gap of {gap * 100:.1f} points")})
+        self._mode_gaps = self._mode_gaps + 1 if mode_gap else 0
+        state.alerts.update(
+            "accuracy_gap.eval_mode_persists", self._mode_gaps >= PERSISTENT_MODE_GAP,
+            step=step, severity="warning", value=gap, suggestion=EVAL_MODE_PERSISTS_SUGGESTION,
+            describe=lambda: {"message": (
+                f"for {self._mode_gaps} evaluations the model has scored far lower in eval "
+                f"mode than in training mode: validation {point['val_accuracy']:.1%} and "
+                f"{scored[1]} training examples {scored[0]:.1%} in eval mode, against "
+                f"{point['train_accuracy']:.1%} in training mode; that is no lag catching up"
+                if mode_gap else f"the eval-mode gap closed (validation "
+                f"{point['val_accuracy']:.1%})")})
+
+    def _training_examples_in_eval_mode(self, state: RunState) -> tuple[float, int] | None:
+        """Accuracy of the training examples kept (see :meth:`_collect`) scored in eval mode,
+        as validation is, and their count; None without any (or without an accuracy)."""
+        if self._train_subset is None:
+            if not self._train_parts:
+                return None
+            self._finish_collecting(state)
+        _, accuracy = state.backend.evaluate(*self._train_subset)
+        if not math.isfinite(accuracy):
+            return None
+        return accuracy, len(self._train_subset[1])
 
     def _check_underfit(self, state: RunState, step: int, point: dict[str, float]) -> None:
         window, acc, gap = self._window, point["train_accuracy"], point["gap"]
