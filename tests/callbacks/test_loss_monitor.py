@@ -169,9 +169,43 @@ def test_divergence_after_a_learning_rate_jump(digits):
     a = alerts[0]
     assert 150 < a.step <= 180
     assert a.value > 3 and "× its running minimum" in a.message
-    assert "learning rate is probably too high" in a.suggestion
+    # (a raise of the rate: the loss went back above its initial value)
+    assert "raised the learning rate to 5 (50× its value then)" in a.message
+    assert "raised learning rate" in a.suggestion and "lower the schedule's peak" in a.suggestion
     smoothed = dict(mem.scalars_log["loss/train_smoothed"])
     assert smoothed[a.step] > 3 * min(v for s, v in smoothed.items() if s <= 150)
+
+
+def test_a_warm_restart_of_the_learning_rate_is_no_divergence_unless_it_undoes_the_progress():
+    """SGDR: at a restart the schedule raises the learning rate from near 0 back to its peak,
+    and a converged loss rises ~10-fold (0.01 -> 0.1) before falling again: while the rate is
+    raised, a rise is a divergence only if it undoes RAISED_RISE of the progress made (and the
+    plateau rule skips the bump); the same bump at a constant rate is a divergence."""
+    import trainwatch as tw
+    from trainwatch import nn as twnn
+
+    def run(bump, raise_lr):
+        model = twnn.Sequential([twnn.Dense(4, 3)], seed=0)
+        opt = twnn.SGD(model, lr=0.001)
+        mon = tw.Monitor(model, loss=twnn.SoftmaxCrossEntropy(), optimizer=opt,
+                         callbacks=[LossMonitor()], progress=False, raise_errors=True)
+        with mon.run():
+            for k in range(800):
+                if k == 400 and raise_lr:
+                    opt.lr = 0.05
+                loss = 2.3 * 0.985 ** k + 0.01  # ~0.016 by step 400
+                if k >= 400:  # up over 20 steps, back down over ~100
+                    loss += bump * min(1.0, (k - 400) / 20) * math.exp(-(k - 400) / 60)
+                mon.batch_begin(np.zeros((2, 4)), np.zeros(2, dtype=int))
+                mon.loss_computed(loss)
+                mon.step_end()
+        return [a for a in mon.alerts.history if not a.resolved]
+
+    assert run(0.1, raise_lr=True) == []
+    assert [a.code for a in run(0.1, raise_lr=False)] == ["loss.divergence"]
+    (a,) = run(1.5, raise_lr=True)  # back to 60% of the initial loss: a divergence
+    assert a.code == "loss.divergence" and 400 < a.step <= 460
+    assert "raised the learning rate to 0.05 (50× its value then)" in a.message
 
 
 def test_healthy_run_raises_no_loss_alert(digits):

@@ -13,7 +13,12 @@ KNOWLEDGE §2–3 turned into alerts:
   next loss NaN, where it is caught anyway; the periodic pass catches the rest).
 * ``loss.divergence`` (warning): after ``warmup`` steps, the smoothed loss (EMA, weight
   ``smoothing``) is more than ``divergence_factor`` times its running minimum, and above it by
-  at least 1 % of the initial loss (so a loss near zero does not diverge by rounding).
+  at least 1 % of the initial loss (so a loss near zero does not diverge by rounding). A
+  schedule that raises the learning rate (a warm restart, a warm-up, a cyclic schedule) makes
+  a converged loss rise several-fold by design: while the rate is ``LR_RAISE`` times the one
+  of the minimum's time (``Backend.learning_rate``, read as the losses are taken in), the
+  rise must also undo ``RAISED_RISE`` of the progress made (initial loss − minimum) to count,
+  and the plateau and noise rules skip it as they skip a divergence.
 * ``loss.plateau`` (warning): no progress over the last ``plateau_window`` steps: the mean of
   the window's newest quarter is less than ``plateau_threshold`` (relative) below the mean of
   its oldest quarter, while the loss is still above ``plateau_floor`` of the way from the
@@ -65,6 +70,13 @@ EXPECTED_INITIAL = {
                                                "{c} classes"),
     "sigmoid_bce": (lambda c: math.log(2.0), "ln 2: binary cross-entropy"),
 }
+
+#: a learning rate this many times the one at the running minimum's time is a raise (a warm
+#: restart, a warm-up): the loss may rise by design
+LR_RAISE = 2.0
+#: the share of the progress (initial loss − minimum) a rise must undo to be a divergence
+#: while the learning rate is raised (a warm restart bumps a near-zero loss ~10-fold)
+RAISED_RISE = 0.25
 
 NONFINITE_SUGGESTION = (
     "lower the learning rate (or add warm-up / gradient clipping), check the data for NaN/Inf, "
@@ -236,7 +248,10 @@ class LossMonitor(Callback):
         self._max_step = 0
         self._ref: float | None = None  # the first finite loss: the reference "initial" value
         self._nonfinite_seen = False
-        self._diverged_at = -math.inf  # the last step a divergence was firing
+        self._unsettled_at = -math.inf  # the last step a divergence fired or the lr rose
+        self._lr_at_min: float | None = None  # the learning rate when the minimum was reached
+        self._lr_taken: float | None = None  # the learning rate when losses were last taken
+        self._lr_high: float | None = None  # the most it may have been over the last batch
         self._streaks = {rule: Streak() for rule in ("divergence", "plateau", "noise")}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
         #: the first batch's loss and its expected value (None until checked / when unknown)
@@ -302,6 +317,12 @@ class LossMonitor(Callback):
             return
         buf, size, every, smoothing = self._buf, self._size, self.every, self.smoothing
         n, ema, low, high, last = self._n, self._ema, self._min, self._max, self._last_step
+        # the learning rate of these steps lies between the one read last time and the one
+        # now: a minimum reached among them is given the lower, a rise the higher
+        lr, before = state.backend.learning_rate(), self._lr_taken
+        rates = [r for r in (lr, before) if r is not None]
+        lr_low = min(rates, default=None)
+        self._lr_taken, self._lr_high = lr, max(rates, default=None)
         for step, v in zip(steps, values):
             if v - v != 0.0:  # NaN or ±inf
                 self._n, self._ema, self._min, self._max = n, ema, low, high
@@ -320,7 +341,7 @@ class LossMonitor(Callback):
                 self._ref = v
             ema = v if ema != ema else ema + smoothing * (v - ema)
             if ema < low:
-                low, self._min_step = ema, step
+                low, self._min_step, self._lr_at_min = ema, step, lr_low
             if v > high:
                 high, self._max_step = v, step
             initial, analysed = step == 0 and self.check_initial, step % every == 0
@@ -484,20 +505,36 @@ class LossMonitor(Callback):
             return
         ratio = ema / low
         far = ema - low > 0.01 * ref
+        lr, at_min = self._lr_high, self._lr_at_min
+        raised = lr is not None and at_min is not None and lr >= LR_RAISE * at_min
+        if raised and far and ratio > self.divergence_factor / 1.5:
+            # the schedule raised the learning rate since the minimum (a warm restart, a
+            # warm-up): a rise by design, unless it undoes a good part of the progress
+            self._unsettled_at = step
+            far = ema - low > RAISED_RISE * (ref - low)
         raw = ratio > self.divergence_factor and far
         active = self._condition("divergence", step, raw,
                                  ratio > self.divergence_factor / 1.5 and far)
         if active:
-            self._diverged_at = step
+            self._unsettled_at = step
 
         def describe() -> dict[str, Any]:
             if not active:
                 return {"message": f"the smoothed training loss {ema:.4g} is no longer "
                                    f"diverging ({ratio:.2f}× its minimum {low:.4g})"}
-            return {"message": (f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its "
-                                f"running minimum {low:.4g} (step {self._min_step}), above the "
-                                f"factor {self.divergence_factor:g} since step "
-                                f"{self._streaks['divergence'].since}"),
+            message = (f"the smoothed training loss {ema:.4g} is {ratio:.2f}× its running "
+                       f"minimum {low:.4g} (step {self._min_step}), above the factor "
+                       f"{self.divergence_factor:g} since step "
+                       f"{self._streaks['divergence'].since}")
+            if raised:
+                undone = (f", undoing {(ema - low) / (ref - low):.0%} of the progress made"
+                          if ref > low else "")
+                return {"message": f"{message}, after the schedule raised the learning rate to "
+                                   f"{lr:.3g} ({lr / at_min:.3g}× its value then){undone}",
+                        "suggestion": "the raised learning rate (a warm restart's or a "
+                                      "warm-up's peak) is too high for this stage: lower the "
+                                      "schedule's peak 3–10×, or add gradient clipping"}
+            return {"message": message,
                     "suggestion": "the learning rate is probably too high: lower it 3–10× (or "
                                   "add warm-up or gradient clipping), and look for bad batches"}
 
@@ -514,9 +551,10 @@ class LossMonitor(Callback):
         self.window_progress = progress
         span = self._plateau_n * self.check_every
         # Judged only above plateau_floor of the way down to the loss's least value, and not
-        # while the window holds a divergence (a rise is the divergence's alert).
+        # while the window holds a divergence (a rise is the divergence's alert) or a raise of
+        # the learning rate (a rise by design).
         judged = (last - floor > self.plateau_floor * (ref - floor)
-                  and step - self._diverged_at > span)
+                  and step - self._unsettled_at > span)
         raw = progress < self.plateau_threshold and judged
         active = self._condition("plateau", step, raw,
                                  progress < 2 * self.plateau_threshold and judged)
@@ -562,7 +600,7 @@ class LossMonitor(Callback):
         spread = std_d / math.sqrt(2.0) / level
         self.relative_spread = spread
         # A diverging loss (or a window still holding its spike) scatters for other reasons.
-        calm = step - self._diverged_at > self.noise_window
+        calm = step - self._unsettled_at > self.noise_window
         raw = spread > self.noise_threshold and calm
         active = self._condition("noise", step, raw,
                                  spread > self.noise_threshold / 1.25 and calm)
