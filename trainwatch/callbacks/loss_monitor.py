@@ -12,13 +12,14 @@ KNOWLEDGE §2–3 turned into alerts:
   pass, every ``check_tensors_every`` steps (a NaN weight or gradient almost always makes the
   next loss NaN, where it is caught anyway; the periodic pass catches the rest).
 * ``loss.divergence`` (warning): after ``warmup`` steps, the smoothed loss (EMA, weight
-  ``smoothing``) is more than ``divergence_factor`` times its running minimum, and above it by
-  at least 1 % of the initial loss (so a loss near zero does not diverge by rounding). A
-  schedule that raises the learning rate (a warm restart, a warm-up, a cyclic schedule) makes
-  a converged loss rise several-fold by design: while the rate is ``LR_RAISE`` times the one
-  of the minimum's time (``Backend.learning_rate``, read as the losses are taken in), the
-  rise must also undo ``RAISED_RISE`` of the progress made (initial loss − minimum) to count,
-  and the plateau and noise rules skip it as they skip a divergence.
+  ``smoothing``) is more than ``divergence_factor`` times its running minimum, and the rise
+  undoes at least ``MIN_RISE`` of the progress made (initial loss − minimum; and 1 % of the
+  initial loss), so a loss near zero that spikes from 0.002 to 0.03 and recovers is no
+  divergence. A schedule that raises the learning rate (a warm restart, a warm-up, a cyclic
+  schedule) makes a converged loss rise several-fold by design: while the rate is
+  ``LR_RAISE`` times the one of the minimum's time (``Backend.learning_rate``, read as the
+  losses are taken in), the rise must undo ``RAISED_RISE`` of the progress, and the plateau
+  and noise rules skip it as they skip a divergence.
 * ``loss.plateau`` (warning): no progress over the last ``plateau_window`` steps: the mean of
   the window's newest quarter is less than ``plateau_threshold`` (relative) below the mean of
   its oldest quarter, while the loss is still above ``plateau_floor`` of the way from the
@@ -74,8 +75,9 @@ EXPECTED_INITIAL = {
 #: a learning rate this many times the one at the running minimum's time is a raise (a warm
 #: restart, a warm-up): the loss may rise by design
 LR_RAISE = 2.0
-#: the share of the progress (initial loss − minimum) a rise must undo to be a divergence
-#: while the learning rate is raised (a warm restart bumps a near-zero loss ~10-fold)
+#: the share of the progress (initial loss − minimum) a rise must undo to be a divergence,
+#: and while the learning rate is raised (a warm restart bumps a near-zero loss ~10-fold)
+MIN_RISE = 0.05
 RAISED_RISE = 0.25
 
 NONFINITE_SUGGESTION = (
@@ -503,15 +505,14 @@ class LossMonitor(Callback):
         ema, low = self._ema, self._min
         if step < self.warmup or not low > 0:
             return
-        ratio = ema / low
-        far = ema - low > 0.01 * ref
+        ratio, rise = ema / low, ema - low
         lr, at_min = self._lr_high, self._lr_at_min
         raised = lr is not None and at_min is not None and lr >= LR_RAISE * at_min
-        if raised and far and ratio > self.divergence_factor / 1.5:
+        if raised and ratio > self.divergence_factor / 1.5:
             # the schedule raised the learning rate since the minimum (a warm restart, a
             # warm-up): a rise by design, unless it undoes a good part of the progress
             self._unsettled_at = step
-            far = ema - low > RAISED_RISE * (ref - low)
+        far = rise > max(0.01 * ref, (RAISED_RISE if raised else MIN_RISE) * (ref - low))
         raw = ratio > self.divergence_factor and far
         active = self._condition("divergence", step, raw,
                                  ratio > self.divergence_factor / 1.5 and far)
