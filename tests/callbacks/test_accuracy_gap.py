@@ -188,6 +188,31 @@ def test_examples_for_a_verdict_are_kept_for_a_few_steps_at_most():
     assert len(fired(mon.alerts, "accuracy_gap.overfit")) == 1
 
 
+@pytest.mark.parametrize("inputs, targets", [
+    (np.zeros((12, 8, 64)), np.zeros(8, dtype=int)),  # sequence-first (T, N, F)
+    (np.zeros((8, 64)), (np.zeros(8, dtype=int), np.zeros((8, 3)))),  # a multi-task tuple
+])
+def test_batches_whose_examples_do_not_join_are_not_kept(inputs, targets):
+    """Rows of sequence-first batches, or of a tuple of targets, do not join into a batch
+    to score: the monitor keeps none (sleeping at once) and the verdict goes without them."""
+    gap = AccuracyGapMonitor()
+    mon = Monitor(mlp(64, 10), callbacks=[gap], progress=False, raise_errors=True)
+    mon.train_begin(epochs=3)
+    awake = []
+    for epoch in range(3):
+        mon.epoch_begin(epoch)
+        for _ in range(5):
+            awake.append(gap.next_step(mon.state.step) == mon.state.step)
+            mon.batch_begin(inputs, targets)
+            mon.step_begin()
+            mon.step_end()
+        mon.epoch_end({"train_accuracy": 0.99, "val_accuracy": 0.7})
+    mon.train_end()
+    assert awake == [False] * 5 + [True] + [False] * 9
+    assert gap._train_subset is None
+    assert "scored in eval mode" not in fired(mon.alerts, "accuracy_gap.overfit")[0].message
+
+
 def test_thresholds_are_configurable():
     points = [(0.95, 0.88)] * 4  # a 7-point gap
     assert not fired(feed(points)[0], "accuracy_gap.overfit")

@@ -89,6 +89,19 @@ def _pair(name: str, data: Any) -> tuple[Any, Any] | None:
     return x, y
 
 
+def _examples_along_dim_0(inputs: Any, targets: Any) -> bool:
+    """Whether a batch holds its examples along dim 0 of its inputs and of one targets array
+    alike, so rows kept from several batches join into one batch to score: not a
+    sequence-first ``(T, N, F)`` batch, nor a multi-task loss's tuple of targets."""
+    shape = getattr(targets, "shape", None)
+    if not shape:
+        return False
+    try:
+        return len(inputs) == shape[0]
+    except TypeError:  # (inputs without a length)
+        return False
+
+
 def fixed_subset(x: Any, y: Any, size: int) -> tuple[Any, Any]:
     """At most ``size`` examples spread evenly over the dataset (no random numbers drawn,
     so the same examples every call and for every class ordering)."""
@@ -303,6 +316,9 @@ class AccuracyGapMonitor(Callback):
         """Keep copies of the training examples fed: the first ``subset`` step-wise, up to
         ``CONFIRM_EXAMPLES`` (and ``CONFIRM_BYTES``) epoch-wise."""
         if state.inputs is None or state.targets is None:
+            return
+        if self.every is None and not _examples_along_dim_0(state.inputs, state.targets):
+            self._collecting = 0  # (none to keep: the verdict goes without them)
             return
         limit = self.subset if self.every is not None else min(self.subset, CONFIRM_EXAMPLES)
         need = limit - self._train_seen
