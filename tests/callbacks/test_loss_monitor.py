@@ -298,6 +298,35 @@ def test_expected_initial_loss_can_be_given(digits):
     assert len(alerts) == 1 and "given as expected_initial_loss" in alerts[0].message
 
 
+def test_a_start_below_the_expected_loss_tells_a_trained_model_from_a_mis_scaled_loss(digits):
+    """A model trained before (pretrained weights, a resumed checkpoint) starts far below
+    ln C with its first batch mostly right: an info saying so, not 'the initialisation or the
+    loss is wrong'. A start below the expected loss with predictions at chance is a loss
+    that is not what it seems: a warning (an untrained model cannot use leaked labels, so
+    the advice is about the loss's scaling, not leaks)."""
+    model = mlp()
+    train(model, nn.Momentum(model, lr=0.05), [], digits, epochs=5)  # (pretraining)
+    trainer, _ = train(model, nn.SGD(model, lr=0.01), [LossMonitor()], digits, epochs=1)
+    (alert,) = fired(trainer, "loss.initial")
+    assert alert.severity.value == "info" and alert.value < 0.5
+    assert "trained before (pretrained weights, a resumed checkpoint)" in alert.message
+    assert "check_initial=False" in alert.suggestion
+
+    class TenthOfCrossEntropy(nn.SoftmaxCrossEntropy):  # divided by 10 x the examples
+        def forward(self, scores, targets):
+            return super().forward(scores, targets) / 10
+
+        def backward(self):
+            return super().backward() / 10
+
+    fresh = mlp()  # at chance, with a loss of ln(10) / 10
+    trainer, _ = train(fresh, nn.SGD(fresh, lr=0.01), [LossMonitor()], digits, epochs=1,
+                       loss=TenthOfCrossEntropy())
+    (alert,) = fired(trainer, "loss.initial")
+    assert alert.severity.value == "warning" and "probably wrong" in alert.message
+    assert "averaged correctly" in alert.suggestion and "leak" not in alert.suggestion
+
+
 # -- outputs, cost, arguments ----------------------------------------------------------------------
 
 

@@ -44,7 +44,11 @@ KNOWLEDGE §2–3 turned into alerts:
   ``C − 1`` for the multiclass SVM (margin 1), ``ln 2`` for binary cross-entropy. C is the
   predictions' last dimension; the loss kind comes from ``backend.loss_kind``; a backend
   method ``expected_initial_loss(num_classes)`` is used when present, and
-  ``expected_initial_loss=`` overrides both.
+  ``expected_initial_loss=`` overrides both. A start below it is no fault where the last
+  bias holds the labels' prior (down to the labels' entropy), and only an info where the
+  first batch is already mostly right (the model was trained before: pretrained weights, a
+  resumed checkpoint); an untrained model at chance with a loss below chance has a loss that
+  is not what it seems (mis-scaled, or not the one minimised).
 
 Each condition fires once per episode (``divergence``, ``plateau`` and ``noise`` after
 ``patience`` consecutive checks), through :class:`~trainwatch.alerts.AlertManager`.
@@ -99,6 +103,20 @@ def label_entropy(targets: Any, kind: str | None) -> float | None:
     frequencies, where one whose last bias is set to the labels' prior starts (ln C, ln 2
     for balanced labels; less for imbalanced ones). For softmax cross-entropy (class
     indices; negative ones ignored) and sigmoid BCE (0/1 targets); None otherwise."""
+    return _entropy(label_frequencies(targets, kind))
+
+
+def _entropy(shares: np.ndarray | None) -> float | None:
+    """The entropy (nats) of a distribution given by its shares; None for none."""
+    if shares is None:
+        return None
+    p = shares[shares > 0]
+    return float(-(p * np.log(p)).sum()) if p.size else None
+
+
+def label_frequencies(targets: Any, kind: str | None) -> np.ndarray | None:
+    """The share of each label among a batch's labels (host arrays; see
+    :func:`label_entropy`), or None."""
     if targets is None or kind not in ("softmax_cross_entropy", "sigmoid_bce"):
         return None
     try:
@@ -112,8 +130,7 @@ def label_entropy(targets: Any, kind: str | None) -> float | None:
         if not labels.size or np.any(labels != np.round(labels)):
             return None
         p = np.bincount(labels.astype(np.int64)) / labels.size
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum()) if p.size else None
+    return p if p.size else None
 
 
 def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int | None:
@@ -262,6 +279,7 @@ class LossMonitor(Callback):
         self._initial_context: tuple[float | None, str, Any] = (None, "", None)
         self._loss_floor = 0.0  # the least value the loss can take (Backend.loss_floor)
         self._first_targets: Any = None  # the first batch's labels (see _check_initial)
+        self._first_predictions: Any = None  # and its outputs
         #: the latest evaluation: progress over the plateau window, relative spread
         self.window_progress: float = math.nan
         self.relative_spread: float = math.nan
@@ -294,7 +312,8 @@ class LossMonitor(Callback):
             classes = self._classes(state)
             if self.check_initial:  # what the first loss is judged by
                 self._initial_context = (*self._expected(state, classes), state.data_loss)
-                self._first_targets = state.targets  # (read only if the start is low)
+                # (read only if the start is low)
+                self._first_targets, self._first_predictions = state.targets, state.predictions
             # (label smoothing: the loss never reaches 0)
             self._loss_floor = float(state.backend.loss_floor(classes))
 
@@ -410,6 +429,7 @@ class LossMonitor(Callback):
     def _check_initial(self, state: RunState, total: float) -> None:
         expected, how, data_loss = self._initial_context
         first_targets, self._first_targets = self._first_targets, None
+        first_predictions, self._first_predictions = self._first_predictions, None
         value = total if data_loss is None else float(data_loss)
         self.initial_loss = value
         self.expected_initial = expected
@@ -418,29 +438,47 @@ class LossMonitor(Callback):
         tol = self.initial_tolerance
         if expected / (1 + tol) <= value <= expected * (1 + tol):
             return
+        trained = None  # the first batch's accuracy, where it is far above chance
         if value < expected and first_targets is not None:
             # where a classifier whose last bias is set to the labels' frequencies starts
-            prior = label_entropy(state.backend.to_host(first_targets),
-                                  getattr(state.backend, "loss_kind", None))
+            shares = label_frequencies(state.backend.to_host(first_targets),
+                                       getattr(state.backend, "loss_kind", None))
+            prior = _entropy(shares)
             if prior is not None and value >= prior / (1 + tol):
                 return
+            # a model that starts far above chance was trained before: pretrained weights,
+            # a resumed checkpoint (an untrained one is at chance, whatever its inputs hold)
+            if shares is not None and first_predictions is not None:
+                accuracy = state.backend.accuracy(first_predictions, first_targets)
+                if accuracy > (1 + shares.max()) / 2:
+                    trained = accuracy
         which = "data loss, regularisation off" if data_loss is not None else (
             "total loss; the loop reports no separate data loss")
         factor = value / expected
+        severity, verdict = "warning", "the initialisation or the loss is probably wrong"
         if value > expected:
             off = f"{factor:.3g}× the expected"
             suggestion = ("the initial scores are too large or the loss is mis-scaled: use small "
                           "random weights (He/Xavier scale, the last layer near 0) and check "
                           "that the loss is a mean over the batch, not a sum")
+        elif trained is not None:
+            off = f"only {factor:.3g}× the expected"
+            severity = "info"
+            verdict = (f"the first batch is already {trained:.0%} right, so the model was "
+                       "trained before (pretrained weights, a resumed checkpoint): the expected "
+                       "initial loss is a fresh initialisation's")
+            suggestion = ("nothing to fix if the weights were loaded on purpose "
+                          "(LossMonitor(check_initial=False) leaves this out); else check where "
+                          "the model's weights come from")
         else:
             off = f"only {factor:.3g}× the expected"
-            suggestion = ("the loss starts below chance: check that the labels do not leak "
-                          "into the inputs, that the loss is averaged correctly, and that the "
-                          "reported loss is the one being minimised")
+            suggestion = ("the loss starts below chance while the predictions are at chance: "
+                          "check that the loss is averaged correctly (not divided by more "
+                          "than the batch's examples) and that the reported loss is the one "
+                          "being minimised")
         message = (f"initial loss {value:.4g} on the first batch ({which}) is {off} "
-                   f"{expected:.4g} ({how}; tolerance ×{1 + tol:g}): the initialisation or "
-                   f"the loss is probably wrong")
-        state.alerts.fire("loss.initial", "warning", message, state.step, value=value,
+                   f"{expected:.4g} ({how}; tolerance ×{1 + tol:g}): {verdict}")
+        state.alerts.fire("loss.initial", severity, message, state.step, value=value,
                           suggestion=suggestion)
 
     @staticmethod
