@@ -280,6 +280,8 @@ class LossMonitor(Callback):
         self._loss_floor = 0.0  # the least value the loss can take (Backend.loss_floor)
         self._first_targets: Any = None  # the first batch's labels (see _check_initial)
         self._first_predictions: Any = None  # and its outputs
+        #: the first batch's accuracy where the model started trained (see _check_initial)
+        self._trained_before: float | None = None
         #: the latest evaluation: progress over the plateau window, relative spread
         self.window_progress: float = math.nan
         self.relative_spread: float = math.nan
@@ -451,7 +453,7 @@ class LossMonitor(Callback):
             if shares is not None and first_predictions is not None:
                 accuracy = state.backend.accuracy(first_predictions, first_targets)
                 if accuracy > (1 + shares.max()) / 2:
-                    trained = accuracy
+                    trained = self._trained_before = accuracy
         which = "data loss, regularisation off" if data_loss is not None else (
             "total loss; the loop reports no separate data loss")
         factor = value / expected
@@ -604,14 +606,22 @@ class LossMonitor(Callback):
                                              f"({progress:+.1%} over {span} steps, now "
                                              f"{last:.4g})"})
             return
-        state.alerts.update("loss.plateau", True, step=step, severity="warning", value=progress,
+        # (a model trained before starts near where it can get: its plateau is no fault)
+        severity = "info" if self._trained_before is not None else "warning"
+        state.alerts.update("loss.plateau", True, step=step, severity=severity, value=progress,
                             describe=lambda: self._plateau_text(first, last, progress, span, ref))
 
     def _plateau_text(self, first: float, last: float, progress: float, span: int,
                       ref: float) -> dict[str, str]:
         head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
                 f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
-        if last >= 0.9 * ref and self._max <= 1.5 * ref:
+        if self._trained_before is not None:
+            reading = (f"the model started trained (its first batch {self._trained_before:.0%} "
+                       f"right: pretrained weights, a resumed checkpoint), so it has converged "
+                       f"for this learning rate")
+            suggestion = ("for more progress lower the learning rate (a decay schedule), or "
+                          "unfreeze more layers; if the validation loss is flat too, stop")
+        elif last >= 0.9 * ref and self._max <= 1.5 * ref:
             reading = (f"it has hardly moved from its initial value {ref:.4g}: a curve flat or "
                        f"nearly linear from the start is the signature of a learning rate "
                        f"that is too low")
