@@ -183,6 +183,7 @@ def test_a_first_layer_that_is_not_an_image_is_skipped_with_one_info_alert():
     assert not mem.images
     skipped = [a for a in trainer.monitor.alerts.history if a.code == "filters.skipped"]
     assert len(skipped) == 1 and "image_shape" in skipped[0].message
+    assert "its 10 inputs make no square image" in skipped[0].message
     assert skipped[0].severity.value == "info"
 
 

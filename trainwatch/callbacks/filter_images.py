@@ -307,8 +307,10 @@ class FilterImages(Callback):
         in_features = weight.shape[1] if out_first else weight.shape[0]
         shape = self._image_shape(state, in_features)
         if shape is None:
-            self._skip(state, f"{name} {weight.shape}: cannot tell the input image's shape; "
-                              "pass image_shape=(C, H, W)")
+            self._skip(state, f"{name} {tuple(weight.shape)}: its {in_features} inputs make no "
+                              "square image (a table's features, say), so it has no filters "
+                              "to draw; for inputs flattened from a non-square image, pass "
+                              "image_shape=(C, H, W)")
             return None
         try:
             return dense_filters(weight, shape, out_first=out_first)
