@@ -274,6 +274,28 @@ def test_step_mode_does_not_change_training(digits):
     assert state_a["model"]["rng_state"] == state_b["model"]["rng_state"]
 
 
+def test_scoring_kept_examples_for_a_verdict_does_not_change_training(digits):
+    """Epoch-wise, a large gap makes the monitor keep training examples and score them in
+    eval mode at the verdict (dropout off): the run, dropout's random state included, is
+    the same as without the monitor."""
+    (xt, yt), (xv, yv) = digits
+
+    def run(callbacks):
+        model = nn.Sequential([nn.Dense(64, 256, rng=0), nn.ReLU(), nn.Dropout(0.2),
+                               nn.Dense(256, 10, rng=1)], seed=3)
+        trainer, _, history = train(model, callbacks, (xt[:30], yt[:30]), (xv[:300], yv[:300]),
+                                    epochs=8, batch_size=10, lr=0.05)
+        return trainer, trainer.backend.state_dict(), history
+
+    _, state_a, hist_a = run([])
+    trainer, state_b, hist_b = run([AccuracyGapMonitor()])
+    assert "scored in eval mode" in fired(trainer.monitor.alerts, "accuracy_gap.overfit")[0].message
+    assert hist_a == hist_b
+    for k, v in state_a["model"]["params"].items():
+        assert np.array_equal(v, state_b["model"]["params"][k])
+    assert state_a["model"]["rng_state"] == state_b["model"]["rng_state"]
+
+
 def test_fixed_subset_is_deterministic_and_spread():
     x = np.arange(1000).reshape(-1, 1)
     y = np.arange(1000) // 100  # sorted by class
