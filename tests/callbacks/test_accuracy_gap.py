@@ -163,6 +163,13 @@ def test_low_accuracy_that_still_climbs_is_not_underfitting():
     # a stalled accuracy that fell says so with its sign
     alerts, _ = feed([(0.31, 0.3), (0.3, 0.3), (0.3, 0.3), (0.3, 0.3)])
     assert "(-1.0 points" in fired(alerts, "accuracy_gap.underfit")[0].message
+    assert "capacity" in fired(alerts, "accuracy_gap.underfit")[0].suggestion
+    # one that fell far from its best collapsed (a learning rate too high): no capacity advice
+    alerts, _ = feed([(0.4, 0.38), (0.45, 0.43), (0.3, 0.3), (0.12, 0.12), (0.12, 0.12),
+                      (0.121, 0.12)])
+    (collapse,) = fired(alerts, "accuracy_gap.underfit")
+    assert "has fallen from its best, 45.0% at step 20, and stalled" in collapse.message
+    assert "learning rate" in collapse.suggestion and "more capacity" not in collapse.suggestion
 
 
 def test_examples_for_a_verdict_are_kept_for_a_few_steps_at_most():

@@ -12,6 +12,8 @@ writes, and turns the two patterns into alerts:
 * ``accuracy_gap.underfit``: training accuracy below ``underfit_accuracy`` with a gap within
   ± ``underfit_gap``, and stalled: it rose by less than ``min_improvement`` over the last
   ``patience`` evaluations (early epochs of a healthy run climb fast, so they don't count).
+  An accuracy ``COLLAPSE`` below its best so far has fallen, not stalled: the message says so
+  and blames instability (a learning rate too high), not capacity.
 
 A loop's training accuracy is counted as it trains (train mode: BatchNorm on batch statistics,
 dropout on), its validation accuracy in eval mode. A gap between the two modes is no
@@ -64,6 +66,13 @@ UNDERFIT_SUGGESTION = (
     "the model cannot fit even the training data: give it more capacity (more units or "
     "layers), train longer, lower the regularisation, or revisit the learning rate"
 )
+COLLAPSE_SUGGESTION = (
+    "a model that loses the accuracy it had is unstable, not short of capacity: lower the "
+    "learning rate 3–10× (or add warm-up or gradient clipping), and restart from a fresh init "
+    "if units died"
+)
+#: training accuracy this far (fraction) below its best so far: a collapse, not a stall
+COLLAPSE = 0.10
 
 
 def _fraction(name: str, value: float, *, allow_zero: bool = True) -> float:
@@ -434,11 +443,16 @@ class AccuracyGapMonitor(Callback):
             rise = acc - window[0]["train_accuracy"]
             active = low and len(window) == self.patience and rise < self.min_improvement
         self._underfit = active
+        best = max(self.history, key=lambda p: p["train_accuracy"])
+        collapsed = best["train_accuracy"] - acc >= COLLAPSE
         message = (
             f"training accuracy {acc:.1%} "
-            + (f"has stalled ({rise * 100:+.1f} points over {self.patience} evaluations) "
-               f"with a train − validation gap of only {gap * 100:.1f} points"
+            + ((f"has fallen from its best, {best['train_accuracy']:.1%} at step "
+                f"{best['step']}, and stalled" if collapsed else
+                f"has stalled ({rise * 100:+.1f} points over {self.patience} evaluations)")
+               + f" with a train − validation gap of only {gap * 100:.1f} points"
                if active else "is improving again")
         )
         state.alerts.update("accuracy_gap.underfit", active, step=step, severity="warning",
-                            message=message, value=acc, suggestion=UNDERFIT_SUGGESTION)
+                            message=message, value=acc,
+                            suggestion=COLLAPSE_SUGGESTION if collapsed else UNDERFIT_SUGGESTION)
