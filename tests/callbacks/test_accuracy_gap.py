@@ -97,6 +97,21 @@ def test_a_one_unit_bottleneck_raises_underfit(digits):
     assert not fired(trainer.monitor.alerts, "accuracy_gap.overfit")
 
 
+def test_an_underfit_points_at_the_other_alerts_of_a_model_that_does_not_learn(digits):
+    """A learning rate 1e5 too low leaves the accuracy at chance: the update ratios say why,
+    and the underfit verdict points at them instead of asking for more capacity."""
+    from trainwatch.callbacks.update_ratio import UpdateRatioMonitor
+
+    trainer, _, history = train(mlp(64, 64, 10), [UpdateRatioMonitor(), AccuracyGapMonitor()],
+                                *digits, epochs=6, lr=1e-6)
+    assert history["train_accuracy"][-1] < 0.3
+    alerts = trainer.monitor.alerts
+    assert fired(alerts, "update_ratio.low")
+    (under,) = fired(alerts, "accuracy_gap.underfit")
+    assert "first fix what this run's other alerts point at (update_ratio.low)" in (
+        under.suggestion)
+
+
 # -- the verdict logic, on metrics fed through a real Monitor -------------------------------------
 
 

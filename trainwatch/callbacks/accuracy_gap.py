@@ -13,7 +13,9 @@ writes, and turns the two patterns into alerts:
   ± ``underfit_gap``, and stalled: it rose by less than ``min_improvement`` over the last
   ``patience`` evaluations (early epochs of a healthy run climb fast, so they don't count).
   An accuracy ``COLLAPSE`` below its best so far has fallen, not stalled: the message says so
-  and blames instability (a learning rate too high), not capacity.
+  and blames instability (a learning rate too high), not capacity. Where the run raised other
+  warnings first (update ratios, frozen or dead units, gradient checks, NaN), the advice
+  points at those: a model that learns nothing is seldom too small.
 
 A loop's training accuracy is counted as it trains (train mode: BatchNorm on batch statistics,
 dropout on), its validation accuracy in eval mode. A gap between the two modes is no
@@ -453,6 +455,19 @@ class AccuracyGapMonitor(Callback):
                + f" with a train − validation gap of only {gap * 100:.1f} points"
                if active else "is improving again")
         )
+        def suggestion() -> dict[str, str]:
+            if collapsed:
+                return {"suggestion": COLLAPSE_SUGGESTION}
+            # (a model that learns nothing shows it elsewhere first: those are the causes)
+            causes = list(dict.fromkeys(
+                a.code for a in state.alerts.history if not a.resolved
+                and a.severity.rank >= 1 and not a.code.startswith("accuracy_gap.")))
+            if not causes:
+                return {"suggestion": UNDERFIT_SUGGESTION}
+            return {"suggestion": (
+                "a model stuck this low usually cannot learn rather than being too small: "
+                f"first fix what this run's other alerts point at ({', '.join(causes)}); "
+                "if it still stalls, give it more capacity")}
+
         state.alerts.update("accuracy_gap.underfit", active, step=step, severity="warning",
-                            message=message, value=acc,
-                            suggestion=COLLAPSE_SUGGESTION if collapsed else UNDERFIT_SUGGESTION)
+                            message=message, value=acc, describe=suggestion)
