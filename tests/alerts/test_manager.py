@@ -126,6 +126,22 @@ def test_fire_is_once_per_code_and_tensor():
     assert [a.code for a in got] == ["loss.nan", "grad.nan", "grad.nan"]
 
 
+def test_warnings_fired_lists_the_unresolved_causes_in_order():
+    manager = AlertManager(clear_after=1)
+    manager.fire("gradcheck.wrong", "critical", "m", 1, tensor="fc1.weight")
+    manager.fire("loss.noise", "info", "m", 2)  # (an info is no cause)
+    manager.update("update_ratio.low", True, step=3, tensor="a", message="m")
+    manager.update("update_ratio.low", True, step=3, tensor="b", message="m")
+    manager.update("loss.divergence", True, step=4, message="m")
+    manager.update("accuracy_gap.underfit", True, step=5, message="m")
+    assert manager.warnings_fired() == ["gradcheck.wrong", "update_ratio.low",
+                                        "loss.divergence", "accuracy_gap.underfit"]
+    assert manager.warnings_fired(besides="accuracy_gap.") == [
+        "gradcheck.wrong", "update_ratio.low", "loss.divergence"]
+    manager.update("loss.divergence", False, step=6)  # resolved: no cause any more
+    assert "loss.divergence" not in manager.warnings_fired()
+
+
 def test_summary_lists_codes_worst_first_with_counts_tensors_and_first_step():
     m = AlertManager()
     assert m.summary() == "trainwatch: no alerts."

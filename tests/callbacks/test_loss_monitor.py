@@ -211,6 +211,21 @@ def test_a_warm_restart_of_the_learning_rate_is_no_divergence_unless_it_undoes_t
     assert "raised the learning rate to 0.05 (50× its value then)" in a.message
 
 
+def test_a_plateau_points_at_the_causes_other_alerts_found(digits):
+    """Dead ReLUs (a first-layer bias of -10) leave the loss flat from the start, which reads
+    as a learning rate too low; the update ratios have said the tensors get no gradient:
+    the plateau's advice points at that first."""
+    model = mlp()
+    model.named_parameters()["fc1.bias"][...] = -10.0
+    trainer, _ = train(model, nn.SGD(model, lr=0.05), [UpdateRatioMonitor(), LossMonitor()],
+                       digits, epochs=8)
+    assert fired(trainer, "update_ratio.frozen")
+    (plateau,) = fired(trainer, "loss.plateau")
+    assert plateau.suggestion.startswith(
+        "first fix what this run's other alerts point at (update_ratio.frozen")
+    assert "raise the learning rate" in plateau.suggestion  # (then the usual reading)
+
+
 def test_healthy_run_raises_no_loss_alert(digits):
     model = mlp()
     trainer, mem = train(model, nn.Momentum(model, lr=0.05), [LossMonitor()], digits, epochs=8)

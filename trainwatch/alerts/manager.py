@@ -164,6 +164,20 @@ class AlertManager:
         self._emit(alert)
         return alert
 
+    def warnings_fired(self, *, besides: str = "") -> list[str]:
+        """The codes of the warnings and criticals fired so far (and not since resolved), in
+        the order they first fired, leaving out those starting with ``besides``: the causes
+        a symptom's alert (a plateau, an underfit) can point at."""
+        codes = []
+        for a in self.history:
+            if (a.resolved or a.severity.rank < Severity.WARNING.rank
+                    or (besides and a.code.startswith(besides))):
+                continue
+            condition = self._conditions.get((a.code, a.tensor))  # (None for a one-off)
+            if condition is None or condition.firing:
+                codes.append(a.code)
+        return list(dict.fromkeys(codes))
+
     def is_firing(self, code: str, tensor: str | None = None) -> bool:
         """Whether condition ``code`` for ``tensor`` is currently firing."""
         cond = self._conditions.get((code, tensor))

@@ -459,9 +459,7 @@ class AccuracyGapMonitor(Callback):
             if collapsed:
                 return {"suggestion": COLLAPSE_SUGGESTION}
             # (a model that learns nothing shows it elsewhere first: those are the causes)
-            causes = list(dict.fromkeys(
-                a.code for a in state.alerts.history if not a.resolved
-                and a.severity.rank >= 1 and not a.code.startswith("accuracy_gap.")))
+            causes = state.alerts.warnings_fired(besides="accuracy_gap.")
             if not causes:
                 return {"suggestion": UNDERFIT_SUGGESTION}
             return {"suggestion": (

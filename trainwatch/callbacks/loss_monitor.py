@@ -609,10 +609,12 @@ class LossMonitor(Callback):
         # (a model trained before starts near where it can get: its plateau is no fault)
         severity = "info" if self._trained_before is not None else "warning"
         state.alerts.update("loss.plateau", True, step=step, severity=severity, value=progress,
-                            describe=lambda: self._plateau_text(first, last, progress, span, ref))
+                            describe=lambda: self._plateau_text(
+                                first, last, progress, span, ref,
+                                state.alerts.warnings_fired(besides="loss.")))
 
     def _plateau_text(self, first: float, last: float, progress: float, span: int,
-                      ref: float) -> dict[str, str]:
+                      ref: float, causes: list[str]) -> dict[str, str]:
         head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
                 f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
         if self._trained_before is not None:
@@ -638,6 +640,9 @@ class LossMonitor(Callback):
                        f"rate too high for this stage")
             suggestion = ("lower the learning rate 3–10× or add a decay schedule; if the "
                           "validation loss is flat at a good value, training has converged")
+        if causes and self._trained_before is None:  # (a stall is a symptom: of those first)
+            suggestion = (f"first fix what this run's other alerts point at "
+                          f"({', '.join(causes)}); then: {suggestion}")
         return {"message": f"{head}; {reading}", "suggestion": suggestion}
 
     def _check_noise(self, state: RunState, step: int, ref: float) -> None:
