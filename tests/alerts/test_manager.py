@@ -136,8 +136,10 @@ def test_warnings_fired_lists_the_unresolved_causes_in_order():
     manager.update("accuracy_gap.underfit", True, step=5, message="m")
     assert manager.warnings_fired() == ["gradcheck.wrong", "update_ratio.low",
                                         "loss.divergence", "accuracy_gap.underfit"]
-    assert manager.warnings_fired(besides="accuracy_gap.") == [
+    assert manager.warnings_fired(besides=("accuracy_gap.",)) == [
         "gradcheck.wrong", "update_ratio.low", "loss.divergence"]
+    assert manager.warnings_fired(besides=("accuracy_gap.", "loss.")) == [
+        "gradcheck.wrong", "update_ratio.low"]
     manager.update("loss.divergence", False, step=6)  # resolved: no cause any more
     assert "loss.divergence" not in manager.warnings_fired()
 

@@ -164,14 +164,14 @@ class AlertManager:
         self._emit(alert)
         return alert
 
-    def warnings_fired(self, *, besides: str = "") -> list[str]:
+    def warnings_fired(self, *, besides: tuple[str, ...] = ()) -> list[str]:
         """The codes of the warnings and criticals fired so far (and not since resolved), in
-        the order they first fired, leaving out those starting with ``besides``: the causes
-        a symptom's alert (a plateau, an underfit) can point at."""
+        the order they first fired, leaving out those starting with one of ``besides``: the
+        causes a symptom's alert (a plateau, an underfit) can point at."""
         codes = []
         for a in self.history:
             if (a.resolved or a.severity.rank < Severity.WARNING.rank
-                    or (besides and a.code.startswith(besides))):
+                    or a.code.startswith(besides)):
                 continue
             condition = self._conditions.get((a.code, a.tensor))  # (None for a one-off)
             if condition is None or condition.firing:

@@ -459,7 +459,7 @@ class AccuracyGapMonitor(Callback):
             if collapsed:
                 return {"suggestion": COLLAPSE_SUGGESTION}
             # (a model that learns nothing shows it elsewhere first: those are the causes)
-            causes = state.alerts.warnings_fired(besides="accuracy_gap.")
+            causes = state.alerts.warnings_fired(besides=("accuracy_gap.", "loss.plateau"))
             if not causes:
                 return {"suggestion": UNDERFIT_SUGGESTION}
             return {"suggestion": (

@@ -611,7 +611,7 @@ class LossMonitor(Callback):
         state.alerts.update("loss.plateau", True, step=step, severity=severity, value=progress,
                             describe=lambda: self._plateau_text(
                                 first, last, progress, span, ref,
-                                state.alerts.warnings_fired(besides="loss.")))
+                                state.alerts.warnings_fired(besides=("loss.", "accuracy_gap."))))
 
     def _plateau_text(self, first: float, last: float, progress: float, span: int,
                       ref: float, causes: list[str]) -> dict[str, str]:
