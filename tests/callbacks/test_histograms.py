@@ -176,6 +176,21 @@ def test_a_deep_small_weight_sigmoid_stack_raises_vanishing(digits):
     assert mem.scalar("gradients/norm_ratio_first_last")[0] < 1e-3
 
 
+def test_no_gradient_at_all_in_the_first_layer_is_called_a_blocked_path(digits):
+    """Dead ReLUs (a first-layer bias of -10) let no gradient through: a ratio of exactly 0
+    is no sigmoid stack's vanishing, and the advice says what blocks it. (The second layer's
+    bias keeps its units, and so the last layer's gradient, alive.)"""
+    first, second = nn.Dense(64, 64, rng=0), nn.Dense(64, 32, rng=1)
+    first.params["bias"][...] = -10.0
+    second.params["bias"][...] = 0.1
+    model = nn.Sequential([first, nn.ReLU(), second, nn.ReLU(), nn.Dense(32, 10, rng=2)])
+    trainer, _ = train(model, [HistogramMonitor(budget=None, every=5)], digits, epochs=1)
+    (vanishing,) = fired(trainer, "gradients.vanishing")
+    assert vanishing.value == 0.0 and "no gradient reaches the first layer at all" in (
+        vanishing.message)
+    assert "dead ReLUs" in vanishing.suggestion and "sigmoid" not in vanishing.suggestion
+
+
 def test_a_tiny_first_layer_raises_exploding(digits):
     # A first layer with 1e-5 weights feeds near-zero activations forward, so the last
     # layer's weight gradient (its input times dL/dscores) is tiny, while dL/d(first layer)

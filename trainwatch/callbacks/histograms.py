@@ -68,6 +68,11 @@ VANISHING_SUGGESTION = (
     "the first layers barely learn: prefer ReLU to sigmoid/tanh in deep stacks, use "
     "He/Xavier initialisation, normalisation layers or residual connections"
 )
+NO_GRADIENT_SUGGESTION = (
+    "something between the first and the last layer blocks every gradient: units that output "
+    "0 for every example (dead ReLUs: see activations/ and activations.dead), a detached "
+    "tensor (.detach(), a stop-gradient), or a first layer whose output is not used"
+)
 EXPLODING_SUGGESTION = (
     "gradients grow toward the input: lower the learning rate, clip gradients, and check the "
     "initialisation scale"
@@ -434,11 +439,15 @@ class HistogramMonitor(Callback):
         band = self._ratio.check(ratio)
         (first, _), (last, _) = self._ends  # type: ignore[misc]
         where = f"gradient RMS of {first} / {last} = {ratio:.2e}"
+        # (exactly 0 is no gradient at all: a blocked path, not a shrinking one)
+        vanishing = ("no gradient reaches the first layer at all" if ratio == 0.0 else
+                     f"below {self.vanishing_ratio:g}: gradients vanish before reaching the "
+                     "first layer")
         state.alerts.update(
             "gradients.vanishing", band == "low", step=state.step, severity="warning",
-            value=ratio, suggestion=VANISHING_SUGGESTION,
-            message=(f"{where}, below {self.vanishing_ratio:g}: gradients vanish before "
-                     "reaching the first layer" if band == "low" else f"{where}, back to normal"),
+            value=ratio,
+            suggestion=NO_GRADIENT_SUGGESTION if ratio == 0.0 else VANISHING_SUGGESTION,
+            message=f"{where}, {vanishing}" if band == "low" else f"{where}, back to normal",
         )
         state.alerts.update(
             "gradients.exploding", band == "high", step=state.step, severity="warning",
