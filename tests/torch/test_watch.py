@@ -1373,6 +1373,41 @@ def test_a_loop_that_gives_no_batch_is_told_why(mistake):
     assert set(codes) == {told, "gradcheck.skipped"}, codes
 
 
+@pytest.mark.parametrize("loop, told", [
+    ("zero_grad", False), ("zero_grad in place", False), ("zero_grad after the step", False),
+    ("two micro-batches a step", False), ("clipped", False),
+    ("no zero_grad", True), ("no zero_grad, two micro-batches a step", True),
+])
+def test_a_loop_that_never_resets_its_gradients_is_told_once(loop, told):
+    """Without optimizer.zero_grad() each step applies the sum of all gradients so far: the
+    same .grad tensors grow by one backward pass per reported loss. Loops that reset them,
+    however they do it, are not told."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    micro = 2 if "two micro-batches" in loop else 1
+    with watch(model, opt, nn.CrossEntropyLoss(), callbacks=[], progress=False) as w:
+        for _ in range(8):
+            if loop in ("zero_grad", "two micro-batches a step", "clipped"):
+                opt.zero_grad()
+            elif loop == "zero_grad in place":
+                opt.zero_grad(set_to_none=False)
+            for _ in range(micro):
+                x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
+                loss = nn.functional.cross_entropy(model(x), y) / micro
+                w.loss(loss, y)
+                loss.backward()
+            if loop == "clipped":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            opt.step()
+            if loop == "zero_grad after the step":
+                model.zero_grad()
+    alerts = [a for a in w.monitor.alerts.history if a.code == "watch.grads_not_reset"]
+    assert len(alerts) == told
+    if told:
+        assert alerts[0].step == 3 and "zero_grad()" in alerts[0].suggestion
+
+
 def test_a_hook_of_yours_can_tell_trainwatchs_own_passes_apart():
     """Gradient checks and the step-wise accuracy gap run the model through its hooks, the
     user's too; trainwatch.torch.in_own_pass() tells such a hook which calls are the loop's."""

@@ -43,6 +43,10 @@ from trainwatch.torch.backend import (
 )
 from trainwatch.torch.inputs import ForwardInputs
 
+#: the first steps over which the watcher follows a gradient tensor, to tell a loop that never
+#: resets its gradients (no ``optimizer.zero_grad()``)
+GRAD_RESET_STEPS = 4
+
 
 class Watcher:
     """Watches a torch model and optimizer through hooks; see :func:`watch`.
@@ -101,6 +105,7 @@ class Watcher:
         self._quiet = False  # no callback awake this step: the hooks only count the step
         self._eval_forward = False  # a forward with gradients in eval mode since the last step
         self._first_step_unreported = False  # no loss reported before the first step ended
+        self._grad_trace: list[tuple[Any, int, int]] = []  # see _follow_gradients
         # where reads are cheap (the CPU) the loss is read once, as it is reported: callbacks
         # see it as a float (LossMonitor judges every step's), and so does the epoch's mean
         self._read_losses = self.backend.host_reads_cheap
@@ -221,8 +226,10 @@ class Watcher:
             return
         if self._closure_pending:  # (an optimizer that never called its closure)
             self._announce_step()
-        if self.monitor.state.step < 2:
-            self._check_loss_order(self.monitor.state.step)
+        if self.monitor.state.step < GRAD_RESET_STEPS:
+            if self.monitor.state.step < 2:
+                self._check_loss_order(self.monitor.state.step)
+            self._follow_gradients()
         self.monitor.step_end()
         self._in_step = False
         if not (self._quiet and self.monitor.callbacks.quiet):  # (else nothing changed)
@@ -242,6 +249,35 @@ class Watcher:
                 "batch is over, so gradient checks and the step-wise accuracy gap have none "
                 "to run on", step, suggestion="call watcher.loss(loss, targets) before "
                                               "optimizer.step(), right after computing the loss")
+
+    def _follow_gradients(self) -> None:
+        """After each of the first ``GRAD_RESET_STEPS`` steps: the first parameter's ``.grad``
+        tensor, its version counter and the losses reported so far. A loop that resets its
+        gradients (``zero_grad()``: None, or zeroed in place, one more version) gives a new
+        tensor or one version more than its backward passes; one that never does keeps the
+        same tensor, grown by exactly one version a reported loss (said once)."""
+        grad = next((p.grad for group in self.optimizer.param_groups for p in group["params"]
+                     if p.grad is not None), None)
+        trace = self._grad_trace
+        if grad is None:
+            trace.clear()
+            return
+        trace.append((grad, grad._version, len(self._losses) + 1024 * len(self._loss_partial)))
+        if len(trace) < GRAD_RESET_STEPS:
+            return
+        never_reset = all(b[0] is a[0] and b[2] > a[2] and b[1] - a[1] == b[2] - a[2]
+                          for a, b in zip(trace, trace[1:]))
+        trace.clear()
+        if never_reset:
+            self.monitor.alerts.fire(
+                "watch.grads_not_reset", "warning",
+                f"the gradients are never reset: over steps 0-{GRAD_RESET_STEPS - 1} the "
+                "parameters' .grad tensors stay the same and grow by one backward pass per "
+                "batch, with no zero_grad() between, so every optimizer step applies the sum of "
+                "all the gradients so far (the updates grow until training diverges)",
+                self.monitor.state.step,
+                suggestion="call optimizer.zero_grad() (or model.zero_grad()) once per step, "
+                           "before loss.backward()")
 
     # -- what the loop reports --------------------------------------------------------------------
 
