@@ -1494,6 +1494,47 @@ def test_a_loss_near_its_label_smoothing_floor_is_no_plateau(smoothing):
     assert bool(plateau) == (smoothing == 0.0), w.summary()
 
 
+@pytest.mark.parametrize("head, loss_fn, told", [
+    ("softmax", nn.CrossEntropyLoss(), True),
+    ("sigmoid", nn.BCEWithLogitsLoss(), True),
+    ("softmax over dim 1 of (N, C, T)", nn.CrossEntropyLoss(), True),
+    ("none", nn.CrossEntropyLoss(), False),
+    ("log_softmax", nn.CrossEntropyLoss(), False),  # (log-softmax twice is log-softmax)
+    ("sigmoid", nn.BCELoss(), False),  # (a loss on probabilities)
+    ("none", nn.BCEWithLogitsLoss(), False),
+])
+def test_scores_squashed_before_a_loss_that_squashes_them_itself_are_told(head, loss_fn, told):
+    """A softmax at the end of the model before CrossEntropyLoss (which applies log-softmax
+    itself), or a sigmoid before BCEWithLogitsLoss, flattens the loss: learning crawls with no
+    other alert. The first batch's outputs show it."""
+    torch.manual_seed(0)
+    binary = isinstance(loss_fn, (nn.BCEWithLogitsLoss, nn.BCELoss))
+    sequence = "(N, C, T)" in head
+    layers = [nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1 if binary else 5 * (3 if sequence
+                                                                                else 1))]
+    if sequence:
+        layers.append(nn.Unflatten(1, (5, 3)))
+    layers += {"softmax": [nn.Softmax(dim=-1)], "sigmoid": [nn.Sigmoid()],
+               "log_softmax": [nn.LogSoftmax(dim=-1)], "none": []}.get(head, [nn.Softmax(dim=1)])
+    model = nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt, loss_fn, progress=False, callbacks=[LossMonitor()]) as w:
+        for _ in range(3):
+            x = torch.randn(32, 8)
+            y = (torch.rand(32, 1) < 0.5).float() if binary else torch.randint(
+                0, 5, (32, 3) if sequence else (32,))
+            loss = loss_fn(model(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    alerts = [a for a in w.monitor.alerts.history if a.code == "loss.squashed_scores"]
+    assert len(alerts) == told
+    if told:
+        final = "sigmoid" if binary else "softmax"
+        assert alerts[0].step == 0 and f"remove the model's final {final}" in alerts[0].suggestion
+
+
 def test_a_classifier_initialised_at_its_label_prior_starts_where_it_should():
     """An imbalanced detector (10% positives) whose output bias is set to the prior's log
     odds starts at the labels' entropy (~0.33), not ln 2: loss.initial called that 'below

@@ -38,6 +38,9 @@ KNOWLEDGE §2–3 turned into alerts:
   mostly the batches' sampling noise; it needs acting on only if the loss stalls). Judged once
   the window lies after ``warmup`` (the steep first drop of the curve is not noise) and
   holds no divergence.
+* ``loss.squashed_scores`` (warning, the first batch): the model's outputs are a softmax's
+  (rows in [0, 1] summing to 1) fed to softmax cross-entropy, or a sigmoid's (all inside
+  (0, 1)) fed to BCE with logits: those losses take logits and squash them themselves.
 * ``loss.initial`` (warning, checked once on the first batch, with the data loss alone when
   the loop reports it, i.e. regularisation off): the loss is more than ``initial_tolerance``
   off (as a factor) from the expected value: ``ln C`` for softmax cross-entropy over C classes,
@@ -133,17 +136,40 @@ def label_frequencies(targets: Any, kind: str | None) -> np.ndarray | None:
     return p if p.size else None
 
 
-def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int | None:
-    """How many classes scores of shape ``scores`` range over: dim 1 where the targets are
-    class indices laid out as ``(N, d...)`` against ``(N, C, d...)`` scores (torch's
-    ``(N, C, T)`` sequences, ``(N, C, H, W)`` pixels), else the last dim (``(N, C)``, a token
+def class_axis(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int | None:
+    """The dim of scores of shape ``scores`` that ranges over the classes: 1 where the targets
+    are class indices laid out as ``(N, d...)`` against ``(N, C, d...)`` scores (torch's
+    ``(N, C, T)`` sequences, ``(N, C, H, W)`` pixels), else the last (``(N, C)``, a token
     classifier's ``(N, T, C)``); None for scores of fewer than 2 dims."""
     if len(scores) < 2:
         return None
     if (targets is not None and len(scores) >= 3 and tuple(targets) == scores[:1] + scores[2:]
             and tuple(targets) != scores[:-1]):
-        return int(scores[1])
-    return int(scores[-1])
+        return 1
+    return len(scores) - 1
+
+
+def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int | None:
+    """How many classes scores of shape ``scores`` range over (see :func:`class_axis`)."""
+    axis = class_axis(scores, targets)
+    return None if axis is None else int(scores[axis])
+
+
+def squashed_scores(scores: np.ndarray, axis: int | None, kind: str | None) -> str | None:
+    """What squashed a loss's logits before it, judged on a batch's scores (host copies):
+    "softmax" where softmax cross-entropy's scores are rows in [0, 1] summing to 1 along the
+    class ``axis``, "sigmoid" where sigmoid BCE's all lie strictly inside (0, 1); else None.
+    Such losses apply the softmax or sigmoid themselves: a second one flattens the loss."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size < 16 or not np.all(np.isfinite(scores)):
+        return None
+    if kind == "softmax_cross_entropy" and axis is not None and scores.shape[axis] >= 2:
+        inside = scores.min() >= 0.0 and scores.max() <= 1.0
+        if inside and np.allclose(scores.sum(axis=axis), 1.0, rtol=0.0, atol=1e-3):
+            return "softmax"
+    if kind == "sigmoid_bce" and scores.min() > 0.0 and scores.max() < 1.0:
+        return "sigmoid"
+    return None
 
 
 class LossMonitor(Callback):
@@ -316,6 +342,7 @@ class LossMonitor(Callback):
                 self._initial_context = (*self._expected(state, classes), state.data_loss)
                 # (read only if the start is low)
                 self._first_targets, self._first_predictions = state.targets, state.predictions
+                self._check_squashed(state)
             # (label smoothing: the loss never reaches 0)
             self._loss_floor = float(state.backend.loss_floor(classes))
 
@@ -482,6 +509,37 @@ class LossMonitor(Callback):
                    f"{expected:.4g} ({how}; tolerance ×{1 + tol:g}): {verdict}")
         state.alerts.fire("loss.initial", severity, message, state.step, value=value,
                           suggestion=suggestion)
+
+    @staticmethod
+    def _check_squashed(state: RunState) -> None:
+        """A softmax before softmax cross-entropy, or a sigmoid before BCE with logits, on the
+        first batch's scores (see :func:`squashed_scores`): said once."""
+        kind = getattr(state.backend, "loss_kind", None)
+        shape = getattr(state.predictions, "shape", None)
+        if kind not in ("softmax_cross_entropy", "sigmoid_bce") or shape is None:
+            return
+        targets = getattr(state.targets, "shape", None)
+        axis = class_axis(tuple(shape), None if targets is None else tuple(targets))
+        backend = state.backend
+        squash = squashed_scores(backend.to_host(backend.first_examples(state.predictions, 64)),
+                                 axis, kind)
+        if squash == "softmax":
+            state.alerts.fire(
+                "loss.squashed_scores", "warning",
+                "the model's outputs are probabilities already (each row of the first batch's "
+                "scores lies in [0, 1] and sums to 1), but softmax cross-entropy takes logits "
+                "and applies the softmax itself: applied twice, it flattens the loss and "
+                "learning crawls", state.step,
+                suggestion="remove the model's final softmax (apply it only at inference), or "
+                           "train on log-probabilities with a negative log-likelihood loss")
+        elif squash == "sigmoid":
+            state.alerts.fire(
+                "loss.squashed_scores", "warning",
+                "the model's outputs all lie strictly inside (0, 1), as a sigmoid's do, but "
+                "binary cross-entropy with logits applies the sigmoid itself: applied twice, "
+                "it flattens the loss and learning crawls", state.step,
+                suggestion="remove the model's final sigmoid (apply it only at inference), or "
+                           "use a binary cross-entropy on probabilities (nn.BCELoss)")
 
     @staticmethod
     def _classes(state: RunState) -> int | None:
