@@ -1041,7 +1041,9 @@ def test_a_multi_task_model_is_watched_whole():
     assert len(check.reports) >= 2 and all(r.passed for _, r in check.reports)
     backend = w.backend
     out = model((x, ids))
-    assert backend.scores(out) is out[0]
+    scores = backend.scores(out)  # (the logits, detached: callbacks never differentiate them)
+    assert torch.equal(scores, out[0]) and scores.data_ptr() == out[0].data_ptr()
+    assert not scores.requires_grad
     assert backend.accuracy(out, labels) == pytest.approx(
         float((out[0].argmax(1) == labels).float().mean()))
 

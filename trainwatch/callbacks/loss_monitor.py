@@ -155,19 +155,17 @@ def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int
     return None if axis is None else int(scores[axis])
 
 
-def squashed_scores(scores: np.ndarray, axis: int | None, kind: str | None) -> str | None:
-    """What squashed a loss's logits before it, judged on a batch's scores (host copies):
-    "softmax" where softmax cross-entropy's scores are rows in [0, 1] summing to 1 along the
-    class ``axis``, "sigmoid" where sigmoid BCE's all lie strictly inside (0, 1); else None.
+def squashed_scores(kind: str | None, low: float, high: float,
+                    row_sums_off: float | None) -> str | None:
+    """What squashed a loss's logits before it, from a batch's least and largest score and
+    how far its rows' sums along the class dim are from 1 at most (None without a class
+    dim): "softmax" where softmax cross-entropy's scores lie in [0, 1] and every row sums to
+    1, "sigmoid" where sigmoid BCE's all lie strictly inside (0, 1); else None (NaN too).
     Such losses apply the softmax or sigmoid themselves: a second one flattens the loss."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size < 16 or not np.all(np.isfinite(scores)):
-        return None
-    if kind == "softmax_cross_entropy" and axis is not None and scores.shape[axis] >= 2:
-        inside = scores.min() >= 0.0 and scores.max() <= 1.0
-        if inside and np.allclose(scores.sum(axis=axis), 1.0, rtol=0.0, atol=1e-3):
-            return "softmax"
-    if kind == "sigmoid_bce" and scores.min() > 0.0 and scores.max() < 1.0:
+    if (kind == "softmax_cross_entropy" and row_sums_off is not None and low >= 0.0
+            and high <= 1.0 and row_sums_off <= 1e-3):
+        return "softmax"
+    if kind == "sigmoid_bce" and low > 0.0 and high < 1.0:
         return "sigmoid"
     return None
 
@@ -510,19 +508,26 @@ class LossMonitor(Callback):
         state.alerts.fire("loss.initial", severity, message, state.step, value=value,
                           suggestion=suggestion)
 
-    @staticmethod
-    def _check_squashed(state: RunState) -> None:
+    def _check_squashed(self, state: RunState) -> None:
         """A softmax before softmax cross-entropy, or a sigmoid before BCE with logits, on the
-        first batch's scores (see :func:`squashed_scores`): said once."""
+        first batch's scores (see :func:`squashed_scores`; their statistics computed where
+        they are, read with the step's other values): said once."""
         kind = getattr(state.backend, "loss_kind", None)
-        shape = getattr(state.predictions, "shape", None)
-        if kind not in ("softmax_cross_entropy", "sigmoid_bce") or shape is None:
+        scores = state.predictions
+        shape = tuple(getattr(scores, "shape", ()))
+        if kind not in ("softmax_cross_entropy", "sigmoid_bce") or math.prod(shape) < 16:
             return
         targets = getattr(state.targets, "shape", None)
-        axis = class_axis(tuple(shape), None if targets is None else tuple(targets))
-        backend = state.backend
-        squash = squashed_scores(backend.to_host(backend.first_examples(state.predictions, 64)),
-                                 axis, kind)
+        axis = class_axis(shape, None if targets is None else tuple(targets))
+        # (numpy arrays and framework tensors alike: abs(), .sum(axis=), .min(), .max())
+        values = [scores.min(), scores.max()]
+        if axis is not None and shape[axis] >= 2:
+            values.append(abs(scores.sum(axis=axis) - 1.0).max())
+        self.read_at_step_end(state, values, lambda read: self._squashed(
+            state, squashed_scores(kind, read[0], read[1], read[2] if len(read) > 2 else None)))
+
+    @staticmethod
+    def _squashed(state: RunState, squash: str | None) -> None:
         if squash == "softmax":
             state.alerts.fire(
                 "loss.squashed_scores", "warning",

@@ -394,9 +394,10 @@ class Backend(ABC):
         return np.concatenate(batches)
 
     def scores(self, outputs: Any) -> Any:
-        """The class scores in a batch's ``outputs`` (what accuracy and the expected initial
-        loss read): the outputs themselves here; a backend whose models may return several
-        outputs picks the scores among them."""
+        """The class scores in a batch's ``outputs``, as callbacks see them (what accuracy and
+        the expected initial loss read; never differentiated): the outputs themselves here; a
+        backend whose models may return several outputs picks the scores among them, and one
+        whose tensors carry autograd graphs detaches them."""
         return outputs
 
     def count_correct(self, predictions: Any, targets: Any) -> Any:

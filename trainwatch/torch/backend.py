@@ -912,7 +912,8 @@ class TorchBackend(Backend):
         self.optimizer.step()
 
     def scores(self, outputs: Any) -> Any:
-        return output_scores(outputs)
+        scores = output_scores(outputs)
+        return scores if scores is None else scores.detach()
 
     def count_correct(self, predictions: Any, targets: Any) -> Any:
         """The batch's accuracy times its examples (a 0-d tensor: the Trainer sums these over

@@ -310,10 +310,8 @@ class Watcher:
             return loss
         if predictions is None:
             predictions = self._predictions
-        predictions = self.backend.scores(predictions)  # (of several outputs, the scores)
-        if isinstance(predictions, torch.Tensor):
-            predictions = predictions.detach()
-        self.monitor.loss_computed(value, predictions)
+        # (of several outputs, the scores; detached)
+        self.monitor.loss_computed(value, self.backend.scores(predictions))
         self._keep(value)
         return loss
 
