@@ -243,6 +243,7 @@ def test_plateau_of_a_too_low_learning_rate(digits):
     assert a.step == 220  # 200-step window full at step 199, checked at 200 and 220
     assert "progress over the last 200 steps" in a.message
     assert "learning rate that is too low" in a.message
+    assert "raise the learning rate" in a.suggestion and "paired" in a.suggestion
     assert "raise the learning rate" in a.suggestion
 
 

@@ -691,7 +691,10 @@ class LossMonitor(Callback):
                        f"nearly linear from the start is the signature of a learning rate "
                        f"that is too low")
             suggestion = ("raise the learning rate 3–10× (check update_ratio/ for ratios far "
-                          "below 1e-3) and check that the parameters are being updated")
+                          "below 1e-3) and check that the parameters are being updated; if the "
+                          "ratios are near 1e-3 already, the model moves but learns nothing: "
+                          "check that inputs and labels are paired (shuffled together, not "
+                          "separately) and that the labels reach the loss")
         elif last >= 0.9 * ref:
             reading = (f"it jumped to {self._max:.4g} (step {self._max_step}) and came "
                        f"back to about its initial value {ref:.4g}: a too-high learning rate "
