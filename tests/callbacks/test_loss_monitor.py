@@ -280,7 +280,7 @@ def test_initial_loss_far_off_for_weights_100x_too_large(digits):
     assert alerts[0].value == monitor.initial_loss > 100
     assert monitor.expected_initial == pytest.approx(math.log(10))
     assert "ln 10" in alerts[0].message and "initialisation" in alerts[0].message
-    assert "weights" in alerts[0].suggestion
+    assert "weights" in alerts[0].suggestion and "normalise the inputs" in alerts[0].suggestion
 
 
 @pytest.mark.parametrize("loss, expected", [

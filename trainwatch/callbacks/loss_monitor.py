@@ -485,9 +485,11 @@ class LossMonitor(Callback):
         severity, verdict = "warning", "the initialisation or the loss is probably wrong"
         if value > expected:
             off = f"{factor:.3g}× the expected"
-            suggestion = ("the initial scores are too large or the loss is mis-scaled: use small "
-                          "random weights (He/Xavier scale, the last layer near 0) and check "
-                          "that the loss is a mean over the batch, not a sum")
+            suggestion = ("the initial scores are too large or the loss is mis-scaled: "
+                          "normalise the inputs (zero mean, unit variance: raw 0-255 pixels "
+                          "make huge scores), use small random weights (He/Xavier scale, the "
+                          "last layer near 0) and check that the loss is a mean over the "
+                          "batch, not a sum")
         elif trained is not None:
             off = f"only {factor:.3g}× the expected"
             severity = "info"
