@@ -113,6 +113,11 @@ def _examples_along_dim_0(inputs: Any, targets: Any) -> bool:
         return False
 
 
+def _gap_text(point: dict[str, float]) -> str:
+    return (f"train accuracy {point['train_accuracy']:.1%} vs validation "
+            f"{point['val_accuracy']:.1%}: a gap of {point['gap'] * 100:.1f} points")
+
+
 def fixed_subset(x: Any, y: Any, size: int) -> tuple[Any, Any]:
     """At most ``size`` examples spread evenly over the dataset (no random numbers drawn,
     so the same examples every call and for every class ordering)."""
@@ -380,46 +385,57 @@ class AccuracyGapMonitor(Callback):
             acc_growing = gap - first["gap"] >= self.min_growth
             loss_growing = point["loss_gap"] > first["loss_gap"]  # False when NaN
             active = large and (acc_growing or loss_growing)
-        scored = None  # (accuracy, examples) of training examples in eval mode
+        scored = None  # (accuracy, examples) of the training examples kept, in eval mode
         if active and not self._overfit and self.every is None:
             scored = self._training_examples_in_eval_mode(state)
         mode_gap = scored is not None and (
             scored[0] - point["val_accuracy"] <= self.overfit_gap / 2)
         active = active and not mode_gap
         self._overfit = active
-        message = (
-            f"train accuracy {point['train_accuracy']:.1%} vs validation "
-            f"{point['val_accuracy']:.1%}: a gap of {gap * 100:.1f} points "
-            + (f"(above {self.overfit_gap * 100:.0f} and not closing over the last "
-               f"{self.patience} evaluations)" if active else "(back under control)")
-        )
+        message = _gap_text(point) + (
+            f" (above {self.overfit_gap * 100:.0f} and not closing over the last "
+            f"{self.patience} evaluations)" if active else " (back under control)")
         if active and scored is not None:
             message += (f"; scored in eval mode, as validation is, {scored[1]} training "
                         f"examples reach {scored[0]:.1%}")
         state.alerts.update("accuracy_gap.overfit", active, step=step, severity="warning",
                             message=message, value=gap, suggestion=OVERFIT_SUGGESTION)
-        state.alerts.update(
-            "accuracy_gap.eval_mode", mode_gap, step=step, severity="info", value=gap,
-            suggestion=EVAL_MODE_SUGGESTION, describe=lambda: {"message": (
-                f"train accuracy {point['train_accuracy']:.1%} vs validation "
-                f"{point['val_accuracy']:.1%} is a gap of {gap * 100:.1f} points, but scored in "
-                f"eval mode, as validation is, {scored[1]} training examples reach "
-                f"{scored[0]:.1%}: the gap is the switch to eval mode (BatchNorm's running "
-                "statistics lagging behind the weights, early in training or after a loss "
-                "spike), not memorisation" if mode_gap else
-                f"train accuracy {point['train_accuracy']:.1%} vs validation "
-                f"{point['val_accuracy']:.1%}: a gap of {gap * 100:.1f} points")})
-        self._mode_gaps = self._mode_gaps + 1 if mode_gap else 0
-        state.alerts.update(
-            "accuracy_gap.eval_mode_persists", self._mode_gaps >= PERSISTENT_MODE_GAP,
-            step=step, severity="warning", value=gap, suggestion=EVAL_MODE_PERSISTS_SUGGESTION,
-            describe=lambda: {"message": (
-                f"for {self._mode_gaps} evaluations the model has scored far lower in eval "
-                f"mode than in training mode: validation {point['val_accuracy']:.1%} and "
+        self._report_mode_gap(state, step, point, scored if mode_gap else None)
+
+    def _report_mode_gap(self, state: RunState, step: int, point: dict[str, float],
+                         scored: tuple[float, int] | None) -> None:
+        """``accuracy_gap.eval_mode`` while a gap closes in eval mode (``scored``: the
+        training examples' accuracy there, and their count; None otherwise), and
+        ``accuracy_gap.eval_mode_persists`` once it has for ``PERSISTENT_MODE_GAP``
+        evaluations in a row."""
+        self._mode_gaps = self._mode_gaps + 1 if scored else 0
+
+        def described() -> dict[str, str]:
+            if scored is None:
+                return {"message": _gap_text(point)}
+            return {"message": (
+                f"{_gap_text(point)}, but scored in eval mode, as validation is, {scored[1]} "
+                f"training examples reach {scored[0]:.1%}: the gap is the switch to eval mode "
+                "(BatchNorm's running statistics lagging behind the weights, early in "
+                "training or after a loss spike), not memorisation")}
+
+        def persisting() -> dict[str, str]:
+            if scored is None:
+                return {"message": f"{_gap_text(point)}: the eval-mode gap closed"}
+            return {"message": (
+                f"for {self._mode_gaps} evaluations the model has scored far lower in eval mode "
+                f"than in training mode: validation {point['val_accuracy']:.1%} and "
                 f"{scored[1]} training examples {scored[0]:.1%} in eval mode, against "
-                f"{point['train_accuracy']:.1%} in training mode; that is no lag catching up"
-                if mode_gap else f"the eval-mode gap closed (validation "
-                f"{point['val_accuracy']:.1%})")})
+                f"{point['train_accuracy']:.1%} in training mode; that is no lag catching up")}
+
+        gap = point["gap"]
+        state.alerts.update("accuracy_gap.eval_mode", scored is not None, step=step,
+                            severity="info", value=gap, suggestion=EVAL_MODE_SUGGESTION,
+                            describe=described)
+        state.alerts.update("accuracy_gap.eval_mode_persists",
+                            self._mode_gaps >= PERSISTENT_MODE_GAP, step=step,
+                            severity="warning", value=gap,
+                            suggestion=EVAL_MODE_PERSISTS_SUGGESTION, describe=persisting)
 
     def _training_examples_in_eval_mode(self, state: RunState) -> tuple[float, int] | None:
         """Accuracy of the training examples kept (see :meth:`_collect`) scored in eval mode,
