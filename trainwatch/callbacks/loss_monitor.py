@@ -467,18 +467,10 @@ class LossMonitor(Callback):
             return
         trained = None  # the first batch's accuracy, where it is far above chance
         if value < expected and first_targets is not None:
-            # where a classifier whose last bias is set to the labels' frequencies starts
-            shares = label_frequencies(state.backend.to_host(first_targets),
-                                       getattr(state.backend, "loss_kind", None))
-            prior = _entropy(shares)
-            if prior is not None and value >= prior / (1 + tol):
+            at_prior, trained = self._low_start(state, value, first_targets, first_predictions)
+            if at_prior:
                 return
-            # a model that starts far above chance was trained before: pretrained weights,
-            # a resumed checkpoint (an untrained one is at chance, whatever its inputs hold)
-            if shares is not None and first_predictions is not None:
-                accuracy = state.backend.accuracy(first_predictions, first_targets)
-                if accuracy > (1 + shares.max()) / 2:
-                    trained = self._trained_before = accuracy
+            self._trained_before = trained
         which = "data loss, regularisation off" if data_loss is not None else (
             "total loss; the loop reports no separate data loss")
         factor = value / expected
@@ -509,6 +501,24 @@ class LossMonitor(Callback):
                    f"{expected:.4g} ({how}; tolerance ×{1 + tol:g}): {verdict}")
         state.alerts.fire("loss.initial", severity, message, state.step, value=value,
                           suggestion=suggestion)
+
+    def _low_start(self, state: RunState, value: float, targets: Any,
+                   predictions: Any) -> tuple[bool, float | None]:
+        """Why a first loss below the expected one may be right: (True, None) down to the
+        labels' entropy, where a classifier whose last bias holds the labels' frequencies
+        starts; (False, accuracy) where the first batch is far above chance (halfway from the
+        majority label's share to 100%): a model trained before, pretrained weights or a
+        resumed checkpoint (an untrained one is at chance, whatever its inputs hold); else
+        (False, None)."""
+        shares = label_frequencies(state.backend.to_host(targets),
+                                   getattr(state.backend, "loss_kind", None))
+        prior = _entropy(shares)
+        if prior is not None and value >= prior / (1 + self.initial_tolerance):
+            return True, None
+        if shares is None or predictions is None:
+            return False, None
+        accuracy = state.backend.accuracy(predictions, targets)
+        return False, accuracy if accuracy > (1 + shares.max()) / 2 else None
 
     def _check_squashed(self, state: RunState) -> None:
         """A softmax before softmax cross-entropy, or a sigmoid before BCE with logits, on the
