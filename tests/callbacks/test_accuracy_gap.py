@@ -213,6 +213,7 @@ def test_examples_for_a_verdict_are_kept_for_a_few_steps_at_most():
 @pytest.mark.parametrize("inputs, targets", [
     (np.zeros((12, 8, 64)), np.zeros(8, dtype=int)),  # sequence-first (T, N, F)
     (np.zeros((8, 64)), (np.zeros(8, dtype=int), np.zeros((8, 3)))),  # a multi-task tuple
+    (np.zeros((8, 8, 64)), np.zeros(8, dtype=int)),  # (T, N, F) with T == N: which is N?
 ])
 def test_batches_whose_examples_do_not_join_are_not_kept(inputs, targets):
     """Rows of sequence-first batches, or of a tuple of targets, do not join into a batch

@@ -107,6 +107,9 @@ def _examples_along_dim_0(inputs: Any, targets: Any) -> bool:
     shape = getattr(targets, "shape", None)
     if not shape:
         return False
+    dims = tuple(getattr(inputs, "shape", ()))
+    if len(dims) >= 2 and dims[0] == dims[1]:
+        return False  # (ambiguous: a sequence-first (T, N, ...) batch with T == N reads alike)
     try:
         return len(inputs) == shape[0]
     except TypeError:  # (inputs without a length)
