@@ -1410,6 +1410,43 @@ def test_a_loop_that_never_resets_its_gradients_is_told_once(loop, told):
         assert alerts[0].step == 3 and "zero_grad()" in alerts[0].suggestion
 
 
+@pytest.mark.parametrize("evaluation, told", [
+    ("eval", False), ("eval, then train again", False), ("none", False),
+    ("in training mode", True),
+])
+def test_an_evaluation_in_training_mode_is_told_once(evaluation, told):
+    """Validation without model.eval() runs BatchNorm on batch statistics and feeds the
+    validation batches into its running statistics: a training-mode forward between the
+    epoch's last step and epoch_end moves BatchNorm's batch counter, which says so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    xv, yv = torch.randn(24, 8), torch.randint(0, 4, (24,))
+    with watch(model, opt, nn.CrossEntropyLoss(), callbacks=[], progress=False) as w:
+        for _ in range(3):
+            model.train()
+            for _ in range(4):
+                x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
+                loss = nn.functional.cross_entropy(model(x), y)
+                w.loss(loss, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            metrics = {}
+            if evaluation != "none":
+                if evaluation != "in training mode":
+                    model.eval()
+                with torch.no_grad():
+                    metrics["val_accuracy"] = float((model(xv).argmax(1) == yv).float().mean())
+                if evaluation == "eval, then train again":
+                    model.train()
+            w.epoch_end(metrics)
+    alerts = [a for a in w.monitor.alerts.history if a.code == "watch.eval_in_training_mode"]
+    assert len(alerts) == told
+    if told:
+        assert alerts[0].step == 4 and "model.eval()" in alerts[0].suggestion
+
+
 def test_a_hook_of_yours_can_tell_trainwatchs_own_passes_apart():
     """Gradient checks and the step-wise accuracy gap run the model through its hooks, the
     user's too; trainwatch.torch.in_own_pass() tells such a hook which calls are the loop's."""

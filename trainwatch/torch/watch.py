@@ -106,6 +106,13 @@ class Watcher:
         self._eval_forward = False  # a forward with gradients in eval mode since the last step
         self._first_step_unreported = False  # no loss reported before the first step ended
         self._grad_trace: list[tuple[Any, int, int]] = []  # see _follow_gradients
+        # a BatchNorm's batch counter, bumped by each training-mode forward: its version at
+        # the end of the last step (see _check_forwards_since_last_step)
+        self._bn_counter = next(
+            (m.num_batches_tracked for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and isinstance(m.num_batches_tracked, torch.Tensor)), None)
+        self._bn_version_at_step = -1
         # where reads are cheap (the CPU) the loss is read once, as it is reported: callbacks
         # see it as a float (LossMonitor judges every step's), and so does the epoch's mean
         self._read_losses = self.backend.host_reads_cheap
@@ -231,6 +238,8 @@ class Watcher:
                 self._check_loss_order(self.monitor.state.step)
             self._follow_gradients()
         self.monitor.step_end()
+        if self._bn_counter is not None:
+            self._bn_version_at_step = self._bn_counter._version
         self._in_step = False
         if not (self._quiet and self.monitor.callbacks.quiet):  # (else nothing changed)
             self._follow_schedule()
@@ -278,6 +287,22 @@ class Watcher:
                 self.monitor.state.step,
                 suggestion="call optimizer.zero_grad() (or model.zero_grad()) once per step, "
                            "before loss.backward()")
+
+    def _check_forwards_since_last_step(self) -> None:
+        """At an epoch end: a training-mode forward since the epoch's last step (BatchNorm's
+        batch counter moved) is an evaluation without ``model.eval()``: said once."""
+        counter, seen = self._bn_counter, self._bn_version_at_step
+        if counter is None or seen < 0 or counter._version == seen:
+            return
+        self.monitor.alerts.fire(
+            "watch.eval_in_training_mode", "warning",
+            "the model ran forward in training mode between the epoch's last step and "
+            "epoch_end (validation, or an accuracy pass, without model.eval()): BatchNorm's "
+            "running statistics took those batches in (and dropout was on), so the "
+            "evaluation's numbers and the model's eval-mode behaviour are off",
+            self.monitor.state.step,
+            suggestion="call model.eval() before evaluating (and model.train() before the next "
+                       "training step)")
 
     # -- what the loop reports --------------------------------------------------------------------
 
@@ -358,6 +383,7 @@ class Watcher:
         epoch (read once, here)."""
         if self._closed:
             return
+        self._check_forwards_since_last_step()
         values = self.monitor.metric_floats(metrics or {})
         count = 1024 * len(self._loss_partial) + len(self._losses)
         if "train_loss" not in values and count:
