@@ -230,6 +230,8 @@ class AccuracyGapMonitor(Callback):
         self._collecting = 0  # epoch-wise: steps left to keep training examples for a verdict
         self._kept_for_verdicts = False  # (whether that began)
         self._mode_gaps = 0  # consecutive evaluations whose gap closed in eval mode
+        self._mode_gap_seen = False  # (whether any did, this run)
+        self._best: dict[str, float] | None = None  # the evaluation of best training accuracy
         self._idle = False  # (nothing to compare in this run: see _skip)
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -239,6 +241,8 @@ class AccuracyGapMonitor(Callback):
         self._collecting = 0
         self._kept_for_verdicts = self.train_data is not None  # (then scored instead)
         self._mode_gaps = 0
+        self._mode_gap_seen = False
+        self._best = None
         charts = {"accuracy": {"train − validation gap": ("Multiline", [r"^accuracy/gap$"])},
                   "loss": {"validation − train gap": ("Multiline", [r"^loss/gap$"])}}
         if self.train_data is not None:
@@ -371,6 +375,8 @@ class AccuracyGapMonitor(Callback):
                  "gap": gap, "loss_gap": loss_gap}
         self.history.append(point)
         self._window.append(point)
+        if self._best is None or point["train_accuracy"] > self._best["train_accuracy"]:
+            self._best = point
         if self.every is None and gap > self.overfit_gap and not self._kept_for_verdicts:
             self._kept_for_verdicts = True  # (once a run: a loop may report no targets)
             self._collecting = CONFIRM_STEPS  # examples to score if the gap persists
@@ -411,6 +417,9 @@ class AccuracyGapMonitor(Callback):
         training examples' accuracy there, and their count; None otherwise), and
         ``accuracy_gap.eval_mode_persists`` once it has for ``PERSISTENT_MODE_GAP``
         evaluations in a row."""
+        if scored is None and self._mode_gaps == 0 and not self._mode_gap_seen:
+            return  # (no eval-mode alert in this run: nothing to update or resolve)
+        self._mode_gap_seen = True
         self._mode_gaps = self._mode_gaps + 1 if scored else 0
 
         def described() -> dict[str, str]:
@@ -464,8 +473,8 @@ class AccuracyGapMonitor(Callback):
             rise = acc - window[0]["train_accuracy"]
             active = low and len(window) == self.patience and rise < self.min_improvement
         self._underfit = active
-        best = max(self.history, key=lambda p: p["train_accuracy"])
-        collapsed = best["train_accuracy"] - acc >= COLLAPSE
+        best = self._best
+        collapsed = best is not None and best["train_accuracy"] - acc >= COLLAPSE
         message = (
             f"training accuracy {acc:.1%} "
             + ((f"has fallen from its best, {best['train_accuracy']:.1%} at step "
