@@ -41,6 +41,9 @@ KNOWLEDGE §2–3 turned into alerts:
 * ``loss.squashed_scores`` (warning, the first batch): the model's outputs are a softmax's
   (rows in [0, 1] summing to 1) fed to softmax cross-entropy, or a sigmoid's (all inside
   (0, 1)) fed to BCE with logits: those losses take logits and squash them themselves.
+* ``loss.unshuffled_data`` (warning, after ``ORDER_STEPS`` steps): the targets of the first
+  steps (one array each, 8 or more) came in sorted order, or all alike: the training data is
+  not shuffled, so each batch shows one class and the loss jumps at every class boundary.
 * ``loss.initial`` (warning, checked once on the first batch, with the data loss alone when
   the loop reports it, i.e. regularisation off): the loss is more than ``initial_tolerance``
   off (as a factor) from the expected value: ``ln C`` for softmax cross-entropy over C classes,
@@ -78,6 +81,9 @@ EXPECTED_INITIAL = {
                                                "{c} classes"),
     "sigmoid_bce": (lambda c: math.log(2.0), "ln 2: binary cross-entropy"),
 }
+
+#: the first steps whose targets are followed to tell unshuffled training data
+ORDER_STEPS = 20
 
 #: a learning rate this many times the one at the running minimum's time is a raise (a warm
 #: restart, a warm-up): the loss may rise by design
@@ -276,6 +282,9 @@ class LossMonitor(Callback):
         self._reset()
 
     def _reset(self) -> None:
+        #: per followed step, framework scalars: targets non-decreasing, non-increasing,
+        #: first, last (see _follow_order); None once there is nothing more to follow
+        self._order: list[list[Any]] | None = []
         size = max(self._plateau_n, self._noise_n)
         # A ring buffer written twice (at i and i + size), so the last k values are always one
         # contiguous slice. A Python list, not an array: between training steps numpy's
@@ -322,10 +331,12 @@ class LossMonitor(Callback):
         }})
 
     def next_step(self, step: int) -> int:
-        # (the losses come to on_loss_computed at every step, asleep or not: the other
-        # hooks are needed for the first batch's outputs and the tensor checks only)
-        if step == 0 and self.check_initial:
-            return 0
+        # (the losses come to on_losses at every step, asleep or not: the other hooks are
+        # needed for the first batch's outputs, the first steps' targets and the tensor
+        # checks only)
+        if (step == 0 and self.check_initial) or (
+                step < ORDER_STEPS and self._order is not None):
+            return step
         if self.check_tensors_every is None or self._nonfinite_seen:
             return NEVER
         return next_multiple(step, self.check_tensors_every)
@@ -334,6 +345,8 @@ class LossMonitor(Callback):
         return step == 0 and self.check_initial  # the number of classes, from the outputs
 
     def on_loss_computed(self, state: RunState) -> None:
+        if state.step < ORDER_STEPS and self._order is not None:
+            self._follow_order(state)
         if state.step == 0:
             classes = self._classes(state)
             if self.check_initial:  # what the first loss is judged by
@@ -537,6 +550,43 @@ class LossMonitor(Callback):
             values.append(abs(scores.sum(axis=axis) - 1.0).max())
         self.read_at_step_end(state, values, lambda read: self._squashed(
             state, squashed_scores(kind, read[0], read[1], read[2] if len(read) > 2 else None)))
+
+    def _follow_order(self, state: RunState) -> None:
+        """Over the first ``ORDER_STEPS`` steps: whether each step's targets (one array of 8
+        or more) run up, run down, and their ends, computed where they are and read once at
+        the end, with that step's other values (see :meth:`_judge_order`)."""
+        order, targets = self._order, state.targets
+        shape = tuple(getattr(targets, "shape", ()))
+        if len(shape) != 1 or shape[0] < 8:
+            self._order = None  # (several targets, a few: nothing to tell from)
+            return
+        if len(order) > state.step:  # (a step's later batches: accumulation)
+            return
+        ahead, behind = targets[1:], targets[:-1]
+        order.append([(ahead >= behind).all(), (ahead <= behind).all(), targets[0], targets[-1]])
+        if len(order) == ORDER_STEPS:
+            self._order = None
+            self.read_at_step_end(state, [v for step in order for v in step],
+                                  lambda read: self._judge_order(state, read))
+
+    @staticmethod
+    def _judge_order(state: RunState, read: list[float]) -> None:
+        steps = [read[i:i + 4] for i in range(0, len(read), 4)]
+        ends = [v for _, _, first, last in steps for v in (first, last)]
+        rising = all(up for up, _, _, _ in steps) and ends == sorted(ends)
+        falling = all(down for _, down, _, _ in steps) and ends == sorted(ends, reverse=True)
+        if not (rising or falling):
+            return
+        what = (f"all {ends[0]:g}" if ends[0] == ends[-1] else
+                f"sorted, from {ends[0]:g} to {ends[-1]:g}")
+        state.alerts.fire(
+            "loss.unshuffled_data", "warning",
+            f"the targets of the first {len(steps)} steps are {what}: the training data is "
+            "probably not shuffled, so each batch shows one class (or one range of values) "
+            "and the model chases it, the loss jumping at every boundary (unless one class "
+            "makes up nearly all the data)", state.step,
+            suggestion="shuffle the training data every epoch (DataLoader(..., shuffle=True), "
+                       "or a fresh random permutation)")
 
     @staticmethod
     def _squashed(state: RunState, squash: str | None) -> None:
