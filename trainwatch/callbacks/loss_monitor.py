@@ -222,6 +222,9 @@ class LossMonitor(Callback):
         patience: consecutive checks a divergence, plateau or noise condition must hold before
             it fires (default 2).
         check_initial: check the first batch's loss against its expected value (default True).
+        check_order: tell training data fed in sorted order, from the first ``ORDER_STEPS``
+            steps' targets (default True; False for curriculum or continual learning, which
+            order the data on purpose).
         expected_initial_loss: the expected initial loss, if you know it (default None: from
             the loss kind and the number of classes).
         initial_tolerance: how far off the initial loss may be, as a factor: within
@@ -251,6 +254,7 @@ class LossMonitor(Callback):
         check_initial: bool = True,
         expected_initial_loss: float | None = None,
         initial_tolerance: float = 0.5,
+        check_order: bool = True,
     ):
         self.every = count("every", every)
         self.check_every = count("check_every", check_every)
@@ -258,13 +262,14 @@ class LossMonitor(Callback):
             raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
                              f"got {every!r}")
         for name, flag in (("stop_on_nonfinite", stop_on_nonfinite),
-                           ("check_initial", check_initial)):
+                           ("check_initial", check_initial), ("check_order", check_order)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: must be True or False, got {flag!r}")
         self.stop_on_nonfinite = stop_on_nonfinite
         self.check_tensors_every = (None if check_tensors_every is None else
                                     count("check_tensors_every", check_tensors_every))
         self.check_initial = check_initial
+        self.check_order = check_order
         self.smoothing = _positive("smoothing", smoothing, most=1.0)
         self.warmup = count("warmup", warmup, minimum=0)
         self.divergence_factor = _positive("divergence_factor", divergence_factor, above=1.0)
@@ -284,7 +289,7 @@ class LossMonitor(Callback):
     def _reset(self) -> None:
         #: per followed step, framework scalars: targets non-decreasing, non-increasing,
         #: first, last (see _follow_order); None once there is nothing more to follow
-        self._order: list[list[Any]] | None = []
+        self._order: list[list[Any]] | None = [] if self.check_order else None
         size = max(self._plateau_n, self._noise_n)
         # A ring buffer written twice (at i and i + size), so the last k values are always one
         # contiguous slice. A Python list, not an array: between training steps numpy's
