@@ -591,7 +591,8 @@ class LossMonitor(Callback):
             "and the model chases it, the loss jumping at every boundary (unless one class "
             "makes up nearly all the data)", state.step,
             suggestion="shuffle the training data every epoch (DataLoader(..., shuffle=True), "
-                       "or a fresh random permutation)")
+                       "or a fresh random permutation); if the order is on purpose (a "
+                       "curriculum), LossMonitor(check_order=False) leaves this out")
 
     @staticmethod
     def _squashed(state: RunState, squash: str | None) -> None:
