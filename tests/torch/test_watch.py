@@ -2,6 +2,7 @@
 hooks are idle between scheduled steps and all removed on close."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -1572,6 +1573,32 @@ def test_scores_squashed_before_a_loss_that_squashes_them_itself_are_told(head, 
     if told:
         final = "sigmoid" if binary else "softmax"
         assert alerts[0].step == 0 and f"remove the model's final {final}" in alerts[0].suggestion
+
+
+@pytest.mark.parametrize("outputs, targets, told", [
+    (1, (32,), True), (1, (32, 1), False), (3, (32, 3), False), (3, (32, 1), True),
+])
+def test_a_regression_loss_that_broadcasts_outputs_against_targets_is_told(outputs, targets,
+                                                                            told):
+    """MSELoss on outputs (N, 1) and targets (N,) compares every output with every target,
+    (N, N): the model learns the mean, with only a torch UserWarning to show for it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, outputs))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, nn.MSELoss(), progress=False, callbacks=[LossMonitor()]) as w:
+        for _ in range(3):
+            x, y = torch.randn(32, 4), torch.randn(*targets)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (torch's own broadcasting warning)
+                loss = nn.functional.mse_loss(model(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    alerts = [a for a in w.monitor.alerts.history if a.code == "loss.broadcast"]
+    assert len(alerts) == told
+    if told:
+        assert f"targets of shape {targets}" in alerts[0].message and alerts[0].step == 0
 
 
 def test_a_classifier_initialised_at_its_label_prior_starts_where_it_should():

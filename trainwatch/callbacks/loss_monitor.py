@@ -41,6 +41,8 @@ KNOWLEDGE §2–3 turned into alerts:
 * ``loss.squashed_scores`` (warning, the first batch): the model's outputs are a softmax's
   (rows in [0, 1] summing to 1) fed to softmax cross-entropy, or a sigmoid's (all inside
   (0, 1)) fed to BCE with logits: those losses take logits and squash them themselves.
+* ``loss.broadcast`` (warning, the first batch): a mean squared error given outputs and
+  targets whose shapes broadcast into a larger one (``(N, 1)`` against ``(N,)``).
 * ``loss.unshuffled_data`` (warning, after ``ORDER_STEPS`` steps): the targets of the first
   steps (one array each, 8 or more) came in sorted order, or all alike: the training data is
   not shuffled, so each batch shows one class and the loss jumps at every class boundary.
@@ -359,6 +361,7 @@ class LossMonitor(Callback):
                 # (read only if the start is low)
                 self._first_targets, self._first_predictions = state.targets, state.predictions
                 self._check_squashed(state)
+                self._check_broadcast(state)
             # (label smoothing: the loss never reaches 0)
             self._loss_floor = float(state.backend.loss_floor(classes))
 
@@ -593,6 +596,30 @@ class LossMonitor(Callback):
             suggestion="shuffle the training data every epoch (DataLoader(..., shuffle=True), "
                        "or a fresh random permutation); if the order is on purpose (a "
                        "curriculum), LossMonitor(check_order=False) leaves this out")
+
+    @staticmethod
+    def _check_broadcast(state: RunState) -> None:
+        """A regression loss given outputs and targets of shapes that broadcast into a larger
+        one (``(N, 1)`` against ``(N,)`` makes ``(N, N)``): every output is compared with
+        every target, and the model learns their mean. Shapes only; said once."""
+        outputs = tuple(getattr(state.predictions, "shape", ()) or ())
+        targets = tuple(getattr(state.targets, "shape", ()) or ())
+        if getattr(state.backend, "loss_kind", None) != "mse" or not outputs or not targets:
+            return
+        try:
+            joint = np.broadcast_shapes(outputs, targets)
+        except ValueError:  # (the loss itself refuses them)
+            return
+        if joint == outputs and joint == targets:
+            return
+        state.alerts.fire(
+            "loss.broadcast", "warning",
+            f"the loss compares outputs of shape {outputs} with targets of shape {targets}, "
+            f"which broadcast into {joint}: every output is compared with every target (or "
+            "copied across), so the model learns their mean, not each example's value",
+            state.step,
+            suggestion="give outputs and targets the same shape (targets.view_as(outputs), or "
+                       "outputs.squeeze(-1))")
 
     @staticmethod
     def _squashed(state: RunState, squash: str | None) -> None:
