@@ -1411,6 +1411,16 @@ def test_a_loop_that_never_resets_its_gradients_is_told_once(loop, told):
         assert alerts[0].step == 3 and "zero_grad()" in alerts[0].suggestion
 
 
+def random_step(model, opt, w):
+    """One watched step on a random batch of 12 examples, 8 features, 4 classes."""
+    x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    w.loss(loss, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 @pytest.mark.parametrize("evaluation, told", [
     ("eval", False), ("eval, then train again", False), ("none", False),
     ("in training mode", True),
@@ -1427,12 +1437,7 @@ def test_an_evaluation_in_training_mode_is_told_once(evaluation, told):
         for _ in range(3):
             model.train()
             for _ in range(4):
-                x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
-                loss = nn.functional.cross_entropy(model(x), y)
-                w.loss(loss, y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                random_step(model, opt, w)
             metrics = {}
             if evaluation != "none":
                 if evaluation != "in training mode":
@@ -1467,12 +1472,7 @@ def test_a_hook_of_yours_can_tell_trainwatchs_own_passes_apart():
     with watch(model, opt, nn.CrossEntropyLoss(), progress=False, callbacks=[
             check, AccuracyGapMonitor(every=2, validation_data=val, subset=16)]) as w:
         for _ in range(6):
-            x, y = torch.randn(12, 8), torch.randint(0, 4, (12,))
-            loss = nn.functional.cross_entropy(model(x), y)
-            w.loss(loss, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            random_step(model, opt, w)
     assert calls["loop"] == 6 and calls["trainwatch"] > 6 and len(check.reports) == 2, calls
 
 
@@ -1534,6 +1534,23 @@ def test_a_loss_near_its_label_smoothing_floor_is_no_plateau(smoothing):
     assert bool(plateau) == (smoothing == 0.0), w.summary()
 
 
+def first_steps_alerts(model, loss_fn, batch, code, steps=3):
+    """The ``code`` alerts of ``steps`` steps watched with a LossMonitor, on batches from
+    ``batch()`` ((inputs, targets))."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, loss_fn, progress=False, callbacks=[LossMonitor()]) as w:
+        for _ in range(steps):
+            x, y = batch()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (torch's own warning of a broadcast)
+                loss = loss_fn(model(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return [a for a in w.monitor.alerts.history if a.code == code]
+
+
 @pytest.mark.parametrize("head, loss_fn, told", [
     ("softmax", nn.CrossEntropyLoss(), True),
     ("sigmoid", nn.BCEWithLogitsLoss(), True),
@@ -1556,19 +1573,12 @@ def test_scores_squashed_before_a_loss_that_squashes_them_itself_are_told(head, 
         layers.append(nn.Unflatten(1, (5, 3)))
     layers += {"softmax": [nn.Softmax(dim=-1)], "sigmoid": [nn.Sigmoid()],
                "log_softmax": [nn.LogSoftmax(dim=-1)], "none": []}.get(head, [nn.Softmax(dim=1)])
-    model = nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with watch(model, opt, loss_fn, progress=False, callbacks=[LossMonitor()]) as w:
-        for _ in range(3):
-            x = torch.randn(32, 8)
-            y = (torch.rand(32, 1) < 0.5).float() if binary else torch.randint(
-                0, 5, (32, 3) if sequence else (32,))
-            loss = loss_fn(model(x), y)
-            w.loss(loss, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    alerts = [a for a in w.monitor.alerts.history if a.code == "loss.squashed_scores"]
+
+    def batch():
+        return torch.randn(32, 8), ((torch.rand(32, 1) < 0.5).float() if binary else
+                                    torch.randint(0, 5, (32, 3) if sequence else (32,)))
+
+    alerts = first_steps_alerts(nn.Sequential(*layers), loss_fn, batch, "loss.squashed_scores")
     assert len(alerts) == told
     if told:
         final = "sigmoid" if binary else "softmax"
@@ -1584,18 +1594,9 @@ def test_a_regression_loss_that_broadcasts_outputs_against_targets_is_told(outpu
     (N, N): the model learns the mean, with only a torch UserWarning to show for it."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, outputs))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with watch(model, opt, nn.MSELoss(), progress=False, callbacks=[LossMonitor()]) as w:
-        for _ in range(3):
-            x, y = torch.randn(32, 4), torch.randn(*targets)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # (torch's own broadcasting warning)
-                loss = nn.functional.mse_loss(model(x), y)
-            w.loss(loss, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    alerts = [a for a in w.monitor.alerts.history if a.code == "loss.broadcast"]
+    alerts = first_steps_alerts(model, nn.MSELoss(),
+                                lambda: (torch.randn(32, 4), torch.randn(*targets)),
+                                "loss.broadcast")
     assert len(alerts) == told
     if told:
         assert f"targets of shape {targets}" in alerts[0].message and alerts[0].step == 0
