@@ -9,6 +9,7 @@ from trainwatch import (
     HistogramMonitor,
     LossMonitor,
     MetricLogger,
+    SetupCheck,
     UpdateRatioMonitor,
 )
 
@@ -47,6 +48,7 @@ def all_callbacks(validation_data):
     return [
         MetricLogger(every=1),
         LossMonitor(every=2, check_tensors_every=3),
+        SetupCheck(),
         UpdateRatioMonitor(every=1, budget=None),
         # and a second one sharing the step's update snapshot
         UpdateRatioMonitor(every=2, budget=None),
@@ -67,6 +69,7 @@ def scheduled_callbacks(validation_data):
     return [
         MetricLogger(every=3),
         LossMonitor(every=4, check_tensors_every=5, plateau_window=8, noise_window=8),
+        SetupCheck(),
         UpdateRatioMonitor(every=3, budget=None),
         GradientCheck(every=7, warmup_steps=2, examples=2, budget=None),
         AccuracyGapMonitor(every=5, validation_data=validation_data, subset=64),

@@ -16,6 +16,7 @@ from trainwatch.callbacks import (
     HistogramMonitor,
     LossMonitor,
     MetricLogger,
+    SetupCheck,
     UpdateRatioMonitor,
     default_callbacks,
 )
@@ -68,5 +69,6 @@ __all__ = [
     "NEVER",
     "next_block_end",
     "next_multiple",
+    "SetupCheck",
     "UpdateRatioMonitor",
 ]

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 from torch import nn  # noqa: E402
 
-from trainwatch import Callback, LossMonitor, MetricLogger  # noqa: E402
+from trainwatch import Callback, LossMonitor, MetricLogger, SetupCheck  # noqa: E402
 from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor  # noqa: E402
 from trainwatch.callbacks.filter_images import FilterImages  # noqa: E402
 from trainwatch.callbacks.gradient_check import GradientCheck  # noqa: E402
@@ -1535,10 +1535,10 @@ def test_a_loss_near_its_label_smoothing_floor_is_no_plateau(smoothing):
 
 
 def first_steps_alerts(model, loss_fn, batch, code, steps=3):
-    """The ``code`` alerts of ``steps`` steps watched with a LossMonitor, on batches from
+    """The ``code`` alerts of ``steps`` steps watched with a SetupCheck, on batches from
     ``batch()`` ((inputs, targets))."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with watch(model, opt, loss_fn, progress=False, callbacks=[LossMonitor()]) as w:
+    with watch(model, opt, loss_fn, progress=False, callbacks=[SetupCheck()]) as w:
         for _ in range(steps):
             x, y = batch()
             with warnings.catch_warnings():
@@ -1578,7 +1578,7 @@ def test_scores_squashed_before_a_loss_that_squashes_them_itself_are_told(head, 
         return torch.randn(32, 8), ((torch.rand(32, 1) < 0.5).float() if binary else
                                     torch.randint(0, 5, (32, 3) if sequence else (32,)))
 
-    alerts = first_steps_alerts(nn.Sequential(*layers), loss_fn, batch, "loss.squashed_scores")
+    alerts = first_steps_alerts(nn.Sequential(*layers), loss_fn, batch, "setup.squashed_scores")
     assert len(alerts) == told
     if told:
         final = "sigmoid" if binary else "softmax"
@@ -1596,7 +1596,7 @@ def test_a_regression_loss_that_broadcasts_outputs_against_targets_is_told(outpu
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, outputs))
     alerts = first_steps_alerts(model, nn.MSELoss(),
                                 lambda: (torch.randn(32, 4), torch.randn(*targets)),
-                                "loss.broadcast")
+                                "setup.broadcast")
     assert len(alerts) == told
     if told:
         assert f"targets of shape {targets}" in alerts[0].message and alerts[0].step == 0

@@ -8,6 +8,7 @@ from trainwatch.callbacks.gradient_check import GradientCheck
 from trainwatch.callbacks.histograms import HistogramMonitor
 from trainwatch.callbacks.loss_monitor import LossMonitor
 from trainwatch.callbacks.metrics import MetricLogger
+from trainwatch.callbacks.setup_check import SetupCheck
 from trainwatch.callbacks.update_ratio import UpdateRatioMonitor
 from trainwatch.core.callback import Callback
 
@@ -18,14 +19,16 @@ __all__ = [
     "HistogramMonitor",
     "LossMonitor",
     "MetricLogger",
+    "SetupCheck",
     "UpdateRatioMonitor",
     "default_callbacks",
 ]
 
 
 def default_callbacks(*, figures: bool = False) -> list[Callback]:
-    """Every monitor at its default settings: metrics, loss diagnostics, update ratios,
-    gradient checks, accuracy gap, histograms and first-layer filters.
+    """Every monitor at its default settings: metrics, loss diagnostics, the loop's wiring
+    (first steps), update ratios, gradient checks, accuracy gap, histograms and first-layer
+    filters.
 
     ``figures=True`` also draws the per-layer activation-distribution figure every 5th
     histogram step (matplotlib: ~0.5 s to import once, ~0.1 s a figure; the demo turns it on).
@@ -33,6 +36,7 @@ def default_callbacks(*, figures: bool = False) -> list[Callback]:
     return [
         MetricLogger(),
         LossMonitor(),
+        SetupCheck(),
         UpdateRatioMonitor(),
         GradientCheck(),
         AccuracyGapMonitor(),

@@ -38,14 +38,6 @@ KNOWLEDGE §2–3 turned into alerts:
   mostly the batches' sampling noise; it needs acting on only if the loss stalls). Judged once
   the window lies after ``warmup`` (the steep first drop of the curve is not noise) and
   holds no divergence.
-* ``loss.squashed_scores`` (warning, the first batch): the model's outputs are a softmax's
-  (rows in [0, 1] summing to 1) fed to softmax cross-entropy, or a sigmoid's (all inside
-  (0, 1)) fed to BCE with logits: those losses take logits and squash them themselves.
-* ``loss.broadcast`` (warning, the first batch): a mean squared error given outputs and
-  targets whose shapes broadcast into a larger one (``(N, 1)`` against ``(N,)``).
-* ``loss.unshuffled_data`` (warning, after ``ORDER_STEPS`` steps): the targets of the first
-  steps (one array each, 8 or more) came in sorted order, or all alike: the training data is
-  not shuffled, so each batch shows one class and the loss jumps at every class boundary.
 * ``loss.initial`` (warning, checked once on the first batch, with the data loss alone when
   the loop reports it, i.e. regularisation off): the loss is more than ``initial_tolerance``
   off (as a factor) from the expected value: ``ln C`` for softmax cross-entropy over C classes,
@@ -83,9 +75,6 @@ EXPECTED_INITIAL = {
                                                "{c} classes"),
     "sigmoid_bce": (lambda c: math.log(2.0), "ln 2: binary cross-entropy"),
 }
-
-#: the first steps whose targets are followed to tell unshuffled training data
-ORDER_STEPS = 20
 
 #: a learning rate this many times the one at the running minimum's time is a raise (a warm
 #: restart, a warm-up): the loss may rise by design
@@ -163,21 +152,6 @@ def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int
     return None if axis is None else int(scores[axis])
 
 
-def squashed_scores(kind: str | None, low: float, high: float,
-                    row_sums_off: float | None) -> str | None:
-    """What squashed a loss's logits before it, from a batch's least and largest score and
-    how far its rows' sums along the class dim are from 1 at most (None without a class
-    dim): "softmax" where softmax cross-entropy's scores lie in [0, 1] and every row sums to
-    1, "sigmoid" where sigmoid BCE's all lie strictly inside (0, 1); else None (NaN too).
-    Such losses apply the softmax or sigmoid themselves: a second one flattens the loss."""
-    if (kind == "softmax_cross_entropy" and row_sums_off is not None and low >= 0.0
-            and high <= 1.0 and row_sums_off <= 1e-3):
-        return "softmax"
-    if kind == "sigmoid_bce" and low > 0.0 and high < 1.0:
-        return "sigmoid"
-    return None
-
-
 class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
@@ -224,9 +198,6 @@ class LossMonitor(Callback):
         patience: consecutive checks a divergence, plateau or noise condition must hold before
             it fires (default 2).
         check_initial: check the first batch's loss against its expected value (default True).
-        check_order: tell training data fed in sorted order, from the first ``ORDER_STEPS``
-            steps' targets (default True; False for curriculum or continual learning, which
-            order the data on purpose).
         expected_initial_loss: the expected initial loss, if you know it (default None: from
             the loss kind and the number of classes).
         initial_tolerance: how far off the initial loss may be, as a factor: within
@@ -256,7 +227,6 @@ class LossMonitor(Callback):
         check_initial: bool = True,
         expected_initial_loss: float | None = None,
         initial_tolerance: float = 0.5,
-        check_order: bool = True,
     ):
         self.every = count("every", every)
         self.check_every = count("check_every", check_every)
@@ -264,14 +234,13 @@ class LossMonitor(Callback):
             raise ValueError(f"every: must be a multiple of check_every ({check_every}), "
                              f"got {every!r}")
         for name, flag in (("stop_on_nonfinite", stop_on_nonfinite),
-                           ("check_initial", check_initial), ("check_order", check_order)):
+                           ("check_initial", check_initial)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: must be True or False, got {flag!r}")
         self.stop_on_nonfinite = stop_on_nonfinite
         self.check_tensors_every = (None if check_tensors_every is None else
                                     count("check_tensors_every", check_tensors_every))
         self.check_initial = check_initial
-        self.check_order = check_order
         self.smoothing = _positive("smoothing", smoothing, most=1.0)
         self.warmup = count("warmup", warmup, minimum=0)
         self.divergence_factor = _positive("divergence_factor", divergence_factor, above=1.0)
@@ -289,9 +258,6 @@ class LossMonitor(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        #: per followed step, framework scalars: targets non-decreasing, non-increasing,
-        #: first, last (see _follow_order); None once there is nothing more to follow
-        self._order: list[list[Any]] | None = [] if self.check_order else None
         size = max(self._plateau_n, self._noise_n)
         # A ring buffer written twice (at i and i + size), so the last k values are always one
         # contiguous slice. A Python list, not an array: between training steps numpy's
@@ -339,11 +305,9 @@ class LossMonitor(Callback):
 
     def next_step(self, step: int) -> int:
         # (the losses come to on_losses at every step, asleep or not: the other hooks are
-        # needed for the first batch's outputs, the first steps' targets and the tensor
-        # checks only)
-        if (step == 0 and self.check_initial) or (
-                step < ORDER_STEPS and self._order is not None):
-            return step
+        # needed for the first batch's outputs and the tensor checks only)
+        if step == 0 and self.check_initial:
+            return 0
         if self.check_tensors_every is None or self._nonfinite_seen:
             return NEVER
         return next_multiple(step, self.check_tensors_every)
@@ -352,16 +316,12 @@ class LossMonitor(Callback):
         return step == 0 and self.check_initial  # the number of classes, from the outputs
 
     def on_loss_computed(self, state: RunState) -> None:
-        if state.step < ORDER_STEPS and self._order is not None:
-            self._follow_order(state)
         if state.step == 0:
             classes = self._classes(state)
             if self.check_initial:  # what the first loss is judged by
                 self._initial_context = (*self._expected(state, classes), state.data_loss)
                 # (read only if the start is low)
                 self._first_targets, self._first_predictions = state.targets, state.predictions
-                self._check_squashed(state)
-                self._check_broadcast(state)
             # (label smoothing: the loss never reaches 0)
             self._loss_floor = float(state.backend.loss_floor(classes))
 
@@ -540,106 +500,6 @@ class LossMonitor(Callback):
             return False, None
         accuracy = state.backend.accuracy(predictions, targets)
         return False, accuracy if accuracy > (1 + shares.max()) / 2 else None
-
-    def _check_squashed(self, state: RunState) -> None:
-        """A softmax before softmax cross-entropy, or a sigmoid before BCE with logits, on the
-        first batch's scores (see :func:`squashed_scores`; their statistics computed where
-        they are, read with the step's other values): said once."""
-        kind = getattr(state.backend, "loss_kind", None)
-        scores = state.predictions
-        shape = tuple(getattr(scores, "shape", ()))
-        if kind not in ("softmax_cross_entropy", "sigmoid_bce") or math.prod(shape) < 16:
-            return
-        targets = getattr(state.targets, "shape", None)
-        axis = class_axis(shape, None if targets is None else tuple(targets))
-        # (numpy arrays and framework tensors alike: abs(), .sum(axis=), .min(), .max())
-        values = [scores.min(), scores.max()]
-        if axis is not None and shape[axis] >= 2:
-            values.append(abs(scores.sum(axis=axis) - 1.0).max())
-        self.read_at_step_end(state, values, lambda read: self._squashed(
-            state, squashed_scores(kind, read[0], read[1], read[2] if len(read) > 2 else None)))
-
-    def _follow_order(self, state: RunState) -> None:
-        """Over the first ``ORDER_STEPS`` steps: whether each step's targets (one array of 8
-        or more) run up, run down, and their ends, computed where they are and read once at
-        the end, with that step's other values (see :meth:`_judge_order`)."""
-        order, targets = self._order, state.targets
-        shape = tuple(getattr(targets, "shape", ()))
-        if len(shape) != 1 or shape[0] < 8:
-            self._order = None  # (several targets, a few: nothing to tell from)
-            return
-        if len(order) > state.step:  # (a step's later batches: accumulation)
-            return
-        ahead, behind = targets[1:], targets[:-1]
-        order.append([(ahead >= behind).all(), (ahead <= behind).all(), targets[0], targets[-1]])
-        if len(order) == ORDER_STEPS:
-            self._order = None
-            self.read_at_step_end(state, [v for step in order for v in step],
-                                  lambda read: self._judge_order(state, read))
-
-    @staticmethod
-    def _judge_order(state: RunState, read: list[float]) -> None:
-        steps = [read[i:i + 4] for i in range(0, len(read), 4)]
-        ends = [v for _, _, first, last in steps for v in (first, last)]
-        rising = all(up for up, _, _, _ in steps) and ends == sorted(ends)
-        falling = all(down for _, down, _, _ in steps) and ends == sorted(ends, reverse=True)
-        if not (rising or falling):
-            return
-        what = (f"all {ends[0]:g}" if ends[0] == ends[-1] else
-                f"sorted, from {ends[0]:g} to {ends[-1]:g}")
-        state.alerts.fire(
-            "loss.unshuffled_data", "warning",
-            f"the targets of the first {len(steps)} steps are {what}: the training data is "
-            "probably not shuffled, so each batch shows one class (or one range of values) "
-            "and the model chases it, the loss jumping at every boundary (unless one class "
-            "makes up nearly all the data)", state.step,
-            suggestion="shuffle the training data every epoch (DataLoader(..., shuffle=True), "
-                       "or a fresh random permutation); if the order is on purpose (a "
-                       "curriculum), LossMonitor(check_order=False) leaves this out")
-
-    @staticmethod
-    def _check_broadcast(state: RunState) -> None:
-        """A regression loss given outputs and targets of shapes that broadcast into a larger
-        one (``(N, 1)`` against ``(N,)`` makes ``(N, N)``): every output is compared with
-        every target, and the model learns their mean. Shapes only; said once."""
-        outputs = tuple(getattr(state.predictions, "shape", ()) or ())
-        targets = tuple(getattr(state.targets, "shape", ()) or ())
-        if getattr(state.backend, "loss_kind", None) != "mse" or not outputs or not targets:
-            return
-        try:
-            joint = np.broadcast_shapes(outputs, targets)
-        except ValueError:  # (the loss itself refuses them)
-            return
-        if joint == outputs and joint == targets:
-            return
-        state.alerts.fire(
-            "loss.broadcast", "warning",
-            f"the loss compares outputs of shape {outputs} with targets of shape {targets}, "
-            f"which broadcast into {joint}: every output is compared with every target (or "
-            "copied across), so the model learns their mean, not each example's value",
-            state.step,
-            suggestion="give outputs and targets the same shape (targets.view_as(outputs), or "
-                       "outputs.squeeze(-1))")
-
-    @staticmethod
-    def _squashed(state: RunState, squash: str | None) -> None:
-        if squash == "softmax":
-            state.alerts.fire(
-                "loss.squashed_scores", "warning",
-                "the model's outputs are probabilities already (each row of the first batch's "
-                "scores lies in [0, 1] and sums to 1), but softmax cross-entropy takes logits "
-                "and applies the softmax itself: applied twice, it flattens the loss and "
-                "learning crawls", state.step,
-                suggestion="remove the model's final softmax (apply it only at inference), or "
-                           "train on log-probabilities with a negative log-likelihood loss")
-        elif squash == "sigmoid":
-            state.alerts.fire(
-                "loss.squashed_scores", "warning",
-                "the model's outputs all lie strictly inside (0, 1), as a sigmoid's do, but "
-                "binary cross-entropy with logits applies the sigmoid itself: applied twice, "
-                "it flattens the loss and learning crawls", state.step,
-                suggestion="remove the model's final sigmoid (apply it only at inference), or "
-                           "use a binary cross-entropy on probabilities (nn.BCELoss)")
 
     @staticmethod
     def _classes(state: RunState) -> int | None:
