@@ -56,3 +56,23 @@ def test_data_ordered_on_purpose_can_leave_the_order_unchecked():
     assert unshuffled_alerts(sorted_labels, check_order=False) == []
     with pytest.raises(ValueError, match="check_order"):
         SetupCheck(check_order="no")
+
+
+def test_targets_refilled_into_one_buffer_are_not_judged():
+    """A loop that copies every batch's targets into one buffer leaves no past batches to
+    compare: the order goes unchecked rather than misread."""
+    import trainwatch as tw
+    from trainwatch import nn as twnn
+
+    labels = np.repeat(np.arange(10), 150)  # sorted: told when each batch is its own array
+    buffer = np.zeros(32, dtype=labels.dtype)
+    model = twnn.Sequential([twnn.Dense(4, 10)], seed=0)
+    mon = tw.Monitor(model, loss=twnn.SoftmaxCrossEntropy(), optimizer=twnn.SGD(model, lr=0.1),
+                     callbacks=[SetupCheck()], progress=False, raise_errors=True)
+    with mon.run():
+        for k in range(30):
+            buffer[:] = labels[32 * k:32 * k + 32]
+            mon.batch_begin(np.zeros((32, 4)), buffer)
+            mon.loss_computed(2.3)
+            mon.step_end()
+    assert not [a for a in mon.alerts.history if a.code == "setup.unshuffled_data"]

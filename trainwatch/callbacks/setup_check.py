@@ -65,9 +65,9 @@ class SetupCheck(Callback):
         if not isinstance(check_order, bool):
             raise ValueError(f"check_order: must be True or False, got {check_order!r}")
         self.check_order = check_order
-        #: per followed step, framework scalars: targets non-decreasing, non-increasing,
-        #: first, last (see _follow_order); None once there is nothing more to follow
-        self._order: list[list[Any]] | None = None
+        #: the targets of the steps followed so far (see _follow_order); None once there is
+        #: nothing more to follow
+        self._order: list[Any] | None = None
 
     def on_train_begin(self, state: RunState) -> None:
         self._order = [] if self.check_order else None
@@ -106,9 +106,10 @@ class SetupCheck(Callback):
             state, squashed_scores(kind, read[0], read[1], read[2] if len(read) > 2 else None)))
 
     def _follow_order(self, state: RunState) -> None:
-        """Over the first ``ORDER_STEPS`` steps: whether each step's targets (one array of 8
-        or more) run up, run down, and their ends, computed where they are and read once at
-        the end, with that step's other values (see :meth:`_judge_order`)."""
+        """Over the first ``ORDER_STEPS`` steps, each step's targets (one array of 8 or more;
+        a reference), then, all at once, whether each runs up, runs down, and its ends,
+        computed where they are and read with that step's other values (see
+        :meth:`_judge_order`)."""
         order, targets = self._order, state.targets
         shape = tuple(getattr(targets, "shape", ()))
         if len(shape) != 1 or shape[0] < 8:
@@ -116,12 +117,18 @@ class SetupCheck(Callback):
             return
         if len(order) > state.step:  # (a step's later batches: accumulation)
             return
-        ahead, behind = targets[1:], targets[:-1]
-        order.append([(ahead >= behind).all(), (ahead <= behind).all(), targets[0], targets[-1]])
-        if len(order) == ORDER_STEPS:
-            self._order = None
-            self.read_at_step_end(state, [v for step in order for v in step],
-                                  lambda read: self._judge_order(state, read))
+        if order and targets is order[-1]:
+            self._order = None  # (one buffer refilled every step: its past is gone)
+            return
+        order.append(targets)
+        if len(order) < ORDER_STEPS:
+            return
+        self._order = None
+        values = []
+        for t in order:
+            ahead, behind = t[1:], t[:-1]
+            values += [(ahead >= behind).all(), (ahead <= behind).all(), t[0], t[-1]]
+        self.read_at_step_end(state, values, lambda read: self._judge_order(state, read))
 
     @staticmethod
     def _judge_order(state: RunState, read: list[float]) -> None:
