@@ -226,6 +226,34 @@ def test_a_plateau_points_at_the_causes_other_alerts_found(digits):
     assert "raise the learning rate" in plateau.suggestion  # (then the usual reading)
 
 
+def test_a_plateau_under_a_learning_rate_decayed_to_nothing_blames_the_schedule():
+    """A schedule counted in epochs but stepped every batch decays the rate 100s of times too
+    fast: the loss stalls near its start, which alone reads as 'a learning rate too low'.
+    With the rate down to 1/1000 of its first value, the plateau blames the schedule."""
+    import trainwatch as tw
+    from trainwatch import nn as twnn
+
+    def run(decay):
+        model = twnn.Sequential([twnn.Dense(4, 3)], seed=0)
+        opt = twnn.SGD(model, lr=0.05)
+        mon = tw.Monitor(model, loss=twnn.SoftmaxCrossEntropy(), optimizer=opt,
+                         callbacks=[LossMonitor(check_initial=False)], progress=False,
+                         raise_errors=True)
+        with mon.run():
+            for k in range(300):
+                mon.batch_begin(np.zeros((2, 4)), np.zeros(2, dtype=int))
+                mon.loss_computed(2.3 - 0.2 * (1 - 0.9 ** k))  # (a start, then flat)
+                mon.step_end()
+                opt.lr *= decay
+        return [a for a in mon.alerts.history if a.code == "loss.plateau"]
+
+    (plateau,) = run(0.9)
+    assert "the schedule decays it far too fast" in plateau.message
+    assert "step the scheduler" in plateau.suggestion
+    (plateau,) = run(1.0)  # (a constant rate: the usual reading)
+    assert "learning rate that is too low" in plateau.message
+
+
 def test_healthy_run_raises_no_loss_alert(digits):
     model = mlp()
     trainer, mem = train(model, nn.Momentum(model, lr=0.05), [LossMonitor()], digits, epochs=8)

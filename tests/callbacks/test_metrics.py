@@ -63,3 +63,24 @@ def test_an_epoch_end_writes_the_gathered_points(monkeypatch):
     assert seen[24] == [0]
     assert seen[25] == [0, 10, 20]  # epoch end after step 24: its points written
     assert seen[50] == [0, 10, 20, 30, 40]  # (step 50's own point waits for its batch)
+
+
+def test_the_learning_rate_is_written_as_the_losses_come_in():
+    """The optimizer's learning rate, as a schedule moves it, at the step of the latest loss
+    of each batch of losses handed over (an epoch end here)."""
+    model = nn.Sequential([nn.Dense(4, 3)], seed=0)
+    opt = nn.SGD(model, lr=0.1)
+    mem = MemoryOutput()
+    mon = tw.Monitor(model, loss=nn.SoftmaxCrossEntropy(), optimizer=opt, callbacks=[],
+                     outputs=[mem], progress=False, raise_errors=True)
+    with mon.run():
+        for epoch in range(3):
+            mon.epoch_begin(epoch)
+            for _ in range(5):
+                mon.batch_begin(np.zeros((2, 4)), np.zeros(2, dtype=int))
+                mon.loss_computed(1.0)
+                mon.step_end()
+            mon.epoch_end({})
+            opt.lr /= 10  # (a step schedule, once an epoch)
+    # (the run's first loss is handed over at once, at step 0)
+    assert mem.scalars_log["learning_rate"] == [(0, 0.1), (4, 0.1), (9, 0.01), (14, 0.001)]

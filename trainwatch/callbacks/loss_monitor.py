@@ -277,6 +277,7 @@ class LossMonitor(Callback):
         self._lr_at_min: float | None = None  # the learning rate when the minimum was reached
         self._lr_taken: float | None = None  # the learning rate when losses were last taken
         self._lr_high: float | None = None  # the most it may have been over the last batch
+        self._lr_first: float | None = None  # the learning rate first read
         self._streaks = {rule: Streak() for rule in ("divergence", "plateau", "noise")}
         self._firing = {"divergence": False, "plateau": False, "noise": False}
         #: the first batch's loss and its expected value (None until checked / when unknown)
@@ -349,6 +350,8 @@ class LossMonitor(Callback):
         # the learning rate of these steps lies between the one read last time and the one
         # now: a minimum reached among them is given the lower, a rise the higher
         lr, before = state.backend.learning_rate(), self._lr_taken
+        if self._lr_first is None:
+            self._lr_first = lr
         rates = [r for r in (lr, before) if r is not None]
         lr_low = min(rates, default=None)
         self._lr_taken, self._lr_high = lr, max(rates, default=None)
@@ -635,7 +638,17 @@ class LossMonitor(Callback):
                       ref: float, causes: list[str]) -> dict[str, str]:
         head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
                 f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
-        if self._trained_before is not None:
+        lr, first_lr = self._lr_taken, self._lr_first
+        if (self._trained_before is None and lr is not None and first_lr
+                and lr < first_lr / 100 and last > 0.1 * ref):
+            reading = (f"the learning rate is down to {lr:.3g}, 1/{first_lr / lr:.3g} of its "
+                       f"first {first_lr:.3g}, with the loss still at {last / ref:.0%} of "
+                       f"its initial value {ref:.4g}: the schedule decays it far too fast")
+            suggestion = ("step the scheduler as often as its settings assume (a StepLR or "
+                          "cosine schedule counted in epochs, stepped every batch, decays "
+                          "100s of times too fast), or give its settings in steps; the "
+                          "learning_rate curve shows the schedule")
+        elif self._trained_before is not None:
             reading = (f"the model started trained (its first batch {self._trained_before:.0%} "
                        f"right: pretrained weights, a resumed checkpoint), so it has converged "
                        f"for this learning rate")

@@ -18,9 +18,11 @@ METRIC_TAGS = {
 
 class MetricLogger(Callback):
     """Writes the training loss every ``every`` steps (``loss/train``, and ``loss/data`` and
-    ``loss/regularization`` when the loop reports them) and the epoch metrics
-    (``accuracy/train``, ``accuracy/val``, ``loss/val``, ...). Always on: a
-    :class:`~trainwatch.Monitor` adds one if the callbacks don't include it.
+    ``loss/regularization`` when the loop reports them), the learning rate as the losses
+    come in (``learning_rate``: the optimizer's largest, about every second or 100 steps;
+    where the backend knows it) and the epoch metrics (``accuracy/train``, ``accuracy/val``,
+    ``loss/val``, ...). Always on: a :class:`~trainwatch.Monitor` adds one if the callbacks
+    don't include it.
 
     It needs no batch hook: the losses come to :meth:`on_losses` in batches (the run's first
     at once, the rest up to 100 steps or 1 s late, and at every epoch end), and it sleeps
@@ -54,6 +56,9 @@ class MetricLogger(Callback):
         return NEVER
 
     def on_losses(self, state: RunState) -> None:
+        lr = state.backend.learning_rate()
+        if lr is not None and state.losses:  # (now: at the latest loss's step)
+            state.writer.scalars({"learning_rate": lr}, state.losses[-1][0])
         every, last = self.every, self._logged_step
         points = []  # (step, loss[, data loss, regularisation])
         for step, loss, data, reg in state.losses:
