@@ -539,17 +539,17 @@ def test_a_gap_that_closes_in_eval_mode_is_no_overfitting_and_scoring_it_changes
 
 # -- no host reads on idle steps ---------------------------------------------------------------
 
-def reads_per_step(model, opt, callbacks, mem):
-    """Train 16 batches of 32 watched with ``callbacks``; the host reads trainwatch made on each
-    step (counted by ``count_host_reads``)."""
+def reads_per_step(model, opt, callbacks, mem, batch=32):
+    """Train 512 examples in batches of ``batch`` watched with ``callbacks``; the host reads
+    trainwatch made on each step (counted by ``count_host_reads``)."""
     w = watch(model, opt, nn.CrossEntropyLoss(), callbacks=callbacks, outputs=[mem],
               progress=False, raise_errors=True)
     (xt, yt), _ = data()
     criterion = nn.CrossEntropyLoss()
     reads = []
     with count_host_reads() as log:
-        for start in range(0, 512, 32):
-            xb, yb = xt[start:start + 32], yt[start:start + 32]
+        for start in range(0, 512, batch):
+            xb, yb = xt[start:start + batch], yt[start:start + batch]
             before = len(log)
             loss = criterion(model(xb), yb)
             w.loss(loss, yb)
@@ -603,6 +603,19 @@ def test_a_logging_step_reads_the_device_once_for_all_callbacks(monkeypatch):
     assert mem.steps("loss/train") == [0, 5, 10, 15]
     assert mem.steps("loss/train_log10") == [0, 10]
     assert mem.steps("update_ratio/0.weight") == [0, 5, 10, 15]
+
+
+def test_setup_checks_read_the_device_twice_in_a_run(monkeypatch):
+    """SetupCheck on a GPU: the first batch's score statistics in step 0's transfer, the
+    first 20 steps' target order in one read at step 19, nothing on the other steps."""
+    monkeypatch.setattr(backend_module, "CPU_SHORT_PATH", False)
+    monkeypatch.setattr(backend_module.TorchBackend, "host_reads_cheap",
+                        property(lambda self: False))
+    model = small_cnn()
+    reads = reads_per_step(model, torch.optim.SGD(model.parameters(), lr=0.05),
+                           [MetricLogger(every=1000), SetupCheck()], MemoryOutput(), batch=16)
+    assert len(reads) == 32
+    assert [s for s, n in enumerate(reads) if n] == [0, 19] and reads[19] == 1, reads
 
 
 def test_trainer_on_an_accelerator_reads_the_loss_only_on_logging_steps(monkeypatch):
