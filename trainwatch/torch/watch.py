@@ -19,6 +19,13 @@ trainwatch's and takes torch's fast call path. On the CPU the loss is read once 
 reported and the callbacks see a float; on an accelerator they see a detached tensor, read
 only on the steps a callback logs it (a read is a device sync), and the epoch's losses are
 summed on the device.
+
+The watcher also tells mistakes in the loop's wiring, once each: a loss reported after the
+step (``watch.loss_after_step``), training forwards in eval mode
+(``watch.eval_mode_training``), gradients never reset (``watch.grads_not_reset``: the same
+``.grad`` tensors over the first steps), an evaluation in training mode
+(``watch.eval_in_training_mode``: BatchNorm's batch counter moved after the epoch's last
+step) and a loss that is no scalar (``watch.bad_loss``).
 """
 
 from __future__ import annotations
