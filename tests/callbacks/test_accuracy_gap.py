@@ -112,6 +112,24 @@ def test_an_underfit_points_at_the_other_alerts_of_a_model_that_does_not_learn(d
         under.suggestion)
 
 
+def test_an_underfit_at_chance_asks_whether_inputs_and_labels_are_paired(digits):
+    """Labels shuffled apart from their inputs leave the accuracy at chance (10% for 10
+    classes) with healthy updates: no capacity explains that, and the verdict says so; a
+    one-unit bottleneck above chance still gets the capacity advice."""
+    (xt, yt), (xv, yv) = digits
+    shuffled = np.random.default_rng(1).permutation(yt)
+    trainer, _, history = train(mlp(64, 64, 10), [AccuracyGapMonitor()], (xt, shuffled),
+                                (xv, yv), epochs=8, lr=0.05)
+    (under,) = fired(trainer.monitor.alerts, "accuracy_gap.underfit")
+    assert history["train_accuracy"][-1] < 0.15
+    assert "at chance for 10 classes" in under.message
+    assert "inputs and labels are paired" in under.suggestion
+    model = nn.Sequential([nn.Dense(64, 1, rng=0), nn.Tanh(), nn.Dense(1, 10, rng=1)])
+    trainer, _, _ = train(model, [AccuracyGapMonitor()], *digits, epochs=10)
+    (under,) = fired(trainer.monitor.alerts, "accuracy_gap.underfit")
+    assert "at chance" not in under.message and "capacity" in under.suggestion
+
+
 # -- the verdict logic, on metrics fed through a real Monitor -------------------------------------
 
 
@@ -205,7 +223,8 @@ def test_examples_for_a_verdict_are_kept_for_a_few_steps_at_most():
             mon.step_end()
         mon.epoch_end({"train_accuracy": 0.99, "val_accuracy": 0.7})
     mon.train_end()
-    assert awake[:20] == [False] * 20  # no large gap yet
+    # (the first batch: its classes, for chance level; then no large gap yet)
+    assert awake[:20] == [True] + [False] * 19
     assert awake[20:] == [True] * CONFIRM_STEPS + [False] * (60 - CONFIRM_STEPS)
     assert len(fired(mon.alerts, "accuracy_gap.overfit")) == 1
 
@@ -231,7 +250,7 @@ def test_batches_whose_examples_do_not_join_are_not_kept(inputs, targets):
             mon.step_end()
         mon.epoch_end({"train_accuracy": 0.99, "val_accuracy": 0.7})
     mon.train_end()
-    assert awake == [False] * 5 + [True] + [False] * 9
+    assert awake == [True] + [False] * 4 + [True] + [False] * 9  # (step 0: the classes)
     assert gap._train_subset is None
     assert "scored in eval mode" not in fired(mon.alerts, "accuracy_gap.overfit")[0].message
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from trainwatch.callbacks.loss_monitor import batch_classes
 from trainwatch.core.callback import NEVER, Callback, next_block_end
 from trainwatch.core.checks import count
 from trainwatch.core.state import RunState
@@ -67,6 +68,12 @@ PERSISTENT_MODE_GAP = 10
 UNDERFIT_SUGGESTION = (
     "the model cannot fit even the training data: give it more capacity (more units or "
     "layers), train longer, lower the regularisation, or revisit the learning rate"
+)
+CHANCE_SUGGESTION = (
+    "a model at chance learns nothing from its inputs, which a small model does not explain "
+    "(even a linear one beats chance): check that inputs and labels are paired (shuffled "
+    "together, not separately) and reach the loss, and that the parameters update "
+    "(update_ratio/)"
 )
 COLLAPSE_SUGGESTION = (
     "a model that loses the accuracy it had is unstable, not short of capacity: lower the "
@@ -231,6 +238,7 @@ class AccuracyGapMonitor(Callback):
         self._kept_for_verdicts = False  # (whether that began)
         self._mode_gaps = 0  # consecutive evaluations whose gap closed in eval mode
         self._mode_gap_seen = False  # (whether any did, this run)
+        self._classes: int | None = None  # of the first batch's scores: chance is 1/classes
         self._best: dict[str, float] | None = None  # the evaluation of best training accuracy
         self._idle = False  # (nothing to compare in this run: see _skip)
 
@@ -254,6 +262,8 @@ class AccuracyGapMonitor(Callback):
         state.writer.layout(charts)
 
     def next_step(self, step: int) -> int:
+        if step == 0:
+            return 0  # (the first batch: how many classes, for chance level)
         if self.every is None and self._collecting:
             return step  # keeping training examples for an overfit verdict
         if self.every is None or self._idle:
@@ -264,6 +274,10 @@ class AccuracyGapMonitor(Callback):
 
     def reads_batch(self, step: int) -> bool:
         return self._train_subset is None
+
+    def on_loss_computed(self, state: RunState) -> None:
+        if state.step == 0:
+            self._classes = batch_classes(state)
 
     def on_step_end(self, state: RunState) -> None:
         every = self.every
@@ -475,12 +489,15 @@ class AccuracyGapMonitor(Callback):
         self._underfit = active
         best = self._best
         collapsed = best is not None and best["train_accuracy"] - acc >= COLLAPSE
+        classes = self._classes if self._classes and self._classes >= 3 else None
+        at_chance = classes is not None and acc < 1.5 / classes
         message = (
             f"training accuracy {acc:.1%} "
             + ((f"has fallen from its best, {best['train_accuracy']:.1%} at step "
                 f"{best['step']}, and stalled" if collapsed else
                 f"has stalled ({rise * 100:+.1f} points over {self.patience} evaluations)")
                + f" with a train − validation gap of only {gap * 100:.1f} points"
+               + (f", at chance for {classes} classes" if at_chance and not collapsed else "")
                if active else "is improving again")
         )
         def suggestion() -> dict[str, str]:
@@ -489,7 +506,7 @@ class AccuracyGapMonitor(Callback):
             # (a model that learns nothing shows it elsewhere first: those are the causes)
             causes = state.alerts.warnings_fired(besides=("accuracy_gap.", "loss.plateau"))
             if not causes:
-                return {"suggestion": UNDERFIT_SUGGESTION}
+                return {"suggestion": CHANCE_SUGGESTION if at_chance else UNDERFIT_SUGGESTION}
             return {"suggestion": (
                 "a model stuck this low usually cannot learn rather than being too small: "
                 f"first fix what this run's other alerts point at ({', '.join(causes)}); "

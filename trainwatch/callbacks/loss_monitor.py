@@ -152,6 +152,14 @@ def class_count(scores: tuple[int, ...], targets: tuple[int, ...] | None) -> int
     return None if axis is None else int(scores[axis])
 
 
+def batch_classes(state: RunState) -> int | None:
+    """The classes the batch's scores range over (see :func:`class_count`)."""
+    # (shapes of single arrays only: several targets of a multi-task loss have none)
+    shape = tuple(getattr(state.predictions, "shape", ()))
+    targets = getattr(state.targets, "shape", None)
+    return class_count(shape, None if targets is None else tuple(targets))
+
+
 class LossMonitor(Callback):
     """Watches the training loss: non-finite values, divergence, plateaus, noise and the
     expected initial loss (see the module docstring for each rule).
@@ -318,7 +326,7 @@ class LossMonitor(Callback):
 
     def on_loss_computed(self, state: RunState) -> None:
         if state.step == 0:
-            classes = self._classes(state)
+            classes = batch_classes(state)
             if self.check_initial:  # what the first loss is judged by
                 self._initial_context = (*self._expected(state, classes), state.data_loss)
                 # (read only if the start is low)
@@ -504,13 +512,6 @@ class LossMonitor(Callback):
         accuracy = state.backend.accuracy(predictions, targets)
         return False, accuracy if accuracy > (1 + shares.max()) / 2 else None
 
-    @staticmethod
-    def _classes(state: RunState) -> int | None:
-        """The classes the batch's scores range over (see :func:`class_count`)."""
-        # (shapes of single arrays only: several targets of a multi-task loss have none)
-        shape = tuple(getattr(state.predictions, "shape", ()))
-        targets = getattr(state.targets, "shape", None)
-        return class_count(shape, None if targets is None else tuple(targets))
 
     def _expected(self, state: RunState, classes: int | None) -> tuple[float | None, str]:
         if self.expected_initial_loss is not None:
