@@ -140,6 +140,10 @@ def test_warnings_fired_lists_the_unresolved_causes_in_order():
         "gradcheck.wrong", "update_ratio.low", "loss.divergence"]
     assert manager.warnings_fired(besides=("accuracy_gap.", "loss.")) == [
         "gradcheck.wrong", "update_ratio.low"]
+    assert manager.fix_first(besides=("accuracy_gap.", "loss.")) == (
+        "first fix what this run's other alerts point at (gradcheck.wrong, update_ratio.low)")
+    assert manager.fix_first(besides=("gradcheck.", "update_ratio.", "loss.",
+                                      "accuracy_gap.")) == ""
     manager.update("loss.divergence", False, step=6)  # resolved: no cause any more
     assert "loss.divergence" not in manager.warnings_fired()
 

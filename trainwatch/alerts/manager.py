@@ -178,6 +178,14 @@ class AlertManager:
                 codes.append(a.code)
         return list(dict.fromkeys(codes))
 
+    def fix_first(self, *, besides: tuple[str, ...] = ()) -> str:
+        """The advice a symptom's alert leads with where other warnings fired first (see
+        :meth:`warnings_fired`): "first fix what this run's other alerts point at (...)";
+        "" where none did."""
+        causes = self.warnings_fired(besides=besides)
+        return (f"first fix what this run's other alerts point at ({', '.join(causes)})"
+                if causes else "")
+
     def is_firing(self, code: str, tensor: str | None = None) -> bool:
         """Whether condition ``code`` for ``tensor`` is currently firing."""
         cond = self._conditions.get((code, tensor))

@@ -431,7 +431,7 @@ class AccuracyGapMonitor(Callback):
         training examples' accuracy there, and their count; None otherwise), and
         ``accuracy_gap.eval_mode_persists`` once it has for ``PERSISTENT_MODE_GAP``
         evaluations in a row."""
-        if scored is None and self._mode_gaps == 0 and not self._mode_gap_seen:
+        if scored is None and not self._mode_gap_seen:
             return  # (no eval-mode alert in this run: nothing to update or resolve)
         self._mode_gap_seen = True
         self._mode_gaps = self._mode_gaps + 1 if scored else 0
@@ -500,17 +500,17 @@ class AccuracyGapMonitor(Callback):
                + (f", at chance for {classes} classes" if at_chance and not collapsed else "")
                if active else "is improving again")
         )
+
         def suggestion() -> dict[str, str]:
             if collapsed:
                 return {"suggestion": COLLAPSE_SUGGESTION}
             # (a model that learns nothing shows it elsewhere first: those are the causes)
-            causes = state.alerts.warnings_fired(besides=("accuracy_gap.", "loss.plateau"))
-            if not causes:
+            fix_first = state.alerts.fix_first(besides=("accuracy_gap.", "loss.plateau"))
+            if not fix_first:
                 return {"suggestion": CHANCE_SUGGESTION if at_chance else UNDERFIT_SUGGESTION}
             return {"suggestion": (
                 "a model stuck this low usually cannot learn rather than being too small: "
-                f"first fix what this run's other alerts point at ({', '.join(causes)}); "
-                "if it still stalls, give it more capacity")}
+                f"{fix_first}; if it still stalls, give it more capacity")}
 
         state.alerts.update("accuracy_gap.underfit", active, step=step, severity="warning",
                             message=message, value=acc, describe=suggestion)

@@ -512,7 +512,6 @@ class LossMonitor(Callback):
         accuracy = state.backend.accuracy(predictions, targets)
         return False, accuracy if accuracy > (1 + shares.max()) / 2 else None
 
-
     def _expected(self, state: RunState, classes: int | None) -> tuple[float | None, str]:
         if self.expected_initial_loss is not None:
             return self.expected_initial_loss, "given as expected_initial_loss"
@@ -590,7 +589,7 @@ class LossMonitor(Callback):
                        f"{self.divergence_factor:g} since step "
                        f"{self._streaks['divergence'].since}")
             if raised:
-                undone = (f", undoing {(ema - low) / (ref - low):.0%} of the progress made"
+                undone = (f", undoing {rise / (ref - low):.0%} of the progress made"
                           if ref > low else "")
                 return {"message": f"{message}, after the schedule raised the learning rate to "
                                    f"{lr:.3g} ({lr / at_min:.3g}× its value then){undone}",
@@ -633,10 +632,10 @@ class LossMonitor(Callback):
         state.alerts.update("loss.plateau", True, step=step, severity=severity, value=progress,
                             describe=lambda: self._plateau_text(
                                 first, last, progress, span, ref,
-                                state.alerts.warnings_fired(besides=("loss.", "accuracy_gap."))))
+                                state.alerts.fix_first(besides=("loss.", "accuracy_gap."))))
 
     def _plateau_text(self, first: float, last: float, progress: float, span: int,
-                      ref: float, causes: list[str]) -> dict[str, str]:
+                      ref: float, fix_first: str) -> dict[str, str]:
         head = (f"the training loss made {progress:+.1%} progress over the last {span} steps "
                 f"(mean {first:.4g} -> {last:.4g}; threshold {self.plateau_threshold:.0%})")
         lr, first_lr = self._lr_taken, self._lr_first
@@ -675,9 +674,8 @@ class LossMonitor(Callback):
                        f"rate too high for this stage")
             suggestion = ("lower the learning rate 3–10× or add a decay schedule; if the "
                           "validation loss is flat at a good value, training has converged")
-        if causes and self._trained_before is None:  # (a stall is a symptom: of those first)
-            suggestion = (f"first fix what this run's other alerts point at "
-                          f"({', '.join(causes)}); then: {suggestion}")
+        if fix_first and self._trained_before is None:  # (a stall is a symptom: of those)
+            suggestion = f"{fix_first}; then: {suggestion}"
         return {"message": f"{head}; {reading}", "suggestion": suggestion}
 
     def _check_noise(self, state: RunState, step: int, ref: float) -> None:
