@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from tests.helpers import all_callbacks  # noqa: E402
-from trainwatch import Trainer  # noqa: E402
+from trainwatch import SetupCheck, Trainer  # noqa: E402
 from trainwatch.data import load_digits, train_val_split  # noqa: E402
 from trainwatch.outputs import MemoryOutput  # noqa: E402
 from trainwatch.torch import watch  # noqa: E402
@@ -136,8 +136,11 @@ def existing_loop(watched: bool, epochs=2, lbfgs=False):
 
 
 def test_watched_existing_loop_is_bit_identical_to_the_bare_loop():
-    bare, _, _ = existing_loop(watched=False)
-    watched, mem, callbacks = existing_loop(watched=True)
+    # (3 epochs of 8 steps: past SetupCheck's ORDER_STEPS, so it judges the data's order too)
+    bare, _, _ = existing_loop(watched=False, epochs=3)
+    watched, mem, callbacks = existing_loop(watched=True, epochs=3)
+    (setup,) = [cb for cb in callbacks if isinstance(cb, SetupCheck)]
+    assert setup._order is None  # (followed the first 20 steps' targets and judged them)
     stopped = [cb for cb in callbacks if getattr(cb, "time_limit", None) == 1e-6]
     assert len(stopped) == 1 and stopped[0].deferred >= 1  # a check stopped part-way too
     # every callback really ran (and measured) in the watched run
