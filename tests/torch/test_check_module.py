@@ -144,6 +144,26 @@ def test_wrong_weight_gradient_is_pinned_to_that_weight(bug):
             2 * report.params["2.weight"].worst_numerical, rel=1e-6)
 
 
+def test_a_compiled_model_is_checked_eagerly_under_its_own_parameter_names():
+    """torch.compile's wrapper: the check runs the module it wraps eagerly (dynamo compiles
+    nothing for it: a float64 forward under the kink recorder would be compiled anew), and
+    the report keeps the wrapper's ``named_parameters()`` names."""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()  # (no code compiled by earlier tests)
+    model = mlp(bug="factor2")
+    compiled = torch.compile(model, backend="eager")
+    x, y = digits(4)
+    compiled(x.float())  # compiled once, as training would
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    report = check_module(compiled, nn.CrossEntropyLoss(), x, y)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
+    assert list(report.params) == [n for n, _ in compiled.named_parameters()]
+    assert report.failed == ["_orig_mod.2.weight"]
+    assert report.params["_orig_mod.2.weight"].worst_analytic == pytest.approx(
+        2 * report.params["_orig_mod.2.weight"].worst_numerical, rel=1e-6)
+
+
 def test_missing_bias_gradient_is_pinned_to_the_bias():
     report = check(mlp(bug="bias_missing"))
     assert report.failed == ["2.bias"]

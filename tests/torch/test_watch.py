@@ -304,6 +304,36 @@ def test_a_compiled_model_is_watched_under_its_own_names():
     assert list(check.reports[0][1].params) == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
+def test_dynamo_does_not_compile_the_activation_capture_hooks():
+    """On the steps that capture activations a compiled model's graph breaks at each layer's
+    hook; the hooks themselves run as they are (traced, dynamo compiled each again, per module
+    type and per layer name: seconds of compilation each with inductor)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()  # (no code compiled by earlier tests)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(),
+                          nn.Linear(8, 3))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    mem = MemoryOutput()
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    with watch(compiled, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
+               callbacks=[HistogramMonitor(budget=None, every=2, figure_every=None)]) as w:
+        for _ in range(6):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            loss = criterion(compiled(x), y)
+            w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert {f"activations/{i}" for i in range(5)} <= set(mem.histograms)
+    assert {f"gradients/activations/{i}" for i in range(5)} <= set(mem.histograms)
+    # the hook-free graph, and at most one piece per layer between the hooks' breaks
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - graphs <= 1 + len(model)
+
+
 def test_inputs_and_targets_of_a_step_come_from_the_same_batch():
     """With gradient accumulation, or when a step is skipped (as an AMP gradient scaler does
     on inf gradients), several batches join one optimizer step: the step's inputs and

@@ -643,7 +643,9 @@ class TorchBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - watching never kills training
                 self._capture_failed(exc)
 
-        return hook
+        # under torch.compile the model's graph breaks at these hooks and dynamo runs them
+        # as they are (traced, each would be compiled again per module and per name)
+        return torch.compiler.disable(hook)
 
     def _capture_failed(self, exc: Exception) -> None:
         self.capture_error = exc
