@@ -334,6 +334,85 @@ def test_dynamo_does_not_compile_the_activation_capture_hooks():
     assert dynamo_utils.counters["stats"]["unique_graphs"] - graphs <= 1 + len(model)
 
 
+def _data_parallel_worker(rank, store, logdir, watched, results):
+    """One of two processes training a DistributedDataParallel CNN (BatchNorm, dropout) on
+    the CPU; process 0 is watched when ``watched``. Saves its parameters."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    (x, y), (xv, yv) = data(n_train=256, n_val=64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Dropout(0.2), nn.Linear(256, 10))
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    w = None
+    if watched and rank == 0:
+        w = watch(ddp, opt, criterion, logdir=logdir, progress=False, raise_errors=True,
+                  callbacks=[GradientCheck(warmup_steps=2, every=5, budget=None),
+                             AccuracyGapMonitor(every=4, validation_data=(xv, yv)),
+                             HistogramMonitor(every=3, budget=None, figure_every=None),
+                             UpdateRatioMonitor(every=2, budget=None)])
+    g = torch.Generator().manual_seed(rank)
+    for _ in range(12):
+        idx = torch.randint(0, len(x), (16,), generator=g)
+        loss = criterion(ddp(x[idx]), y[idx])
+        if w is not None:
+            w.loss(loss, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if w is not None:
+        w.close()
+    torch.save(model.state_dict(), f"{results}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _train_data_parallel(tmp_path, watched):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / ("watched" if watched else "bare")
+    out.mkdir()
+    args = (str(out / "store"), str(out / "logs"), watched, str(out))
+    context = mp.start_processes(_data_parallel_worker, args, nprocs=2, join=False,
+                                 start_method="spawn")
+    try:
+        for _ in range(240):  # (a collective one process never joins hangs the other)
+            if context.join(timeout=0.5):
+                break
+        else:
+            pytest.fail("the data-parallel processes did not finish in 120 s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+    return [torch.load(out / f"{rank}.pt") for rank in range(2)], out / "logs"
+
+
+def test_a_data_parallel_model_watched_in_one_process_trains_as_unwatched(tmp_path):
+    """DistributedDataParallel, watched in process 0 only (the usual way to log): the
+    gradient checks and evaluations run the module inside the wrapper, which starts no
+    collective (through the wrapper a forward broadcasts buffers, a backward all-reduces
+    gradients, and the other process, never joining, aborts). Every process ends with the
+    parameters of the unwatched run; tags carry no ``module.`` prefix."""
+    bare, _ = _train_data_parallel(tmp_path, watched=False)
+    watched, logs = _train_data_parallel(tmp_path, watched=True)
+    for before, after in zip(bare, watched):
+        assert before.keys() == after.keys()
+        for name in before:
+            assert torch.equal(before[name], after[name]), name
+    acc = EventAccumulator(str(logs), size_guidance=SIZE)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"]) | set(acc.Tags()["histograms"])
+    assert {"gradcheck/passed", "accuracy/val_subset", "update_ratio/5.weight",
+            "activations/0"} <= tags
+    assert not any("module." in t for t in tags)
+    assert [e.value for e in acc.Scalars("gradcheck/passed")][:2] == [1.0, 1.0]
+
+
 def test_inputs_and_targets_of_a_step_come_from_the_same_batch():
     """With gradient accumulation, or when a step is skipped (as an AMP gradient scaler does
     on inf gradients), several batches join one optimizer step: the step's inputs and

@@ -103,12 +103,22 @@ def loss_kind(loss_fn: Any) -> str | None:
     return None
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped, or ``model`` itself if it is not compiled."""
-    inner = getattr(model, "_orig_mod", None)
-    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
-        return inner
-    return model
+#: wrappers whose wrapped module is the model: torch.compile's (``_orig_mod``), data
+#: parallelism's (``module``)
+_WRAPPERS = {"OptimizedModule": "_orig_mod", "DistributedDataParallel": "module",
+             "DataParallel": "module"}
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile``'s and data parallelism's wrappers (any nesting),
+    or ``model`` itself. trainwatch's own passes run it: through a compiled wrapper they
+    would compile again, through ``DistributedDataParallel`` they would start collectives
+    (buffer broadcasts, gradient all-reduces) the other processes never join."""
+    while True:
+        inner = getattr(model, _WRAPPERS.get(type(model).__name__, ""), None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -369,10 +379,11 @@ class TorchBackend(Backend):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        # torch.compile's wrapper: the loop calls it, but tensors and layers are named after
-        # the module it compiled (no "_orig_mod." prefix) and gradient checks run that module
-        # eagerly (in float64 a compiled one would compile again, under the kink recorder)
-        self._module = uncompiled(model)
+        # torch.compile's and data parallelism's wrappers: the loop calls them, but tensors
+        # and layers are named after the module inside (no "_orig_mod." or "module." prefix)
+        # and trainwatch's own passes (gradient checks, evaluations) run that module: see
+        # unwrapped()
+        self._module = unwrapped(model)
         self.loss_fn = loss
         self.optimizer = optimizer
         # every parameter; those that require a gradient are the tracked ones, re-read at
@@ -786,7 +797,7 @@ class TorchBackend(Backend):
         mode under ``torch.no_grad()``; training flags, random states (torch's, numpy's,
         Python's, the model's own generators) and the tensors the forward writes in place
         (an embedding's max_norm renormalisation) are restored."""
-        model = self.model
+        model = self._module
         flags = [(m, m.training) for m in model.modules()]
         n = len(inputs)
         acc = acc_dtype(self._device)

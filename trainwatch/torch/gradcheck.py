@@ -67,7 +67,7 @@ from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.overrides import TorchFunctionMode
 
-from trainwatch.torch.backend import model_device, model_generators, suspended, uncompiled
+from trainwatch.torch.backend import model_device, model_generators, suspended, unwrapped
 from trainwatch.torch.inputs import ForwardInputs, map_arrays
 
 #: on the CPU, models up to this many parameters are checked with one intra-op thread
@@ -969,10 +969,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
               "iteration is held at the analytic pass's u and v in the finite differences "
               "(autograd does not differentiate it)" for _, uv in power]
     generators = _RandomStates(seed, device, model)
-    # a torch.compile'd model runs its module eagerly: compiled again in float64 under the
-    # kink recorder it would cost a compilation (seconds) and check dynamo's trace of the
-    # model, not the model (its parameters keep the wrapper's "_orig_mod." names)
-    forward = uncompiled(model)
+    # a torch.compile'd model runs its module eagerly (compiled again in float64 under the
+    # kink recorder it would cost a compilation, seconds, and check dynamo's trace of the
+    # model), a DistributedDataParallel one its module alone (no collectives the other
+    # processes never join); the parameters keep the wrapper's names
+    forward = unwrapped(model)
 
     def evaluate() -> torch.Tensor:
         if working:
