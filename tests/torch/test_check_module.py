@@ -3,6 +3,7 @@ comes back untouched."""
 
 import random
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -162,6 +163,36 @@ def test_a_compiled_model_is_checked_eagerly_under_its_own_parameter_names():
     assert report.failed == ["_orig_mod.2.weight"]
     assert report.params["_orig_mod.2.weight"].worst_analytic == pytest.approx(
         2 * report.params["_orig_mod.2.weight"].worst_numerical, rel=1e-6)
+
+
+class Checkpointed(nn.Module):
+    """The mlp's middle layers (a planted bug in CustomLinear, dropout) recomputed in the
+    backward by torch.utils.checkpoint."""
+
+    def __init__(self, bug, reentrant):
+        super().__init__()
+        self.inner, self.reentrant = mlp(bug=bug), reentrant
+
+    def forward(self, x):
+        first, middle, last = self.inner[:2], self.inner[2:5], self.inner[5:]
+        h = torch.utils.checkpoint.checkpoint(middle, first(x), use_reentrant=self.reentrant)
+        return last(h)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("bug", [None, "factor2"])
+def test_activation_checkpointing_is_checked_and_the_bug_inside_pinned(reentrant, bug):
+    """Reentrant checkpointing differentiates through .backward() only (autograd.grad
+    raises), non-reentrant through both; the recomputation draws the same dropout masks."""
+    model = Checkpointed(bug, reentrant)
+    model.inner[0].weight.grad = torch.ones_like(model.inner[0].weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (none from the check's gradient-free passes)
+        report = check(model)
+    assert report.failed == ([] if bug is None else ["inner.2.weight"])
+    assert report.passed == (bug is None)
+    assert torch.equal(model.inner[0].weight.grad, torch.ones_like(model.inner[0].weight))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "inner.0.weight")
 
 
 def test_missing_bias_gradient_is_pinned_to_the_bias():

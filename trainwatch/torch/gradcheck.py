@@ -57,6 +57,7 @@ import itertools
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -878,6 +879,23 @@ def _default_float64() -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
+def _gradients_by_backward(loss: torch.Tensor, leaves: list[torch.Tensor],
+                           others: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """What ``torch.autograd.grad(loss, leaves)`` gives, through ``loss.backward()``: the
+    leaves' ``.grad`` taken and cleared, every other leaf's in ``others`` put back."""
+    kept = [(t, t.grad) for t in others if t.is_leaf and t.requires_grad]
+    for leaf in leaves:
+        leaf.grad = None
+    try:
+        loss.backward()
+        return [leaf.grad for leaf in leaves]
+    finally:
+        for leaf in leaves:
+            leaf.grad = None
+        for t, grad in kept:
+            t.grad = grad
+
+
 def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, seed: int = 0,
                  **options: Any):
     """Gradient-check every trainable parameter of ``model`` for the loss
@@ -1029,7 +1047,16 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 loss = evaluate()
             kinks.recording = False
             with torch.enable_grad():
-                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+                try:  # (the graph kept for the fallback: freed with the loss, just below)
+                    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True,
+                                                retain_graph=True)
+                except RuntimeError as exc:
+                    if "use_reentrant" not in str(exc):
+                        raise
+                    # reentrant activation checkpointing (torch.utils.checkpoint with
+                    # use_reentrant=True) differentiates through .backward() only
+                    others = [*model.parameters(), *(v for _, _, v in tensor_attributes)]
+                    grads = _gradients_by_backward(loss, list(leaves.values()), others)
             analytic = {n: (np.zeros_like(base[n]) if g is None
                             else g.detach().to(device="cpu", dtype=torch.float64).to_dense()
                             .numpy()) for n, g in zip(names, grads)}
@@ -1048,7 +1075,11 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 for name in held:
                     owner, attr = slots[name]
                     buffers[name].copy_(owner._buffers[attr])
-            with _attributes([(module, "training", False) for module, _ in power]):
+            with (_attributes([(module, "training", False) for module, _ in power]),
+                  warnings.catch_warnings()):
+                # (torch.utils.checkpoint's, run without gradients as these passes are)
+                warnings.filterwarnings("ignore", "None of the inputs have requires_grad",
+                                        UserWarning)
                 report = check_gradients(numerical_loss, base, analytic, seed=seed, **options)
             held = sum(value is not None for value, _ in kinks.detached.kept)
             if held:
