@@ -368,6 +368,7 @@ def _data_parallel_worker(rank, store, logdir, watched, results):
     if w is not None:
         w.close()
     torch.save(model.state_dict(), f"{results}/{rank}.pt")
+    dist.barrier()  # (gloo aborts a process torn down while the other still talks: 4 in 15)
     dist.destroy_process_group()
 
 
@@ -903,6 +904,33 @@ def test_without_targets_or_a_loss_function_gradient_checks_say_so_and_training_
     assert len(skipped) == 1 and skipped[0].step == 2
     assert "its targets" in skipped[0].message and "inputs" not in skipped[0].message
     assert "watcher.loss(loss, targets)" in skipped[0].suggestion
+
+
+def test_a_loss_function_the_outputs_do_not_fit_is_said_once_and_training_goes_on():
+    """A sequence model's (N, T, C) scores with CrossEntropyLoss given to watch() while the
+    loop transposes them itself: the gradient check says what failed (with the shapes) and
+    how to give the loss, once, and stops; no callback error, the other callbacks go on."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(6, 8), nn.Linear(8, 6))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    mem = MemoryOutput()
+    with watch(model, opt, criterion, outputs=[mem], progress=False,
+               callbacks=[GradientCheck(warmup_steps=2, every=2, budget=None),
+                          UpdateRatioMonitor(every=1, budget=None)]) as w:
+        for _ in range(6):
+            x = torch.randint(0, 6, (4, 5))
+            loss = criterion(model(x).transpose(1, 2), x)
+            w.loss(loss, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    codes = [a.code for a in w.monitor.alerts.history]
+    assert codes.count("gradcheck.loss_fn_failed") == 1 and "callback.error" not in codes
+    alert = next(a for a in w.monitor.alerts.history if a.code == "gradcheck.loss_fn_failed")
+    assert alert.step == 2 and "(outputs (3, 5, 6), targets (3, 5))" in alert.message
+    assert "loss_fn=lambda out, y" in alert.suggestion
+    assert len(mem.scalars_log["update_ratio/1.weight"]) == 6
 
 
 def test_the_model_carries_forward_hooks_only_on_steps_whose_batch_is_read():

@@ -38,10 +38,10 @@ from typing import Any
 
 from trainwatch.core.backend import batch_length
 from trainwatch.core.budget import TimeBudget
-from trainwatch.core.callback import Callback, next_multiple
+from trainwatch.core.callback import NEVER, Callback, next_multiple
 from trainwatch.core.checks import count, flag
 from trainwatch.core.state import RunState
-from trainwatch.gradcheck.engine import CheckTimeout
+from trainwatch.gradcheck.engine import CheckTimeout, LossFunctionError
 
 #: verdict -> alert severity ("correct", "acceptable" and "kink" raise nothing)
 SEVERITY = {"wrong": "critical", "suspicious": "warning"}
@@ -238,6 +238,17 @@ class GradientCheck(Callback):
                 f"{self.budget.fraction:.0%} of the run's time", state.step,
                 suggestion="pass GradientCheck(time_limit=None) to check right after the "
                            "warm-up whatever it costs, or a larger budget")
+            return
+        except LossFunctionError as exc:
+            self._next_check = NEVER
+            state.alerts.fire(
+                "gradcheck.loss_fn_failed", "warning",
+                f"the gradient check cannot evaluate the loss: {exc}; it checks "
+                f"loss_fn(model(inputs), targets) on the batch's first examples, and stops "
+                f"for this run", state.step,
+                suggestion="give watch() the loss as the loop computes it from the model's "
+                           "outputs and the targets it reports, e.g. loss_fn=lambda out, y: "
+                           "criterion(out.transpose(1, 2), y) for (N, T, C) sequence outputs")
             return
         self.reports.append((state.step, report))
         self._write(state, report)

@@ -7,7 +7,7 @@
 See :mod:`trainwatch.gradcheck.engine` for the method and :data:`DEFAULTS` for the options.
 """
 
-from trainwatch.gradcheck.engine import DEFAULTS, CheckTimeout, check_gradients
+from trainwatch.gradcheck.engine import DEFAULTS, CheckTimeout, LossFunctionError, check_gradients
 from trainwatch.gradcheck.report import VERDICTS, GradCheckReport, TensorCheck
 from trainwatch.gradcheck.sweep import SweepEntry, SweepResult, sweep
 
@@ -16,6 +16,7 @@ __all__ = [
     "VERDICTS",
     "CheckTimeout",
     "GradCheckReport",
+    "LossFunctionError",
     "SweepEntry",
     "SweepResult",
     "TensorCheck",

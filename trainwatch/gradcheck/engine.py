@@ -382,6 +382,11 @@ def _precision_of_values(values: list[float]) -> str | None:
 # a session: one loss function at one point
 
 
+class LossFunctionError(ValueError):
+    """The loss function raised on the model's outputs and the targets: the check cannot
+    evaluate the loss (a loss given in a form the loop does not use as it is, say)."""
+
+
 class CheckTimeout(Exception):
     """A check stopped by its ``max_seconds`` option before it finished.
 

@@ -879,6 +879,17 @@ def _default_float64() -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
+def _shape_text(value: Any) -> str:
+    """A tensor's shape, or the shapes in a tuple, list or dict of them, as text."""
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return f"({', '.join(_shape_text(v) for v in value)})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shape_text(v)}" for k, v in value.items()) + "}"
+    return type(value).__name__
+
+
 def _gradients_by_backward(loss: torch.Tensor, leaves: list[torch.Tensor],
                            others: list[torch.Tensor]) -> list[torch.Tensor | None]:
     """What ``torch.autograd.grad(loss, leaves)`` gives, through ``loss.backward()``: the
@@ -926,8 +937,12 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
     Returns:
         a :class:`trainwatch.gradcheck.GradCheckReport` whose ``params`` are keyed by the
         ``named_parameters()`` names (those that require a gradient), in that order.
+
+    Raises:
+        trainwatch.gradcheck.LossFunctionError: ``loss_fn(model(inputs), targets)`` raised,
+            or gave no scalar (the message names the outputs' and targets' shapes).
     """
-    from trainwatch.gradcheck import check_gradients
+    from trainwatch.gradcheck import LossFunctionError, check_gradients
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -1003,9 +1018,16 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
                 if owner._buffers.get(attr) is not tensor:
                     owner._buffers[attr] = tensor
         generators.reset()
-        loss = criterion(x.call(forward) if isinstance(x, ForwardInputs) else forward(x), t)
+        outputs = x.call(forward) if isinstance(x, ForwardInputs) else forward(x)
+        try:
+            loss = criterion(outputs, t)
+        except Exception as exc:
+            raise LossFunctionError(
+                f"loss_fn(outputs, targets) raised {type(exc).__name__}: {exc} (outputs "
+                f"{_shape_text(outputs)}, targets {_shape_text(t)})") from exc
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError("loss_fn: must return a scalar tensor")
+            raise LossFunctionError("loss_fn: must return a scalar tensor, returned "
+                                    f"{_shape_text(loss)}")
         return loss.reshape(())
 
     # On the CPU a stand-in shares its memory with the engine's array (the engine writes
