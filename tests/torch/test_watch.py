@@ -1336,6 +1336,28 @@ def train_with_freezing(callbacks, trainable_from):
     return w, mem
 
 
+def test_an_embedding_first_layer_is_no_filter_image():
+    """A language model's first tensor is an embedding table (here 64 wide, a square
+    number a dense layer on 8x8 images would have): no picture of its rows as 8x8 filters,
+    one info saying why."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(32, 64), nn.Flatten(), nn.Linear(4 * 64, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mem = MemoryOutput()
+    with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+               raise_errors=True, callbacks=[FilterImages(every=2)]) as w:
+        for _ in range(4):
+            x = torch.randint(0, 32, (8, 4))
+            loss = nn.functional.cross_entropy(model(x), x[:, 0])
+            w.loss(loss, x[:, 0])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert not mem.images
+    skipped = [a for a in w.monitor.alerts.history if a.code == "filters.skipped"]
+    assert len(skipped) == 1 and "0.weight (32, 64) is an embedding table" in skipped[0].message
+
+
 def test_a_layer_unfrozen_or_frozen_mid_run_is_watched_as_it_trains():
     """Gradual unfreezing: the layer frozen when watch() was called gets update ratios and
     histograms once it trains (the tracked tensors were fixed at watch()); frozen again, it

@@ -292,10 +292,17 @@ class FilterImages(Callback):
                     return candidate
             raise ValueError(f"layer: {self.layer!r} is neither a layer with a weight nor a "
                              f"parameter tensor; tensors are {list(shapes)}")
-        self.tensor = next((k for k, shape in shapes.items() if len(shape) >= 2), None)
-        if self.tensor is None:
+        first = next((k for k, shape in shapes.items() if len(shape) >= 2), None)
+        if first is None:
             self._skip(state, "the model has no parameter tensor with 2 or more dimensions")
-        return self.tensor
+        elif first.rpartition(".")[0] in {
+                layer.name for layer in state.backend.layers() if layer.kind == "embedding"}:
+            self._skip(state, f"the first layer's {first} {shapes[first]} is an embedding "
+                              "table (a row looked up per token id), not filters over pixels, "
+                              "so it has no filters to draw")
+            return None
+        self.tensor = first
+        return first
 
     def _filters(self, state: RunState, name: str, weight: np.ndarray) -> np.ndarray | None:
         if weight.ndim in (3, 4):

@@ -40,7 +40,8 @@ class LayerInfo:
 
     ``kind`` is a lower-case word such as ``"dense"``, ``"conv2d"``, ``"relu"``,
     ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``, ``"maxpool"``, ``"dropout"``, ``"flatten"``,
-    ``"batchnorm"`` or ``"other"``; the saturation and dead-unit statistics key on it.
+    ``"batchnorm"``, ``"embedding"`` or ``"other"``; the saturation and dead-unit
+    statistics key on it.
     """
 
     name: str

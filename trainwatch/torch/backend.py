@@ -76,6 +76,7 @@ _KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), "dropout"),
     ((nn.modules.batchnorm._BatchNorm,), "batchnorm"),
     ((nn.Flatten,), "flatten"),
+    ((nn.Embedding, nn.EmbeddingBag), "embedding"),
 )
 
 #: loss class -> trainwatch loss kind
