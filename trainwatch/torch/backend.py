@@ -858,14 +858,15 @@ class TorchBackend(Backend):
 
     def check_gradients(self, inputs: Any, targets: Any, *, seed: int = 0, **options: Any):
         """:func:`trainwatch.torch.check_module` on the model and its loss (float64 copies;
-        the model, optimizer and random states are untouched)."""
-        from trainwatch.torch.gradcheck import check_module
+        the model, optimizer and random states are untouched); a loss function that fails on
+        the outputs raises :class:`~trainwatch.gradcheck.LossFunctionError`."""
+        from trainwatch.torch.gradcheck import _check_module
 
         if self.loss_fn is None:
             raise ValueError("loss_fn: gradient checks need the loss function "
                              "(watch(model, optimizer, loss_fn), or GradientCheck left out)")
-        return check_module(self._module, self.loss_fn, _forward_inputs(inputs), targets,
-                            seed=seed, **options)
+        return _check_module(self._module, self.loss_fn, _forward_inputs(inputs), targets,
+                             seed=seed, **options)
 
     # -- state -----------------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.overrides import TorchFunctionMode
 
+from trainwatch.gradcheck.engine import LossFunctionError
 from trainwatch.torch.backend import model_device, model_generators, suspended, unwrapped
 from trainwatch.torch.inputs import ForwardInputs, map_arrays
 
@@ -939,10 +940,27 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
         ``named_parameters()`` names (those that require a gradient), in that order.
 
     Raises:
-        trainwatch.gradcheck.LossFunctionError: ``loss_fn(model(inputs), targets)`` raised,
-            or gave no scalar (the message names the outputs' and targets' shapes).
+        whatever ``loss_fn(model(inputs), targets)`` raised (with a note naming the outputs'
+        and targets' shapes, on Python 3.11+), or ValueError if it gave no scalar.
     """
-    from trainwatch.gradcheck import LossFunctionError, check_gradients
+    try:
+        return _check_module(model, loss_fn, inputs, targets, seed=seed, **options)
+    except LossFunctionError as exc:
+        cause = exc.__cause__
+        if cause is None:
+            raise ValueError(str(exc)) from None
+        if hasattr(cause, "add_note"):
+            cause.add_note(f"trainwatch check_module: {exc}")
+        raise cause from None
+
+
+def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
+                   seed: int = 0, **options: Any):
+    """:func:`check_module`, but a ``loss_fn`` that raises on the model's outputs and the
+    targets (or gives no scalar) raises :class:`~trainwatch.gradcheck.LossFunctionError`, so
+    a caller can tell the loss function's failure from the model's (as ``GradientCheck``
+    does)."""
+    from trainwatch.gradcheck import check_gradients
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
