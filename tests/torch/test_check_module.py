@@ -196,6 +196,35 @@ def test_activation_checkpointing_is_checked_and_the_bug_inside_pinned(reentrant
     assert all(p.grad is None for n, p in model.named_parameters() if n != "inner.0.weight")
 
 
+class CompiledInside(nn.Module):
+    """The mlp's middle (a planted bug in CustomLinear) as a torch.compile'd submodule."""
+
+    def __init__(self, bug):
+        super().__init__()
+        inner = mlp(bug=bug)
+        self.first, self.last = inner[:2], inner[5:]
+        self.middle = torch.compile(inner[2:5], backend="eager")
+
+    def forward(self, x):
+        return self.last(self.middle(self.first(x)))
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="torch < 2.6")
+def test_compiled_code_inside_a_model_runs_eagerly_in_the_check_and_compiled_after_it():
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    model = CompiledInside("factor2")
+    x, y = digits(4)
+    model(x.float())
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    report = check_module(model, nn.CrossEntropyLoss(), x, y)
+    assert report.failed == ["middle._orig_mod.2.weight"]
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
+    model(x[:3].float())  # (the stance is back: a new batch size compiles again)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs
+
+
 def test_missing_bias_gradient_is_pinned_to_the_bias():
     report = check(mlp(bug="bias_missing"))
     assert report.failed == ["2.bias"]

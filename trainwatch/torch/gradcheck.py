@@ -868,6 +868,14 @@ def _attributes(changes: list[tuple[Any, str, Any]]) -> Iterator[None]:
             setattr(obj, name, value)
 
 
+def _compiled_code_eager() -> contextlib.AbstractContextManager:
+    """torch.compile'd code inside the model (a compiled submodule) runs eagerly: compiling
+    its float64 variant under the kink recorder would cost seconds and check dynamo's trace.
+    torch >= 2.6 (``torch.compiler.set_stance``); before, such code compiles anew."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _default_float64() -> Iterator[None]:
     """torch's default dtype float64 (tensors a forward makes, ``torch.zeros(...)`` for an
@@ -1079,7 +1087,8 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
     threads = 1 if device.type == "cpu" and small else None
     try:
         with (suspended(), _pinned_random_state(device, generators), _intra_op_threads(threads),
-              _default_float64(), _attributes(embedding_flags + tensor_attributes),
+              _default_float64(), _compiled_code_eager(),
+              _attributes(embedding_flags + tensor_attributes),
               _reparametrize_module(model, stand_ins, tie_weights=True)):
             started = time.perf_counter()
             kinks.recording = True
