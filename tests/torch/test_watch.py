@@ -276,19 +276,15 @@ def test_on_an_accelerator_callbacks_see_the_loss_as_a_detached_tensor(monkeypat
     assert w.monitor.state.metrics["train_loss"] == pytest.approx(loss.item())
 
 
-def test_a_compiled_model_is_watched_under_its_own_names():
-    """torch.compile's wrapper: tags, layers and gradient-check reports use the compiled
-    module's names (no ``_orig_mod.`` prefix); the check runs that module eagerly."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+def train_compiled(model, callbacks):
+    """Six watched steps of ``torch.compile(model)`` (dynamo, no code generation) on random
+    batches of 8 examples, 4 features, 3 classes; the outputs written."""
     compiled = torch.compile(model, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mem = MemoryOutput()
-    check = GradientCheck(every=4, warmup_steps=2, budget=None)
     criterion = nn.CrossEntropyLoss()
+    mem = MemoryOutput()
     with watch(compiled, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
-               callbacks=[UpdateRatioMonitor(budget=None, every=2), check,
-                          HistogramMonitor(budget=None, every=3, figure_every=None)]) as w:
+               callbacks=callbacks) as w:
         for _ in range(6):
             x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
             loss = criterion(compiled(x), y)
@@ -296,6 +292,17 @@ def test_a_compiled_model_is_watched_under_its_own_names():
             opt.zero_grad()
             loss.backward()
             opt.step()
+    return mem
+
+
+def test_a_compiled_model_is_watched_under_its_own_names():
+    """torch.compile's wrapper: tags, layers and gradient-check reports use the compiled
+    module's names (no ``_orig_mod.`` prefix); the check runs that module eagerly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    check = GradientCheck(every=4, warmup_steps=2, budget=None)
+    mem = train_compiled(model, [UpdateRatioMonitor(budget=None, every=2), check,
+                                 HistogramMonitor(budget=None, every=3, figure_every=None)])
     tags = set(mem.scalars_log) | set(mem.histograms)
     assert not any("_orig_mod" in t for t in tags)
     assert {"update_ratio/0.weight", "activations/0", "gradients/2.bias"} <= tags
@@ -314,20 +321,8 @@ def test_dynamo_does_not_compile_the_activation_capture_hooks():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(),
                           nn.Linear(8, 3))
-    compiled = torch.compile(model, backend="eager")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    criterion = nn.CrossEntropyLoss()
-    mem = MemoryOutput()
     graphs = dynamo_utils.counters["stats"]["unique_graphs"]
-    with watch(compiled, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
-               callbacks=[HistogramMonitor(budget=None, every=2, figure_every=None)]) as w:
-        for _ in range(6):
-            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-            loss = criterion(compiled(x), y)
-            w.loss(loss, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    mem = train_compiled(model, [HistogramMonitor(budget=None, every=2, figure_every=None)])
     assert {f"activations/{i}" for i in range(5)} <= set(mem.histograms)
     assert {f"gradients/activations/{i}" for i in range(5)} <= set(mem.histograms)
     # the hook-free graph, and at most one piece per layer between the hooks' breaks
