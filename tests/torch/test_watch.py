@@ -276,23 +276,32 @@ def test_on_an_accelerator_callbacks_see_the_loss_as_a_detached_tensor(monkeypat
     assert w.monitor.state.metrics["train_loss"] == pytest.approx(loss.item())
 
 
-def train_compiled(model, callbacks):
-    """Six watched steps of ``torch.compile(model)`` (dynamo, no code generation) on random
-    batches of 8 examples, 4 features, 3 classes; the outputs written."""
-    compiled = torch.compile(model, backend="eager")
+def train_compiled(model, callbacks, *, wrap=True, fullgraph=False):
+    """Six steps of ``torch.compile(model)`` (``wrap``; else ``model`` as it is, compiled
+    inside) on random batches of 8 examples, 4 features, 3 classes, watched with
+    ``callbacks`` (None: not watched); dynamo runs with no code generation. Returns
+    (what was written, the run's alerts)."""
+    torch.manual_seed(1)
+    run = torch.compile(model, backend="eager", fullgraph=fullgraph) if wrap else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     criterion = nn.CrossEntropyLoss()
     mem = MemoryOutput()
-    with watch(compiled, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
-               callbacks=callbacks) as w:
-        for _ in range(6):
-            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-            loss = criterion(compiled(x), y)
+    w = None
+    if callbacks is not None:
+        w = watch(run, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
+                  callbacks=callbacks)
+    for _ in range(6):
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        loss = criterion(run(x), y)
+        if w is not None:
             w.loss(loss, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return mem
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if w is None:
+        return mem, []
+    w.close()
+    return mem, w.monitor.alerts.history
 
 
 def test_a_compiled_model_is_watched_under_its_own_names():
@@ -301,32 +310,49 @@ def test_a_compiled_model_is_watched_under_its_own_names():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     check = GradientCheck(every=4, warmup_steps=2, budget=None)
-    mem = train_compiled(model, [UpdateRatioMonitor(budget=None, every=2), check,
-                                 HistogramMonitor(budget=None, every=3, figure_every=None)])
+    mem, _ = train_compiled(model, [UpdateRatioMonitor(budget=None, every=2), check,
+                                    HistogramMonitor(budget=None, every=3, figure_every=None)])
     tags = set(mem.scalars_log) | set(mem.histograms)
     assert not any("_orig_mod" in t for t in tags)
-    assert {"update_ratio/0.weight", "activations/0", "gradients/2.bias"} <= tags
+    assert {"update_ratio/0.weight", "gradients/2.bias"} <= tags
     assert [s for s, _ in check.reports] == [2]
     assert check.reports[0][1].passed
     assert list(check.reports[0][1].params) == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
-def test_dynamo_does_not_compile_the_activation_capture_hooks():
-    """On the steps that capture activations a compiled model's graph breaks at each layer's
-    hook; the hooks themselves run as they are (traced, dynamo compiled each again, per module
-    type and per layer name: seconds of compilation each with inductor)."""
+@pytest.mark.parametrize("compiled", ["wrapper", "wrapper, fullgraph", "inner block"])
+def test_layers_inside_compiled_code_keep_no_hooks(compiled):
+    """Hooks on layers inside torch.compile'd code would be traced by dynamo: the graph broken
+    there (compiled again, in pieces with other kernels) or a fullgraph=True compile failed
+    (training stopped at the first histogram step). Those layers are left out of the
+    activation statistics, said once; dynamo compiles the graphs a bare run compiles."""
     import torch._dynamo.utils as dynamo_utils
 
-    torch._dynamo.reset()  # (no code compiled by earlier tests)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(),
-                          nn.Linear(8, 3))
-    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
-    mem = train_compiled(model, [HistogramMonitor(budget=None, every=2, figure_every=None)])
-    assert {f"activations/{i}" for i in range(5)} <= set(mem.histograms)
-    assert {f"gradients/activations/{i}" for i in range(5)} <= set(mem.histograms)
-    # the hook-free graph, and at most one piece per layer between the hooks' breaks
-    assert dynamo_utils.counters["stats"]["unique_graphs"] - graphs <= 1 + len(model)
+    def run(watched):
+        torch._dynamo.reset()  # (no code compiled by earlier runs)
+        torch.manual_seed(0)
+        block = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        if compiled == "inner block":
+            block = torch.compile(block, backend="eager", fullgraph=True)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), block, nn.Linear(8, 3))
+        graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+        mem = train_compiled(model, [HistogramMonitor(budget=None, every=2, figure_every=None)]
+                             if watched else None, wrap=compiled != "inner block",
+                             fullgraph=compiled == "wrapper, fullgraph")
+        return mem, dynamo_utils.counters["stats"]["unique_graphs"] - graphs
+
+    (mem, alerts), graphs = run(True)
+    _, bare_graphs = run(False)
+    assert graphs == bare_graphs
+    captured = {t for t in mem.histograms if t.startswith("activations/")}
+    assert captured == (set() if compiled != "inner block" else {"activations/0",
+                                                                "activations/1",
+                                                                "activations/3"})
+    assert {"weights/0.weight", "gradients/3.weight"} <= set(mem.histograms)
+    told = [a for a in alerts if a.code == "activations.not_captured"]
+    assert len(told) == 1
+    assert told[0].message.startswith("5 of the model's 5 layers" if compiled != "inner block"
+                                      else "2 of the model's 5 layers")
 
 
 def _data_parallel_worker(rank, store, logdir, watched, results):

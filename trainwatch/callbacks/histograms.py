@@ -312,6 +312,10 @@ class HistogramMonitor(Callback):
         if self._layers is None:
             self._layers = list(backend.layers())
             self._ends = self._first_last_weights(backend.parameter_shapes())
+            if backend.uncaptured_layers is not None:
+                state.alerts.fire("activations.not_captured", "info", backend.uncaptured_layers,
+                                  step, suggestion="for those statistics, watch a short run "
+                                                   "of the model without torch.compile")
         kinds = {layer.name: layer.kind for layer in self._layers}
         skipped = {name for name, kind in kinds.items() if kind in SKIPPED_KINDS}
 

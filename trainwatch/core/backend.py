@@ -246,6 +246,9 @@ class Backend(ABC):
     def layers(self) -> list[LayerInfo]:
         """The layers whose outputs :meth:`activations` can capture, in forward order."""
 
+    #: why some layers of the model are not among :meth:`layers` (their outputs cannot be
+    #: captured, e.g. inside compiled code), or None: said once by the capturing callback
+    uncaptured_layers: str | None = None
     #: open :meth:`capture_activations` requests
     _capture_requests: int = 0
     #: an error the capture met inside the model's forward or backward (where it must not

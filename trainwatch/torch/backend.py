@@ -122,6 +122,22 @@ def unwrapped(model: nn.Module) -> nn.Module:
         model = inner
 
 
+#: whether dynamo is tracing the code that calls it (torch >= 2.3; before, never asked)
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
+def compiled_modules(model: nn.Module) -> set[int]:
+    """ids of the modules that run inside ``torch.compile``'d code: those under a compiled
+    wrapper (``torch.compile(module)``) or a module compiled in place (``module.compile()``),
+    the whole model if it is one."""
+    ids: set[int] = set()
+    for module in model.modules():
+        if id(module) not in ids and (type(module).__name__ == "OptimizedModule" or getattr(
+                module, "_compiled_call_impl", None) is not None):
+            ids.update(id(m) for m in module.modules())
+    return ids
+
+
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every module without children, in registration order (the root
     itself when it has none, named after its class)."""
@@ -395,7 +411,18 @@ class TorchBackend(Backend):
         self._follow_trainable()
         self._device = self._params[0].device if self._params else model_device(model)
         self._on_cpu = self._device.type == "cpu"  # asked every step: device.type costs ~2 µs
-        self._leaves = leaf_modules(self._module)
+        # layers inside compiled code keep no hooks: dynamo would trace them, breaking the
+        # graph there (compiled again, in pieces with other kernels: training not
+        # bit-identical) or failing a fullgraph=True compile
+        compiled = compiled_modules(model)
+        leaves = leaf_modules(self._module)
+        self._leaves = [(name, m) for name, m in leaves if id(m) not in compiled]
+        if len(self._leaves) < len(leaves):
+            self.uncaptured_layers = (
+                f"{len(leaves) - len(self._leaves)} of the model's {len(leaves)} layers run "
+                "inside torch.compile'd code, where hooks reading their outputs would break "
+                "the compiled graph: they have no activation histograms or dead/saturated "
+                "unit statistics (weights and gradients are watched as usual)")
         self._layers = [LayerInfo(name, layer_kind(m)) for name, m in self._leaves]
         self._handles: list[Any] = []
         self._capture = False
@@ -638,6 +665,8 @@ class TorchBackend(Backend):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._capture or _suspend_depth or not isinstance(output, torch.Tensor):
                 return
+            if _is_compiling():  # (traced by dynamo: compiled code no compiled_modules() saw)
+                return
             if not output.is_floating_point() or self.capture_error is not None:
                 return
             try:
@@ -655,9 +684,7 @@ class TorchBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - watching never kills training
                 self._capture_failed(exc)
 
-        # under torch.compile the model's graph breaks at these hooks and dynamo runs them
-        # as they are (traced, each would be compiled again per module and per name)
-        return torch.compiler.disable(hook)
+        return hook
 
     def _capture_failed(self, exc: Exception) -> None:
         self.capture_error = exc
