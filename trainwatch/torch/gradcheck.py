@@ -959,7 +959,7 @@ def check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *, s
             raise ValueError(str(exc)) from None
         if hasattr(cause, "add_note"):
             cause.add_note(f"trainwatch check_module: {exc}")
-        raise cause from None
+        raise cause from cause.__cause__  # (as the loss function raised it)
 
 
 def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
