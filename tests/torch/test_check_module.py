@@ -932,6 +932,13 @@ def test_a_loss_function_that_fails_on_the_outputs_is_named_with_their_shapes():
     assert report.passed
 
 
+def test_missing_inputs_or_targets_are_refused_naming_the_argument():
+    with pytest.raises(TypeError, match="inputs: expected a few examples"):
+        check_module(nn.Linear(3, 2), nn.MSELoss(), None, torch.randn(2, 2))
+    with pytest.raises(TypeError, match="targets: expected a few examples"):
+        check_module(nn.Linear(3, 2), nn.MSELoss(), torch.randn(2, 3), None)
+
+
 def test_an_uninitialised_lazy_module_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="model: .*lazy.*forward pass"):
         check_module(nn.Sequential(nn.LazyLinear(3)), nn.MSELoss(), torch.randn(2, 4),

@@ -783,6 +783,20 @@ def test_watch_validates_its_arguments():
     with pytest.raises(TypeError, match="optimizer"):
         watch(nn.Linear(2, 2), object())
     model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    with pytest.raises(ValueError, match="optimizer: trains none of the model's parameters"):
+        watch(model, torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0))
+    with pytest.raises(TypeError, match=r"loss_fn: expected a callable .* got int"):
+        watch(model, opt, 5)
+    with pytest.raises(ValueError, match="epochs: must be an integer >= 1 or None, got 0"):
+        watch(model, opt, epochs=0)
+    with pytest.raises(ValueError, match="steps_per_epoch: must be an integer >= 1"):
+        watch(model, opt, steps_per_epoch=2.5)
+    with pytest.raises(TypeError, match=r"'logdr' \(did you mean 'logdir'\?\)"):
+        watch(model, opt, logdr="runs")
+    with pytest.raises(TypeError, match=r"'raise_error' \(did you mean 'raise_errors'\?\)"):
+        watch(model, opt, raise_error=True)
+    assert model._forward_hooks == {} and opt._optimizer_step_post_hooks == {}
     w = watch(model, torch.optim.SGD(model.parameters(), lr=1.0), progress=False)
     assert isinstance(w, Watcher)
     w.close()
@@ -908,8 +922,8 @@ def test_without_targets_or_a_loss_function_gradient_checks_say_so_and_training_
     criterion = nn.CrossEntropyLoss()
     w = watch(model, opt, criterion, progress=False, raise_errors=True,
               callbacks=[GradientCheck(warmup_steps=2, budget=None)])
-    no_loss_fn = watch(nn.Linear(2, 2), torch.optim.SGD(model.parameters(), lr=0.1),
-                       progress=False)
+    other = nn.Linear(2, 2)
+    no_loss_fn = watch(other, torch.optim.SGD(other.parameters(), lr=0.1), progress=False)
     assert not any(isinstance(cb, GradientCheck) for cb in no_loss_fn.monitor.callbacks)
     assert any(isinstance(cb, UpdateRatioMonitor) for cb in no_loss_fn.monitor.callbacks)
     no_loss_fn.close()

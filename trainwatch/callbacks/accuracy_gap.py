@@ -40,7 +40,7 @@ import numpy as np
 
 from trainwatch.callbacks.loss_monitor import batch_classes
 from trainwatch.core.callback import NEVER, Callback, next_block_end
-from trainwatch.core.checks import count
+from trainwatch.core.checks import count, optional_count
 from trainwatch.core.state import RunState
 
 OVERFIT_SUGGESTION = (
@@ -210,7 +210,7 @@ class AccuracyGapMonitor(Callback):
         min_growth: float = 0.0,
         patience: int = 3,
     ):
-        self.every = None if every is None else count("every", every)
+        self.every = optional_count("every", every)
         self.validation_data = _pair("validation_data", validation_data)
         self.train_data = _pair("train_data", train_data)
         if self.every is not None and self.validation_data is None:

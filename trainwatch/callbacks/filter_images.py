@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from trainwatch.core.callback import NEVER, Callback, next_block_end
-from trainwatch.core.checks import count
+from trainwatch.core.checks import count, optional_count
 from trainwatch.core.state import RunState
 
 SEPARATOR = 255  # value of the separator pixels (white)
@@ -151,14 +150,6 @@ def _square_image(features: int) -> tuple[int, int, int] | None:
 # -- the callback ---------------------------------------------------------------------------------
 
 
-def _optional_count(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: must be an integer >= 1 or None, got {value!r}")
-    return value
-
-
 class FilterImages(Callback):
     """Writes the first layer's filters as an image grid, with their smoothness.
 
@@ -197,8 +188,8 @@ class FilterImages(Callback):
         min_size: int = 24,
         max_filters: int = 256,
     ):
-        self.every = _optional_count("every", every)
-        self.every_epochs = _optional_count("every_epochs", every_epochs)
+        self.every = optional_count("every", every)
+        self.every_epochs = optional_count("every_epochs", every_epochs)
         self.at_start = bool(at_start)
         self.at_end = bool(at_end)
         if (self.every is None and self.every_epochs is None and not self.at_start

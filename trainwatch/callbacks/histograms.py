@@ -41,7 +41,7 @@ from trainwatch.core.backend import (
 )
 from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import Callback
-from trainwatch.core.checks import count
+from trainwatch.core.checks import count, optional_count
 from trainwatch.core.state import RunState
 from trainwatch.outputs.base import HistogramData
 
@@ -256,7 +256,7 @@ class HistogramMonitor(Callback):
         if not self.vanishing_ratio < self.exploding_ratio:
             raise ValueError(f"vanishing_ratio: must be below exploding_ratio "
                              f"({exploding_ratio!r}), got {vanishing_ratio!r}")
-        self.figure_every = None if figure_every is None else count("figure_every", figure_every)
+        self.figure_every = optional_count("figure_every", figure_every)
         self._saturated = Hysteresis(high=self.saturated_alert, margin=0.2)
         self._dead = Hysteresis(high=self.dead_alert, margin=0.2)
         self._ratio = Hysteresis(high=self.exploding_ratio, low=self.vanishing_ratio, margin=1.0)

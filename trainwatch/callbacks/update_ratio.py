@@ -52,7 +52,7 @@ from trainwatch.alerts.rules import Hysteresis, Streak
 from trainwatch.core.backend import TensorNorms
 from trainwatch.core.budget import TimeBudget
 from trainwatch.core.callback import Callback
-from trainwatch.core.checks import count
+from trainwatch.core.checks import count, optional_count
 from trainwatch.core.state import RunState
 
 RATIO_PREFIX = "update_ratio/"
@@ -205,7 +205,7 @@ class UpdateRatioMonitor(Callback):
         self.budget = TimeBudget(budget, name="budget")
         self.band = _band("band", band)
         self.smoothing = _number("smoothing", smoothing, low=0.0, high=1.0)
-        self.window = None if window is None else count("window", window)
+        self.window = optional_count("window", window)
         self.patience = count("patience", patience)
         self.severe_factor = _number("severe_factor", severe_factor, low=1.0)
         self.severe_patience = count("severe_patience", severe_patience)

@@ -13,6 +13,15 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def optional_count(name: str, value: Any) -> int | None:
+    """``value`` if it is None or an integer >= 1 (bools rejected), else ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: must be an integer >= 1 or None, got {value!r}")
+    return value
+
+
 def flag(name: str, value: Any) -> bool:
     """``value`` if it is True or False, else ValueError."""
     if not isinstance(value, bool):

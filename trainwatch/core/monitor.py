@@ -107,6 +107,21 @@ class Monitor:
         from trainwatch.outputs.console import ConsoleOutput
 
         count("log_every", log_every)
+        if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
+            raise TypeError(f"logdir: expected a folder path (str or os.PathLike) or None, got "
+                            f"{type(logdir).__name__}")
+        if isinstance(callbacks, Callback):
+            raise TypeError(f"callbacks: expected a list of callbacks, got one "
+                            f"{type(callbacks).__name__}: pass [{type(callbacks).__name__}(...)]")
+        if callbacks is None:
+            from trainwatch.callbacks import default_callbacks
+
+            callbacks = default_callbacks()
+        callbacks = list(callbacks)
+        if not any(isinstance(cb, MetricLogger) for cb in callbacks):
+            callbacks.insert(0, MetricLogger(every=log_every))
+        # (checked before any output opens a file)
+        self.callbacks = CallbackList(callbacks, raise_errors=raise_errors)
         self.backend = as_backend(model, loss, optimizer)
         self.logdir = None if logdir is None else os.fspath(logdir)
 
@@ -132,14 +147,6 @@ class Monitor:
         for sink in alert_sinks:
             self.alerts.add_sink(sink)
 
-        if callbacks is None:
-            from trainwatch.callbacks import default_callbacks
-
-            callbacks = default_callbacks()
-        callbacks = list(callbacks)
-        if not any(isinstance(cb, MetricLogger) for cb in callbacks):
-            callbacks.insert(0, MetricLogger(every=log_every))
-        self.callbacks = CallbackList(callbacks, raise_errors=raise_errors)
         self.state = RunState(backend=self.backend, writer=self.writer, alerts=self.alerts,
                               logdir=self.logdir)
         self._ended = False

@@ -974,6 +974,10 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if value is None:
+            raise TypeError(f"{name}: expected a few examples (tensors or numpy arrays), got "
+                            "None")
     device = model_device(model)
     if device.type == "mps":  # no float64 there: check on the CPU
         device = torch.device("cpu")

@@ -30,6 +30,8 @@ step) and a loss that is no scalar (``watch.bad_loss``).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from trainwatch.core.callback import Callback
+from trainwatch.core.checks import optional_count
 from trainwatch.core.monitor import Monitor
 from trainwatch.core.state import RunState
 from trainwatch.torch.backend import (
@@ -81,6 +84,23 @@ class Watcher:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if trained and not any(id(p) in trained for p in model.parameters()):
+            raise ValueError("optimizer: trains none of the model's parameters (an optimizer "
+                             "made for another model?); pass the one that trains this model")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets) (e.g. "
+                            f"nn.CrossEntropyLoss()) or None, got {type(loss_fn).__name__}")
+        optional_count("epochs", epochs)
+        optional_count("steps_per_epoch", steps_per_epoch)
+        options = set(inspect.signature(Monitor).parameters) - {"model", "loss", "optimizer"}
+        for name in monitor_kwargs:
+            if name not in options:
+                close = difflib.get_close_matches(
+                    name, [*options, "logdir", "callbacks", "epochs", "steps_per_epoch",
+                           "figures"], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"watch() got an unexpected keyword argument {name!r}{hint}")
         self.model = model
         self.optimizer = optimizer
         self.backend = TorchBackend(model, loss_fn, optimizer)
