@@ -18,11 +18,15 @@ def small_model():
      r"callbacks: expected a list of callbacks, got one GradientCheck: pass \[GradientCheck"),
     ({"callbacks": [GradientCheck(), "x"]}, TypeError, "callbacks: 'x' is not a trainwatch"),
     ({"log_every": 0}, ValueError, "log_every: must be an integer >= 1"),
+    ({"loss": "cross-entropy"}, TypeError, r"loss: expected a trainwatch.nn loss .* got str"),
+    ({"optimizer": 0.1}, TypeError, r"optimizer: expected a trainwatch.nn optimizer .* float"),
+    ({"optimizer": twnn.SGD(small_model()[0], lr=0.1)}, ValueError,
+     "optimizer: made for another model"),
 ])
 def test_bad_configuration_fails_before_anything_is_written(tmp_path, kwargs, error, message):
     model, loss, opt = small_model()
     logdir = tmp_path / "runs"
     with pytest.raises(error, match=message):
-        Monitor(model, loss=loss, optimizer=opt, progress=False,
-                **{"logdir": logdir, **kwargs})
+        Monitor(model, progress=False, **{"loss": loss, "optimizer": opt, "logdir": logdir,
+                                          **kwargs})
     assert not logdir.exists()

@@ -123,6 +123,10 @@ def test_fit_validates_arguments():
         trainer.fit(np.zeros((4, 64)), np.zeros(4, int), epochs=0)
     with pytest.raises(ValueError, match="batch_size"):
         trainer.fit(np.zeros((4, 64)), np.zeros(4, int), batch_size=-1)
+    with pytest.raises(TypeError, match="x: expected an array of examples, got NoneType"):
+        trainer.fit(None, np.zeros(4, int))
+    with pytest.raises(TypeError, match=r"validation_data: expected a pair \(x_val, y_val\)"):
+        trainer.fit(np.zeros((4, 64)), np.zeros(4, int), validation_data=np.zeros((4, 64)))
 
 
 def test_trainer_learns_the_digits():

@@ -51,9 +51,21 @@ def test_layers_kinds_and_names():
     kinds = [info.kind for info in TorchBackend(model).layers()]
     assert kinds == ["conv2d", "leaky_relu", "sigmoid", "tanh", "maxpool", "dropout",
                      "batchnorm", "flatten", "dense", "relu", "other"]
+    assert [i.kind for i in TorchBackend(nn.Sequential(nn.Embedding(5, 2))).layers()] == [
+        "embedding"]
     assert TorchBackend(model).layers()[0] == LayerInfo("0", "conv2d")
     # a leaf root is listed under its class name
     assert TorchBackend(nn.Linear(2, 3)).layers() == [LayerInfo("linear", "dense")]
+
+
+def test_the_trainer_path_validates_loss_and_optimizer():
+    model = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="loss_fn: expected a callable"):
+        TorchBackend(model, "mse")
+    with pytest.raises(TypeError, match="optimizer: expected a torch.optim.Optimizer or None"):
+        TorchBackend(model, nn.MSELoss(), "sgd")
+    with pytest.raises(ValueError, match="optimizer: trains none of the model's parameters"):
+        TorchBackend(model, nn.MSELoss(), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1))
 
 
 @pytest.mark.parametrize("loss, kind", [

@@ -69,6 +69,14 @@ class Trainer:
         """
         count("epochs", epochs)
         count("batch_size", batch_size)
+        for name, value in (("x", x), ("y", y)):
+            if not hasattr(value, "__len__"):
+                raise TypeError(f"{name}: expected an array of examples, got "
+                                f"{type(value).__name__}")
+        if validation_data is not None and not (
+                isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise TypeError(f"validation_data: expected a pair (x_val, y_val), got "
+                            f"{type(validation_data).__name__}")
         if len(x) != len(y):
             raise ValueError(f"x, y: different lengths {len(x)} and {len(y)}")
         mon, backend = self.monitor, self.backend

@@ -395,6 +395,18 @@ class TorchBackend(Backend):
     def __init__(self, model: nn.Module, loss: Any = None, optimizer: Any = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets) (e.g. "
+                            f"nn.CrossEntropyLoss()) or None, got {type(loss).__name__}")
+        if optimizer is not None:
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(f"optimizer: expected a torch.optim.Optimizer or None, got "
+                                f"{type(optimizer).__name__}")
+            trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if not any(id(p) in trained for p in model.parameters()):
+                raise ValueError("optimizer: trains none of the model's parameters (an "
+                                 "optimizer made for another model?); pass the one that "
+                                 "trains this model")
         self.model = model
         # torch.compile's and data parallelism's wrappers: the loop calls them, but tensors
         # and layers are named after the module inside (no "_orig_mod." or "module." prefix)

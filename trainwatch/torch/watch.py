@@ -84,13 +84,6 @@ class Watcher:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if trained and not any(id(p) in trained for p in model.parameters()):
-            raise ValueError("optimizer: trains none of the model's parameters (an optimizer "
-                             "made for another model?); pass the one that trains this model")
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets) (e.g. "
-                            f"nn.CrossEntropyLoss()) or None, got {type(loss_fn).__name__}")
         optional_count("epochs", epochs)
         optional_count("steps_per_epoch", steps_per_epoch)
         options = set(inspect.signature(Monitor).parameters) - {"model", "loss", "optimizer"}
