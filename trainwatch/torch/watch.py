@@ -490,7 +490,9 @@ def watch(
     """Watch an existing PyTorch loop: returns a :class:`Watcher` already attached.
 
     Args:
-        model: the ``nn.Module`` being trained (its training-mode forwards mark batches).
+        model: the ``nn.Module`` being trained (its training-mode forwards mark batches);
+            a ``torch.compile`` or ``DistributedDataParallel`` wrapper is watched under the
+            names of the module inside.
         optimizer: its optimizer (its step hooks mark the backward's end and the step).
         loss_fn: the loss ``loss_fn(outputs, targets)`` (needed by gradient checks and
             validation; None leaves GradientCheck out of the default callbacks).
