@@ -355,6 +355,43 @@ def test_layers_inside_compiled_code_keep_no_hooks(compiled):
                                       else "2 of the model's 5 layers")
 
 
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_a_model_compiled_after_watch_trains_as_unwatched_and_the_watcher_says_why(fullgraph):
+    """torch.compile after watch(model): the watcher's forward hooks run inside compiled
+    code, where they do nothing (a fullgraph compile failed on them: training stopped at
+    step 0); training ends bit-identical and one info says how to watch the compiled model."""
+    def run(watched):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        criterion = nn.CrossEntropyLoss()
+        w = watch(model, opt, criterion, progress=False, raise_errors=True,
+                  callbacks=[GradientCheck(warmup_steps=2, every=4, budget=None),
+                             HistogramMonitor(every=2, budget=None, figure_every=None)]
+                  ) if watched else None
+        compiled = torch.compile(model, backend="eager", fullgraph=fullgraph)
+        for _ in range(8):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            loss = criterion(compiled(x), y)
+            if w is not None:
+                w.loss(loss, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if w is not None:
+            w.close()
+        return [p.detach().clone() for p in model.parameters()], w
+
+    bare, _ = run(False)
+    watched, w = run(True)
+    assert all(torch.equal(a, b) for a, b in zip(bare, watched))
+    codes = [a.code for a in w.monitor.alerts.history]
+    assert codes.count("watch.forward_unseen") == 1 and "callback.error" not in codes
+    told = next(a for a in w.monitor.alerts.history if a.code == "watch.forward_unseen")
+    assert told.step == 0 and "watch(torch.compile(model)" in told.suggestion
+
+
 def _data_parallel_worker(rank, store, logdir, watched, results):
     """One of two processes training a DistributedDataParallel CNN (BatchNorm, dropout) on
     the CPU; process 0 is watched when ``watched``. Saves its parameters."""

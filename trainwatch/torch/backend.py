@@ -122,8 +122,10 @@ def unwrapped(model: nn.Module) -> nn.Module:
         model = inner
 
 
-#: whether dynamo is tracing the code that calls it (torch >= 2.3; before, never asked)
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+#: whether dynamo is tracing the code that calls it (torch >= 2.3; before, never asked):
+#: trainwatch's hooks do nothing there (traced side effects would break the graph, or fail a
+#: fullgraph=True compile)
+is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def compiled_modules(model: nn.Module) -> set[int]:
@@ -677,7 +679,7 @@ class TorchBackend(Backend):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._capture or _suspend_depth or not isinstance(output, torch.Tensor):
                 return
-            if _is_compiling():  # (traced by dynamo: compiled code no compiled_modules() saw)
+            if is_compiling():  # (traced by dynamo: compiled code no compiled_modules() saw)
                 return
             if not output.is_floating_point() or self.capture_error is not None:
                 return

@@ -49,6 +49,7 @@ from trainwatch.torch.backend import (
     TorchBackend,
     acc_dtype,
     in_own_pass,
+    is_compiling,
     stack_scalars,
 )
 from trainwatch.torch.inputs import ForwardInputs
@@ -124,6 +125,7 @@ class Watcher:
         self._forward_handles: list[Any] = []  # attached for the steps that read the batch
         self._quiet = False  # no callback awake this step: the hooks only count the step
         self._eval_forward = False  # a forward with gradients in eval mode since the last step
+        self._forwards_seen = 0  # calls of the forward pre-hook since the last step
         self._first_step_unreported = False  # no loss reported before the first step ended
         self._grad_trace: list[tuple[Any, int, int]] = []  # see _follow_gradients
         # a BatchNorm's batch counter, bumped by each training-mode forward: its version at
@@ -182,6 +184,9 @@ class Watcher:
         self.monitor.batch_begin(inputs, None)
 
     def _forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if is_compiling():  # (traced into compiled code: nothing may happen, see
+            return None      # _announce_step; a fullgraph compile would fail on it)
+        self._forwards_seen += 1
         # the first training forward after a step opens the batch; later forwards of the
         # same step (gradient accumulation, auxiliary passes) and eval/no-grad passes don't
         if self._in_step or self._closed or in_own_pass() or not torch.is_grad_enabled():
@@ -199,7 +204,7 @@ class Watcher:
     def _forward_post(self, module: nn.Module, args: tuple, output: Any) -> None:
         # keep the batch's outputs as its predictions (a reference: loss() hands callbacks a
         # detached view, never a copy)
-        if self._await_output and not in_own_pass():
+        if self._await_output and not in_own_pass() and not is_compiling():
             self._await_output = False
             self._predictions = output
         return None
@@ -242,6 +247,16 @@ class Watcher:
                 self.monitor.state.step,
                 suggestion="train with model.train() (to freeze BatchNorm or dropout, call "
                            ".eval() on those layers only)")
+        if self._forward_handles and not self._forwards_seen:
+            self.monitor.alerts.fire(
+                "watch.forward_unseen", "info",
+                "the step's forward ran without calling trainwatch's forward hooks on the "
+                "watched model (the model was compiled after watch(), or the loop calls another "
+                "module): no training batch is recorded, so gradient checks and the step-wise "
+                "accuracy gap have none to run on", self.monitor.state.step,
+                suggestion="give watch() the module the loop calls: watch(torch.compile(model), "
+                           "...) rather than torch.compile after watch(model, ...)")
+        self._forwards_seen = 0
         self._eval_forward = False  # (one step's: a validation pass before it no longer counts)
         if not self._backward_reported:
             self._backward_reported = True
