@@ -276,21 +276,27 @@ def test_on_an_accelerator_callbacks_see_the_loss_as_a_detached_tensor(monkeypat
     assert w.monitor.state.metrics["train_loss"] == pytest.approx(loss.item())
 
 
-def train_compiled(model, callbacks, *, wrap=True, fullgraph=False):
-    """Six steps of ``torch.compile(model)`` (``wrap``; else ``model`` as it is, compiled
-    inside) on random batches of 8 examples, 4 features, 3 classes, watched with
-    ``callbacks`` (None: not watched); dynamo runs with no code generation. Returns
-    (what was written, the run's alerts)."""
+def train_compiled(model, callbacks, *, wrap=True, fullgraph=False, after_watch=False,
+                   steps=6):
+    """``steps`` steps of ``torch.compile(model)`` (``wrap``; else ``model`` as it is,
+    compiled inside) on random batches of 8 examples, 4 features, 3 classes, watched with
+    ``callbacks`` (None: not watched; ``after_watch``: ``watch(model)``, compiled after);
+    dynamo runs with no code generation. Returns (what was written, the run's alerts)."""
     torch.manual_seed(1)
-    run = torch.compile(model, backend="eager", fullgraph=fullgraph) if wrap else model
+
+    def compiled():
+        return torch.compile(model, backend="eager", fullgraph=fullgraph) if wrap else model
+
+    run = None if after_watch else compiled()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     criterion = nn.CrossEntropyLoss()
     mem = MemoryOutput()
     w = None
     if callbacks is not None:
-        w = watch(run, opt, criterion, outputs=[mem], progress=False, raise_errors=True,
-                  callbacks=callbacks)
-    for _ in range(6):
+        w = watch(model if after_watch else run, opt, criterion, outputs=[mem],
+                  progress=False, raise_errors=True, callbacks=callbacks)
+    run = run or compiled()
+    for _ in range(steps):
         x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
         loss = criterion(run(x), y)
         if w is not None:
@@ -364,31 +370,18 @@ def test_a_model_compiled_after_watch_trains_as_unwatched_and_the_watcher_says_w
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        criterion = nn.CrossEntropyLoss()
-        w = watch(model, opt, criterion, progress=False, raise_errors=True,
-                  callbacks=[GradientCheck(warmup_steps=2, every=4, budget=None),
-                             HistogramMonitor(every=2, budget=None, figure_every=None)]
-                  ) if watched else None
-        compiled = torch.compile(model, backend="eager", fullgraph=fullgraph)
-        for _ in range(8):
-            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-            loss = criterion(compiled(x), y)
-            if w is not None:
-                w.loss(loss, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if w is not None:
-            w.close()
-        return [p.detach().clone() for p in model.parameters()], w
+        callbacks = [GradientCheck(warmup_steps=2, every=4, budget=None),
+                     HistogramMonitor(every=2, budget=None, figure_every=None)]
+        _, alerts = train_compiled(model, callbacks if watched else None, fullgraph=fullgraph,
+                                   after_watch=True, steps=8)
+        return [p.detach().clone() for p in model.parameters()], alerts
 
     bare, _ = run(False)
-    watched, w = run(True)
+    watched, alerts = run(True)
     assert all(torch.equal(a, b) for a, b in zip(bare, watched))
-    codes = [a.code for a in w.monitor.alerts.history]
+    codes = [a.code for a in alerts]
     assert codes.count("watch.forward_unseen") == 1 and "callback.error" not in codes
-    told = next(a for a in w.monitor.alerts.history if a.code == "watch.forward_unseen")
+    told = next(a for a in alerts if a.code == "watch.forward_unseen")
     assert told.step == 0 and "watch(torch.compile(model)" in told.suggestion
 
 
