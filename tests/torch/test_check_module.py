@@ -225,6 +225,49 @@ def test_compiled_code_inside_a_model_runs_eagerly_in_the_check_and_compiled_aft
     assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs
 
 
+class ComplexMatmul(torch.autograd.Function):
+    """x @ w for complex tensors; ``bug``: the weight's gradient conjugated."""
+
+    @staticmethod
+    def forward(ctx, x, w, bug):
+        ctx.save_for_backward(x, w)
+        ctx.bug = bug
+        return x @ w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        grad_w = x.mH @ g
+        return g @ w.mH, grad_w.conj() if ctx.bug else grad_w, None
+
+
+class ComplexLayer(nn.Module):
+    """A complex weight (as in Fourier neural operators), its output's magnitude read out."""
+
+    def __init__(self, bug=False):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8, dtype=torch.cfloat) * 0.3)
+        self.out = nn.Linear(8, 3)
+        self.bug = bug
+
+    def forward(self, x):
+        return self.out(ComplexMatmul.apply(x.to(torch.cfloat), self.w, self.bug).abs())
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_a_complex_parameter_is_checked_as_real_and_imaginary_parts(bug):
+    torch.manual_seed(0)
+    model = ComplexLayer(bug)
+    before = model.w.detach().clone()
+    report = check_module(model, nn.CrossEntropyLoss(), torch.randn(5, 4),
+                          torch.randint(0, 3, (5,)))
+    assert report.failed == (["w"] if bug else [])
+    assert report.params["w"].verdict == ("wrong" if bug else "correct")
+    assert any(note.startswith("w: complex, checked as its (real, imaginary) pairs")
+               for note in report.notes)
+    assert torch.equal(model.w.detach(), before) and model.w.dtype == torch.cfloat
+
+
 def test_missing_bias_gradient_is_pinned_to_the_bias():
     report = check(mlp(bug="bias_missing"))
     assert report.failed == ["2.bias"]

@@ -1423,6 +1423,39 @@ def test_an_embedding_first_layer_is_no_filter_image():
     assert len(skipped) == 1 and "0.weight (32, 64) is an embedding table" in skipped[0].message
 
 
+def test_a_model_with_a_complex_weight_is_watched_without_errors_or_warnings():
+    """Gradient checks on its (real, imaginary) parts, histograms of both parts, and no filter
+    picture of a complex weight (one info); nothing warns (a cast discarded the imaginary
+    parts) or raises."""
+    from tests.torch.test_check_module import ComplexLayer
+
+    torch.manual_seed(0)
+    model = ComplexLayer()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    mem = MemoryOutput()
+    check = GradientCheck(warmup_steps=2, every=3, budget=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+                   raise_errors=True,
+                   callbacks=[check, HistogramMonitor(every=2, budget=None, figure_every=None),
+                              FilterImages(every=2), UpdateRatioMonitor(every=1, budget=None)]
+                   ) as w:
+            for _ in range(6):
+                x = torch.randn(8, 4)
+                y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+                loss = nn.functional.cross_entropy(model(x), y)
+                w.loss(loss, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    assert [r.passed for _, r in check.reports] == [True, True]
+    assert {"weights/w", "gradients/w"} <= set(mem.histograms)
+    assert "update_ratio/w" in mem.scalars_log and not mem.images
+    skipped = [a for a in w.monitor.alerts.history if a.code == "filters.skipped"]
+    assert len(skipped) == 1 and "w (4, 8) is complex" in skipped[0].message
+
+
 def test_a_layer_unfrozen_or_frozen_mid_run_is_watched_as_it_trains():
     """Gradual unfreezing: the layer frozen when watch() was called gets update ratios and
     histograms once it trains (the tracked tensors were fixed at watch()); frozen again, it

@@ -296,6 +296,9 @@ class FilterImages(Callback):
         return first
 
     def _filters(self, state: RunState, name: str, weight: np.ndarray) -> np.ndarray | None:
+        if np.iscomplexobj(weight):
+            self._skip(state, f"{name} {tuple(weight.shape)} is complex: no picture of it")
+            return None
         if weight.ndim in (3, 4):
             return conv_filters(weight)
         if weight.ndim != 2:

@@ -158,11 +158,14 @@ CPU_SHORT_PATH = True
 
 
 def _host_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    if any(t.is_complex() for t in tensors):
+        return torch.complex128
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Host numpy copies of ``tensors`` (float32, or float64 if any is), one transfer."""
+    """Host numpy copies of ``tensors`` (float32, or float64 if any is, complex128 if any is
+    complex), one transfer."""
     if not tensors:
         return []
     dtype = _host_dtype(tensors)
@@ -815,6 +818,8 @@ class TorchBackend(Backend):
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins: must be an integer >= 1, got {bins!r}")
         names, tensors = self._histogram_sources(which)
+        # (a complex tensor's distribution: its real and imaginary parts, together)
+        tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
         with torch.no_grad():
             if self._device.type == "mps":  # no float64 there: bucket on the host
                 tensors = [t.detach().cpu() for t in tensors]

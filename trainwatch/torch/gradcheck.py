@@ -82,11 +82,13 @@ def _to_float64(value: Any, device: torch.device) -> Any:
     def convert(a: Any) -> torch.Tensor:
         if isinstance(a, torch.Tensor):
             a = a.detach()
-            if a.is_floating_point():
-                return a.to(device=device, dtype=torch.float64)
+            if a.is_floating_point() or a.is_complex():
+                return a.to(device=device, dtype=_WIDER.get(a.dtype, a.dtype))
             return a.to(device=device)
         if np.issubdtype(a.dtype, np.floating):
             return torch.tensor(a, dtype=torch.float64, device=device)
+        if np.issubdtype(a.dtype, np.complexfloating):
+            return torch.tensor(a, dtype=torch.complex128, device=device)
         if np.issubdtype(a.dtype, np.integer):
             return torch.tensor(a, dtype=torch.int64, device=device)
         return torch.tensor(a, device=device)
@@ -95,8 +97,9 @@ def _to_float64(value: Any, device: torch.device) -> Any:
 
 
 def _float64_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy in double precision (float64, complex128), other dtypes as they are."""
     t = t.detach()
-    return t.to(torch.float64, copy=True) if t.is_floating_point() else t.clone()
+    return t.to(_WIDER.get(t.dtype, t.dtype), copy=True)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
@@ -123,12 +126,14 @@ _KINK_ALIASES = {"_threshold": "threshold"}
 #: ``tensor.data``'s getter: a stop-gradient like ``detach()`` (the recorder holds both)
 _DATA_GETTER = torch._C.TensorBase.__dict__["data"]
 
-#: float dtypes below float64, which the check holds at float64 (casts, ``dtype=`` arguments,
-#: mixed operands)
-_LOW_FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
+#: float and complex dtypes below double precision -> the one the check holds them at
+#: (casts, ``dtype=`` arguments, mixed operands)
+_WIDER: dict[torch.dtype, torch.dtype] = {
+    torch.float32: torch.float64, torch.float16: torch.float64, torch.bfloat16: torch.float64,
+    torch.complex64: torch.complex128, torch.complex32: torch.complex128}
 #: tensor methods that cast: under the check a cast to a lower float precision keeps float64,
 #: and a float's cast to an integer or bool type is a step (a kink) like ``floor``
-_CASTS = frozenset({"float", "half", "bfloat16", "to", "type", "type_as",
+_CASTS = frozenset({"float", "half", "bfloat16", "cfloat", "to", "type", "type_as",
                     "int", "long", "short", "char", "byte", "bool"})
 #: ``Tensor.type``'s lower float tensor types (names and classes) -> float64's
 _LOW_FLOAT_TYPES: dict[Any, Any] = {
@@ -230,7 +235,7 @@ def kink_pattern(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor
     if base in ("hardsigmoid", "hardswish"):
         return (x > -3).to(torch.int8) + (x >= 3).to(torch.int8)
     if base == "abs":  # (x before an in-place call; at 0 autograd takes neither side)
-        return torch.sign(x)
+        return (x == 0).to(torch.int8) if x.is_complex() else torch.sign(x)  # (|z|: at 0)
     if base in ("maximum", "minimum", "fmax", "fmin"):
         return torch.sign(x - args[1])  # (a tie splits the gradient: a side of its own)
     if base in ("max", "min"):
@@ -381,10 +386,10 @@ class KinkRecorder(TorchFunctionMode):
 
     def _run(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         name = getattr(func, "__name__", "")
-        if kwargs.get("dtype") in _LOW_FLOATS and name != "view":
+        if kwargs.get("dtype") in _WIDER and name != "view":
             # a factory or a reduction asked for a lower precision (torch.zeros(..., dtype=
             # torch.float32), x.sum(dtype=...)): float64, as the stand-ins
-            kwargs = {**kwargs, "dtype": torch.float64}
+            kwargs = {**kwargs, "dtype": _WIDER[kwargs["dtype"]]}
             self.casts += self.recording
         narrowed = step = None
         if name in _HANDLED:
@@ -441,9 +446,9 @@ class KinkRecorder(TorchFunctionMode):
             widened = [False]
 
             def widen(a: Any) -> Any:
-                if isinstance(a, torch.Tensor) and a.dtype in _LOW_FLOATS:
+                if isinstance(a, torch.Tensor) and a.dtype in _WIDER:
                     widened[0] = True
-                    return a.to(torch.float64)
+                    return a.to(_WIDER[a.dtype])
                 if isinstance(a, (tuple, list)):
                     return type(a)(widen(v) for v in a)
                 return a
@@ -469,18 +474,19 @@ class KinkRecorder(TorchFunctionMode):
         if not isinstance(x, torch.Tensor):
             return func, args, kwargs, None, False
         floating = x.is_floating_point()
-        if name in ("float", "half", "bfloat16"):
+        if name in ("float", "half", "bfloat16", "cfloat"):
             self.casts += self.recording
-            meant = {"float": torch.float32, "half": torch.float16}.get(name, torch.bfloat16)
-            return torch.Tensor.to, (x, torch.float64), {}, meant, False
+            meant = {"float": torch.float32, "half": torch.float16,
+                     "cfloat": torch.complex64}.get(name, torch.bfloat16)
+            return torch.Tensor.to, (x, _WIDER[meant]), {}, meant, False
         if name in ("int", "long", "short", "char", "byte", "bool"):
             return func, args, kwargs, None, floating
         rest = list(args[1:])
         if name == "type_as":
             other = rest[0] if rest else kwargs.get("other")
-            if isinstance(other, torch.Tensor) and other.dtype in _LOW_FLOATS:
+            if isinstance(other, torch.Tensor) and other.dtype in _WIDER:
                 self.casts += self.recording
-                return torch.Tensor.to, (x, torch.float64), {}, other.dtype, False
+                return torch.Tensor.to, (x, _WIDER[other.dtype]), {}, other.dtype, False
             step = (floating and isinstance(other, torch.Tensor)
                     and not other.is_floating_point() and not other.is_complex())
             return func, args, kwargs, None, step
@@ -488,18 +494,18 @@ class KinkRecorder(TorchFunctionMode):
         for i, a in enumerate(rest):
             if isinstance(a, torch.dtype):
                 target = a
-                if a in _LOW_FLOATS:
-                    rest[i], meant = torch.float64, a
+                if a in _WIDER:
+                    rest[i], meant = _WIDER[a], a
             elif name == "type" and isinstance(a, (str, type)) and a in _LOW_FLOAT_TYPES:
                 rest[i], meant = _LOW_FLOAT_TYPES[a], torch.float32
             elif name == "to" and i == 0 and isinstance(a, torch.Tensor):
                 target = a.dtype
-                if a.dtype in _LOW_FLOATS:  # x.to(other): its device, float64
-                    rest[i:i + 1], meant = [a.device, torch.float64], a.dtype
+                if a.dtype in _WIDER:  # x.to(other): its device, float64
+                    rest[i:i + 1], meant = [a.device, _WIDER[a.dtype]], a.dtype
                     break
         target = kwargs.get("dtype", target)
-        if kwargs.get("dtype") in _LOW_FLOATS:
-            kwargs, meant = {**kwargs, "dtype": torch.float64}, kwargs["dtype"]
+        if kwargs.get("dtype") in _WIDER:
+            kwargs, meant = {**kwargs, "dtype": _WIDER[kwargs["dtype"]]}, kwargs["dtype"]
         step = (floating and isinstance(target, torch.dtype) and not target.is_floating_point
                 and not target.is_complex)
         if meant is not None:
@@ -990,7 +996,12 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
     names = [n for n, _ in named]
     frozen = {n: _float64_copy(p) for n, p in model.named_parameters() if not p.requires_grad}
     buffers = {n: _float64_copy(b) for n, b in model.named_buffers()}
-    base = {n: p.detach().to(device="cpu", dtype=torch.float64).numpy().copy() for n, p in named}
+    # (a complex tensor is checked as its (real, imaginary) pairs, torch.view_as_real: the
+    # gradient PyTorch gives it is d loss/d real + i d loss/d imaginary)
+    complex_names = [n for n, p in named if p.is_complex()]
+    base = {n: (torch.view_as_real(p.detach().to("cpu", torch.complex128)) if p.is_complex()
+                else p.detach().to(device="cpu", dtype=torch.float64)).numpy().copy()
+            for n, p in named}
     x = _to_float64(inputs, device)
     t = _to_float64(targets, device)
     criterion = loss_fn
@@ -1006,7 +1017,10 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
     leaves = {n: torch.tensor(base[n], device=device, requires_grad=True) for n in names}
     working = {n: b.clone() for n, b in buffers.items()}
     slots = _buffer_slots(model, list(working))
-    stand_ins = {**leaves, **frozen, **working}
+    with torch.enable_grad():  # (a complex stand-in is a view of its real leaf, tracked)
+        trainable = {n: torch.view_as_complex(leaf) if n in complex_names else leaf
+                     for n, leaf in leaves.items()}
+    stand_ins = {**trainable, **frozen, **working}
     kinks = KinkRecorder(seed)
     # Embeddings, as PyTorch defines their gradients: the padding_idx row gets none from the
     # lookup, so the finite differences hold it in the lookups too (its other uses, a tied
@@ -1018,6 +1032,8 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
     notes = [f"{name}: row {pad} (the embedding's padding_idx) is held in the embedding "
              "lookups of the finite differences: PyTorch gives it no gradient from them"
              for name, pad in padded]
+    notes += [f"{name}: complex, checked as its (real, imaginary) pairs (an entry's last "
+              "index: 0 the real part, 1 the imaginary)" for name in complex_names]
     notes += [f"{name}: checked where the embedding's max_norm renormalisation left it, "
               "which the finite differences then skip (autograd does not differentiate it)"
               for name in renormed]
@@ -1071,7 +1087,8 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
                 if shared.get(n) is given:
                     continue
                 a = np.asarray(given, dtype=np.float64)
-                if device.type == "cpu" and a is given and a.flags.writeable:
+                if (device.type == "cpu" and a is given and a.flags.writeable
+                        and n not in complex_names):  # (a view keeps its leaf's memory)
                     leaves[n].set_(torch.from_numpy(a))
                     shared[n] = a
                 else:
@@ -1151,8 +1168,9 @@ def _check_module(model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, *,
                              "holds them")
             if kinks.casts:
                 notes.append(f"{kinks.casts} cast(s) of the forward to a lower float precision "
-                             "(x.float(), .half(), .to(torch.float32), ...) kept float64: the "
-                             "check runs the model's math in float64 throughout")
+                             "(x.float(), .half(), .to(torch.float32), ...) kept float64 "
+                             "(complex128 for complex): the check runs the model's math in "
+                             "double precision throughout")
             if kinks.widened:
                 notes.append(f"{kinks.widened} call(s) of the forward mixed the float64 "
                              "stand-ins with lower-precision tensors the check does not copy "
