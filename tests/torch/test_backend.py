@@ -53,6 +53,10 @@ def test_layers_kinds_and_names():
                      "batchnorm", "flatten", "dense", "relu", "other"]
     assert [i.kind for i in TorchBackend(nn.Sequential(nn.Embedding(5, 2))).layers()] == [
         "embedding"]
+    inner = torch.compile(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), backend="eager")
+    assert TorchBackend(nn.Sequential(nn.Linear(2, 2), inner)).layers() == [
+        LayerInfo("0", "dense"), LayerInfo("1._orig_mod.0", "dense", captured=False),
+        LayerInfo("1._orig_mod.1", "tanh", captured=False)]
     assert TorchBackend(model).layers()[0] == LayerInfo("0", "conv2d")
     # a leaf root is listed under its class name
     assert TorchBackend(nn.Linear(2, 3)).layers() == [LayerInfo("linear", "dense")]

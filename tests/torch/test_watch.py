@@ -1401,6 +1401,43 @@ def train_with_freezing(callbacks, trainable_from):
     return w, mem
 
 
+class TinyVisionTransformer(nn.Module):
+    """A class token and a position table registered before the patch embedding (as vision
+    transformers do), 4x4 patches of 8x8 greyscale images, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 8) * 0.02)
+        self.patch_embed = nn.Conv2d(1, 8, 4, stride=4)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, 4, 8)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), patches], 1) + self.pos_embed
+        return self.head(tokens[:, 0] + tokens[:, 1:].mean(1))
+
+
+def test_a_vision_transformer_shows_its_patch_embedding_filters():
+    """The first layer that reads the pixels is drawn, not the first tensor registered (the
+    class token, drawn as a one-pixel strip before)."""
+    (x, y), _ = data(n_train=64, n_val=8)
+    model = TinyVisionTransformer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mem = MemoryOutput()
+    with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
+               raise_errors=True, callbacks=[FilterImages(every=2)]) as w:
+        for i in range(0, 64, 16):
+            loss = nn.functional.cross_entropy(model(x[i:i + 16]), y[i:i + 16])
+            w.loss(loss, y[i:i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert set(mem.images) == {"filters/patch_embed.weight"}
+    image = mem.images["filters/patch_embed.weight"][0][1]
+    assert image.shape[0] > 20 and image.shape[1] > 20  # (8 tiles of 4x4 filters, enlarged)
+
+
 def test_an_embedding_first_layer_is_no_filter_image():
     """A language model's first tensor is an embedding table (here 64 wide, a square
     number a dense layer on 8x8 images would have): no picture of its rows as 8x8 filters,
@@ -1439,7 +1476,8 @@ def test_a_model_with_a_complex_weight_is_watched_without_errors_or_warnings():
         with watch(model, opt, nn.CrossEntropyLoss(), outputs=[mem], progress=False,
                    raise_errors=True,
                    callbacks=[check, HistogramMonitor(every=2, budget=None, figure_every=None),
-                              FilterImages(every=2), UpdateRatioMonitor(every=1, budget=None)]
+                              FilterImages(every=2, layer="w"),
+                              UpdateRatioMonitor(every=1, budget=None)]
                    ) as w:
             for _ in range(6):
                 x = torch.randn(8, 4)

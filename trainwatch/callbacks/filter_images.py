@@ -40,6 +40,8 @@ from trainwatch.core.checks import count, optional_count
 from trainwatch.core.state import RunState
 
 SEPARATOR = 255  # value of the separator pixels (white)
+#: layer kinds that read the model's inputs: the first of them is the one drawn
+FIRST_LAYER_KINDS = frozenset({"conv2d", "dense", "embedding"})
 
 
 # -- pure helpers (public for tests and reuse) ----------------------------------------------------
@@ -283,14 +285,22 @@ class FilterImages(Callback):
                     return candidate
             raise ValueError(f"layer: {self.layer!r} is neither a layer with a weight nor a "
                              f"parameter tensor; tensors are {list(shapes)}")
-        first = next((k for k, shape in shapes.items() if len(shape) >= 2), None)
+        # the first layer that reads the inputs: a convolution's or a dense layer's weight
+        # (a vision transformer's patch embedding, not its class token or position table),
+        # an embedding's (no picture); else the first tensor of 2 or more dimensions
+        layer = next((layer for layer in state.backend.layers()
+                      if layer.kind in FIRST_LAYER_KINDS and f"{layer.name}.weight" in shapes),
+                     None)
+        if layer is not None and layer.kind == "embedding":
+            self._skip(state, f"the first layer's {layer.name}.weight "
+                              f"{shapes[layer.name + '.weight']} is an embedding table (a row "
+                              "looked up per token id), not filters over pixels, so it has no "
+                              "filters to draw")
+            return None
+        first = (f"{layer.name}.weight" if layer is not None
+                 else next((k for k, shape in shapes.items() if len(shape) >= 2), None))
         if first is None:
             self._skip(state, "the model has no parameter tensor with 2 or more dimensions")
-        elif first.rpartition(".")[0] in {
-                layer.name for layer in state.backend.layers() if layer.kind == "embedding"}:
-            self._skip(state, f"the first layer's {first} {shapes[first]} is an embedding "
-                              "table (a row looked up per token id), not filters over pixels, "
-                              "so it has no filters to draw")
             return None
         self.tensor = first
         return first

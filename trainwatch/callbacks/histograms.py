@@ -310,7 +310,7 @@ class HistogramMonitor(Callback):
     def _measure(self, state: RunState) -> None:
         backend, writer, step = state.backend, state.writer, state.step
         if self._layers is None:
-            self._layers = list(backend.layers())
+            self._layers = [layer for layer in backend.layers() if layer.captured]
             self._ends = self._first_last_weights(backend.parameter_shapes())
             if backend.uncaptured_layers is not None:
                 state.alerts.fire("activations.not_captured", "info", backend.uncaptured_layers,

@@ -36,16 +36,18 @@ class TensorNorms:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One layer whose output can be captured: its name and kind.
+    """One layer of the model: its name, its kind, and whether its output can be captured.
 
     ``kind`` is a lower-case word such as ``"dense"``, ``"conv2d"``, ``"relu"``,
     ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``, ``"maxpool"``, ``"dropout"``, ``"flatten"``,
     ``"batchnorm"``, ``"embedding"`` or ``"other"``; the saturation and dead-unit
-    statistics key on it.
+    statistics key on it. ``captured`` is False for a layer inside ``torch.compile``'d code,
+    whose output :meth:`Backend.activations` never has.
     """
 
     name: str
     kind: str
+    captured: bool = True
 
 
 @dataclass(frozen=True)
@@ -244,10 +246,11 @@ class Backend(ABC):
 
     @abstractmethod
     def layers(self) -> list[LayerInfo]:
-        """The layers whose outputs :meth:`activations` can capture, in forward order."""
+        """The model's layers in forward order; :meth:`activations` captures the outputs of
+        those marked ``captured``."""
 
-    #: why some layers of the model are not among :meth:`layers` (their outputs cannot be
-    #: captured, e.g. inside compiled code), or None: said once by the capturing callback
+    #: why some layers of the model are not ``captured`` (inside compiled code, say), or
+    #: None: said once by the capturing callback
     uncaptured_layers: str | None = None
     #: open :meth:`capture_activations` requests
     _capture_requests: int = 0

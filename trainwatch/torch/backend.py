@@ -440,7 +440,8 @@ class TorchBackend(Backend):
                 "inside torch.compile'd code, where hooks reading their outputs would break "
                 "the compiled graph: they have no activation histograms or dead/saturated "
                 "unit statistics (weights and gradients are watched as usual)")
-        self._layers = [LayerInfo(name, layer_kind(m)) for name, m in self._leaves]
+        self._layers = [LayerInfo(name, layer_kind(m), id(m) not in compiled)
+                        for name, m in leaves]
         self._handles: list[Any] = []
         self._capture = False
         self._acts: dict[str, torch.Tensor] = {}
