@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from tests.torch.models import ComplexLayer  # noqa: E402
 from trainwatch.data import load_digits  # noqa: E402
 from trainwatch.gradcheck import GradCheckReport  # noqa: E402
 from trainwatch.torch import ForwardInputs, TorchBackend, check_module  # noqa: E402
@@ -223,35 +224,6 @@ def test_compiled_code_inside_a_model_runs_eagerly_in_the_check_and_compiled_aft
     assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
     model(x[:3].float())  # (the stance is back: a new batch size compiles again)
     assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs
-
-
-class ComplexMatmul(torch.autograd.Function):
-    """x @ w for complex tensors; ``bug``: the weight's gradient conjugated."""
-
-    @staticmethod
-    def forward(ctx, x, w, bug):
-        ctx.save_for_backward(x, w)
-        ctx.bug = bug
-        return x @ w
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        grad_w = x.mH @ g
-        return g @ w.mH, grad_w.conj() if ctx.bug else grad_w, None
-
-
-class ComplexLayer(nn.Module):
-    """A complex weight (as in Fourier neural operators), its output's magnitude read out."""
-
-    def __init__(self, bug=False):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(4, 8, dtype=torch.cfloat) * 0.3)
-        self.out = nn.Linear(8, 3)
-        self.bug = bug
-
-    def forward(self, x):
-        return self.out(ComplexMatmul.apply(x.to(torch.cfloat), self.w, self.bug).abs())
 
 
 @pytest.mark.parametrize("bug", [False, True])

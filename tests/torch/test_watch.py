@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 from torch import nn  # noqa: E402
 
+from tests.torch.models import ComplexLayer  # noqa: E402
 from trainwatch import Callback, LossMonitor, MetricLogger, SetupCheck  # noqa: E402
 from trainwatch.callbacks.accuracy_gap import AccuracyGapMonitor  # noqa: E402
 from trainwatch.callbacks.filter_images import FilterImages  # noqa: E402
@@ -1464,8 +1465,6 @@ def test_a_model_with_a_complex_weight_is_watched_without_errors_or_warnings():
     """Gradient checks on its (real, imaginary) parts, histograms of both parts, and no filter
     picture of a complex weight (one info); nothing warns (a cast discarded the imaginary
     parts) or raises."""
-    from tests.torch.test_check_module import ComplexLayer
-
     torch.manual_seed(0)
     model = ComplexLayer()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
