@@ -66,7 +66,7 @@ def test_the_trainer_path_validates_loss_and_optimizer():
     model = nn.Linear(2, 2)
     with pytest.raises(TypeError, match="loss_fn: expected a callable"):
         TorchBackend(model, "mse")
-    with pytest.raises(TypeError, match="optimizer: expected a torch.optim.Optimizer or None"):
+    with pytest.raises(TypeError, match=r"optimizer: expected a torch.optim.Optimizer \(or"):
         TorchBackend(model, nn.MSELoss(), "sgd")
     with pytest.raises(ValueError, match="optimizer: trains none of the model's parameters"):
         TorchBackend(model, nn.MSELoss(), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1))

@@ -404,11 +404,12 @@ class TorchBackend(Backend):
             raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets) (e.g. "
                             f"nn.CrossEntropyLoss()) or None, got {type(loss).__name__}")
         if optimizer is not None:
-            if not isinstance(optimizer, torch.optim.Optimizer):
-                raise TypeError(f"optimizer: expected a torch.optim.Optimizer or None, got "
-                                f"{type(optimizer).__name__}")
-            trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            if not any(id(p) in trained for p in model.parameters()):
+            if not callable(getattr(optimizer, "step", None)):
+                raise TypeError(f"optimizer: expected a torch.optim.Optimizer (or an object "
+                                f"with step()) or None, got {type(optimizer).__name__}")
+            groups = getattr(optimizer, "param_groups", None) or []
+            trained = {id(p) for group in groups for p in group.get("params", ())}
+            if trained and not any(id(p) in trained for p in model.parameters()):
                 raise ValueError("optimizer: trains none of the model's parameters (an "
                                  "optimizer made for another model?); pass the one that "
                                  "trains this model")
