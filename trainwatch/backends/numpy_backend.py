@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from trainwatch.core.backend import Backend, LayerInfo, TensorNorms
+from trainwatch.core.checks import with_methods
 from trainwatch.core.linalg import dot
 
 
@@ -30,17 +31,12 @@ class NumpyBackend(Backend):
     framework = "numpy"
 
     def __init__(self, model: Any, loss: Any = None, optimizer: Any = None):
-        if loss is not None and not all(callable(getattr(loss, m, None))
-                                        for m in ("forward", "backward")):
-            raise TypeError(f"loss: expected a trainwatch.nn loss (forward(scores, targets), "
-                            f"backward()) or None, got {type(loss).__name__}")
-        if optimizer is not None:
-            if not callable(getattr(optimizer, "step", None)):
-                raise TypeError(f"optimizer: expected a trainwatch.nn optimizer (step()) or "
-                                f"None, got {type(optimizer).__name__}")
-            if getattr(optimizer, "model", model) is not model:
-                raise ValueError("optimizer: made for another model; pass the one that trains "
-                                 "this model")
+        with_methods("loss", loss, ("forward", "backward"),
+                     "a trainwatch.nn loss (forward(scores, targets), backward())")
+        with_methods("optimizer", optimizer, ("step",), "a trainwatch.nn optimizer (step())")
+        if optimizer is not None and getattr(optimizer, "model", model) is not model:
+            raise ValueError("optimizer: made for another model; pass the one that trains this "
+                             "model")
         self.model = model
         self.loss_fn = loss
         self.optimizer = optimizer

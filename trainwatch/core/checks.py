@@ -27,3 +27,11 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}: must be True or False, got {value!r}")
     return value
+
+
+def with_methods(name: str, value: Any, methods: tuple[str, ...], expected: str) -> Any:
+    """``value`` if it is None or has every one of ``methods`` (callable), else TypeError
+    saying it expected ``expected``."""
+    if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
+        raise TypeError(f"{name}: expected {expected} or None, got {type(value).__name__}")
+    return value

@@ -28,6 +28,7 @@ from trainwatch.core.backend import (
     TensorNorms,
     batch_length,
 )
+from trainwatch.core.checks import with_methods
 from trainwatch.outputs.base import HistogramData
 from trainwatch.torch.inputs import ForwardInputs, map_arrays
 
@@ -403,16 +404,13 @@ class TorchBackend(Backend):
         if loss is not None and not callable(loss):
             raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets) (e.g. "
                             f"nn.CrossEntropyLoss()) or None, got {type(loss).__name__}")
-        if optimizer is not None:
-            if not callable(getattr(optimizer, "step", None)):
-                raise TypeError(f"optimizer: expected a torch.optim.Optimizer (or an object "
-                                f"with step()) or None, got {type(optimizer).__name__}")
-            groups = getattr(optimizer, "param_groups", None) or []
-            trained = {id(p) for group in groups for p in group.get("params", ())}
-            if trained and not any(id(p) in trained for p in model.parameters()):
-                raise ValueError("optimizer: trains none of the model's parameters (an "
-                                 "optimizer made for another model?); pass the one that "
-                                 "trains this model")
+        with_methods("optimizer", optimizer, ("step",),
+                     "a torch.optim.Optimizer (or an object with step())")
+        groups = getattr(optimizer, "param_groups", None) or []
+        trained = {id(p) for group in groups for p in group.get("params", ())}
+        if trained and not any(id(p) in trained for p in model.parameters()):
+            raise ValueError("optimizer: trains none of the model's parameters (an optimizer "
+                             "made for another model?); pass the one that trains this model")
         self.model = model
         # torch.compile's and data parallelism's wrappers: the loop calls them, but tensors
         # and layers are named after the module inside (no "_orig_mod." or "module." prefix)
