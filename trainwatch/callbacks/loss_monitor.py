@@ -98,16 +98,11 @@ def _positive(name: str, value: Any, *, above: float = 0.0, most: float = math.i
     return float(value)
 
 
-def label_entropy(targets: Any, kind: str | None) -> float | None:
-    """The entropy (nats) of a batch's labels: the loss of a model that predicts their
-    frequencies, where one whose last bias is set to the labels' prior starts (ln C, ln 2
-    for balanced labels; less for imbalanced ones). For softmax cross-entropy (class
-    indices; negative ones ignored) and sigmoid BCE (0/1 targets); None otherwise."""
-    return _entropy(label_frequencies(targets, kind))
-
-
 def _entropy(shares: np.ndarray | None) -> float | None:
-    """The entropy (nats) of a distribution given by its shares; None for none."""
+    """The entropy (nats) of a distribution given by its shares; None for none. Of a batch's
+    label frequencies it is the loss of a model that predicts them, where one whose last bias
+    is set to the labels' prior starts (ln C, ln 2 for balanced labels; less for imbalanced
+    ones)."""
     if shares is None:
         return None
     p = shares[shares > 0]
@@ -115,8 +110,9 @@ def _entropy(shares: np.ndarray | None) -> float | None:
 
 
 def label_frequencies(targets: Any, kind: str | None) -> np.ndarray | None:
-    """The share of each label among a batch's labels (host arrays; see
-    :func:`label_entropy`), or None."""
+    """The share of each label among a batch's labels (host arrays), for softmax
+    cross-entropy (class indices; negative ones ignored) and sigmoid BCE (0/1 targets); None
+    otherwise."""
     if targets is None or kind not in ("softmax_cross_entropy", "sigmoid_bce"):
         return None
     try:

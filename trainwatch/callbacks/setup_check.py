@@ -29,6 +29,7 @@ import numpy as np
 
 from trainwatch.callbacks.loss_monitor import class_axis
 from trainwatch.core.callback import NEVER, Callback
+from trainwatch.core.checks import flag
 from trainwatch.core.state import RunState
 
 #: the first steps whose targets are followed to tell unshuffled training data
@@ -62,9 +63,7 @@ class SetupCheck(Callback):
     """
 
     def __init__(self, *, check_order: bool = True):
-        if not isinstance(check_order, bool):
-            raise ValueError(f"check_order: must be True or False, got {check_order!r}")
-        self.check_order = check_order
+        self.check_order = flag("check_order", check_order)
         #: the targets of the steps followed so far (see _follow_order); None once there is
         #: nothing more to follow
         self._order: list[Any] | None = None

@@ -401,9 +401,8 @@ class TorchBackend(Backend):
     def __init__(self, model: nn.Module, loss: Any = None, optimizer: Any = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if loss is not None and not callable(loss):
-            raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets) (e.g. "
-                            f"nn.CrossEntropyLoss()) or None, got {type(loss).__name__}")
+        with_methods("loss_fn", loss, ("__call__",),
+                     "a callable loss_fn(outputs, targets) (e.g. nn.CrossEntropyLoss())")
         with_methods("optimizer", optimizer, ("step",),
                      "a torch.optim.Optimizer (or an object with step())")
         groups = getattr(optimizer, "param_groups", None) or []
