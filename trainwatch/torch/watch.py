@@ -57,6 +57,8 @@ from trainwatch.torch.inputs import ForwardInputs
 #: the first steps over which the watcher follows a gradient tensor, to tell a loop that never
 #: resets its gradients (no ``optimizer.zero_grad()``)
 GRAD_RESET_STEPS = 4
+#: reported losses kept before they are folded into one partial sum (on the device)
+LOSS_FOLD = 1024
 
 
 class Watcher:
@@ -87,14 +89,14 @@ class Watcher:
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         optional_count("epochs", epochs)
         optional_count("steps_per_epoch", steps_per_epoch)
-        options = set(inspect.signature(Monitor).parameters) - {"model", "loss", "optimizer"}
-        for name in monitor_kwargs:
-            if name not in options:
-                close = difflib.get_close_matches(
-                    name, [*options, "logdir", "callbacks", "epochs", "steps_per_epoch",
-                           "figures"], n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"watch() got an unexpected keyword argument {name!r}{hint}")
+        # (Monitor would refuse an unknown keyword too, naming itself: this names watch()
+        # and the option meant)
+        known = ({*inspect.signature(Monitor).parameters, *inspect.signature(Watcher).parameters}
+                 - {"model", "loss", "optimizer", "loss_fn", "monitor_kwargs"})
+        for name in monitor_kwargs.keys() - known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"watch() got an unexpected keyword argument {name!r}{hint}")
         self.model = model
         self.optimizer = optimizer
         self.backend = TorchBackend(model, loss_fn, optimizer)
@@ -112,7 +114,7 @@ class Watcher:
         self._closure_pending = False  # a step(closure) whose closure has not returned yet
         self._targets_reported = False
         self._losses: list[Any] = []  # this epoch's reported losses (detached), summed lazily
-        self._loss_partial: list[Any] = []  # partial sums of 1024 losses each
+        self._loss_partial: list[Any] = []  # partial sums of LOSS_FOLD losses each
         self._closed = False
         self._await_output = False
         self._predictions: Any = None
@@ -282,7 +284,7 @@ class Watcher:
     def _check_loss_order(self, step: int) -> None:
         """At the end of steps 0 and 1: a loss first reported between them came after
         ``optimizer.step()`` (said once)."""
-        reported = bool(self._losses or self._loss_partial)
+        reported = self._losses_reported() > 0
         if step == 0:
             self._first_step_unreported = not reported
         elif self._first_step_unreported and reported:
@@ -306,7 +308,7 @@ class Watcher:
         if grad is None:
             trace.clear()
             return
-        trace.append((grad, grad._version, len(self._losses) + 1024 * len(self._loss_partial)))
+        trace.append((grad, grad._version, self._losses_reported()))
         if len(trace) < GRAD_RESET_STEPS:
             return
         never_reset = all(b[0] is a[0] and b[2] > a[2] and b[1] - a[1] == b[2] - a[2]
@@ -379,9 +381,13 @@ class Watcher:
         """Keep a reported loss for the epoch's mean (``train_loss``)."""
         losses = self._losses
         losses.append(value)
-        if len(losses) == 1024:  # fold on the device (no transfer) to bound memory
+        if len(losses) == LOSS_FOLD:  # fold on the device (no transfer) to bound memory
             self._loss_partial.append(_sum(losses))
             losses.clear()
+
+    def _losses_reported(self) -> int:
+        """How many losses this epoch has reported so far (see :meth:`_keep`)."""
+        return LOSS_FOLD * len(self._loss_partial) + len(self._losses)
 
     def _scalar(self, loss: Any) -> Any:
         """The loss as kept (a float on the CPU, else a detached one-element tensor; a number
@@ -420,7 +426,7 @@ class Watcher:
             return
         self._check_forwards_since_last_step()
         values = self.monitor.metric_floats(metrics or {})
-        count = 1024 * len(self._loss_partial) + len(self._losses)
+        count = self._losses_reported()
         if "train_loss" not in values and count:
             total = _sum(self._loss_partial + self._losses)  # partial sums and the rest
             values["train_loss"] = float(total) / count  # the epoch's one read of the losses
